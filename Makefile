@@ -1,0 +1,79 @@
+# Yachay: the two commands a newcomer needs are `make demo` and `make test`.
+# Everything installs itself into .local/ (git-ignored); nothing is installed system-wide.
+
+PYTHON ?= python3
+LOCAL  := .local
+VENV   := $(LOCAL)/venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
+export PYTHONPATH := $(CURDIR)
+export NO_GCE_CHECK := true
+
+.PHONY: help install dev demo test test-fast lint format openapi bench lock clean
+
+help:
+	@echo "make demo   - install, start the local stack, run the main flow end to end, stop"
+	@echo "make test   - install, lint, run every test (starts and stops what the tests need)"
+	@echo "make dev    - the local stack in the foreground until Ctrl-C"
+	@echo "make bench  - benchmarks (cold start)"
+
+# --- install (each step re-runs only when its inputs change) ---------------------------------
+install: $(LOCAL)/.venv.ok $(LOCAL)/.tasks-venv.ok $(LOCAL)/.stripe-venv.ok $(LOCAL)/.npm.ok
+
+$(LOCAL)/.venv.ok: functions/requirements.txt devstack/requirements-dev.txt devstack/constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	cd devstack && ../$(PIP) -r requirements-dev.txt -c constraints.txt
+	touch $@
+
+$(LOCAL)/.tasks-venv.ok: devstack/requirements-tasks-emulator.txt
+	test -x $(LOCAL)/tasks-venv/bin/python || $(PYTHON) -m venv $(LOCAL)/tasks-venv
+	$(LOCAL)/tasks-venv/bin/python -m pip install --quiet --disable-pip-version-check \
+		-r devstack/requirements-tasks-emulator.txt
+	touch $@
+
+$(LOCAL)/.stripe-venv.ok: devstack/requirements-localstripe.txt
+	test -x $(LOCAL)/stripe-venv/bin/python || $(PYTHON) -m venv $(LOCAL)/stripe-venv
+	$(LOCAL)/stripe-venv/bin/python -m pip install --quiet --disable-pip-version-check \
+		-r devstack/requirements-localstripe.txt
+	touch $@
+
+$(LOCAL)/.npm.ok: devstack/package.json devstack/package-lock.json
+	mkdir -p $(LOCAL)/npm
+	cp devstack/package.json devstack/package-lock.json $(LOCAL)/npm/
+	cd $(LOCAL)/npm && npm ci --omit=optional --no-audit --no-fund --loglevel=error
+	touch $@
+
+# --- run ---------------------------------------------------------------------------------------
+dev: install
+	$(PY) -m devstack.stack dev
+
+demo: install
+	$(PY) -m devstack.stack run -- $(PY) -m devstack.demo
+
+# --- check -------------------------------------------------------------------------------------
+test: install lint
+	$(PY) -m pytest
+
+test-fast: install
+	$(PY) -m pytest -m "not integration"
+
+lint:
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format:
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+openapi: $(LOCAL)/.venv.ok
+	$(PY) -m shared.openapi --write
+
+bench: install
+	$(PY) -m bench.cold_start
+
+lock: $(LOCAL)/.venv.ok
+	{ echo "# Full lock of .local/venv (pip freeze); regenerate with 'make lock' after changing a requirements file."; \
+	  $(PY) -m pip freeze --exclude-editable; } > devstack/constraints.txt
+
+clean:
+	rm -rf $(LOCAL)

@@ -1,0 +1,22 @@
+"""GET /v1/healthz: liveness (no SDK imported), and with ?ready=true a Firestore check."""
+
+from shared.errors import ApiError, Code
+from shared.http import ApiRequest, Reply, serve
+
+
+def get_health(req: ApiRequest) -> Reply:
+    body = {"status": "ok", "version": req.settings.version}
+    if req.query.get("ready", "").lower() not in ("true", "1"):
+        return Reply(body)
+    from shared import store  # imported only for readiness: keeps the liveness cold start bare
+
+    try:
+        store.ping(timeout_s=2.0)
+    except Exception as exc:
+        raise ApiError(
+            Code.NOT_READY, f"Firestore does not answer ({type(exc).__name__}); retry shortly."
+        ) from None
+    return Reply({**body, "checks": {"firestore": "ok"}})
+
+
+healthz = serve("healthz", {"getHealth": get_health})

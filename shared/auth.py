@@ -1,0 +1,159 @@
+"""Who is calling: Firebase ID tokens, verified with firebase-admin (the Auth adapter).
+
+We read the token's header and claims ourselves first, only to *classify* a bad token with its own
+error code (expired, wrong project, unsigned, ...); the decision to accept a token is always
+firebase-admin's: signature, claims, and revocation or disabled user (`check_revoked=True`).
+
+An unsigned token (`alg: none`, what the Auth emulator issues) is accepted only when the Auth
+emulator is configured, which `shared.config` refuses in production.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from shared.config import Settings
+from shared.errors import ApiError, Code
+
+CLOCK_SKEW_S = 60
+_app_lock = threading.Lock()
+_app: Any = None
+
+
+@dataclass(frozen=True)
+class Principal:
+    uid: str
+    email: str | None
+    email_verified: bool
+
+
+def _b64json(segment: str) -> dict[str, Any]:
+    padded = segment + "=" * (-len(segment) % 4)
+    value = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+    if not isinstance(value, dict):
+        raise ValueError("not a JSON object")
+    return value
+
+
+def classify(token: str, cfg: Settings, now: float | None = None) -> None:
+    """Raises the specific ApiError for a token we can already tell is bad; else returns.
+
+    This is not verification; a token that passes still goes through firebase-admin.
+    """
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise ApiError(
+            Code.AUTH_MALFORMED,
+            "The bearer token is not a JWT (three dot-separated parts). Send a Firebase ID token.",
+        )
+    try:
+        header, claims = _b64json(parts[0]), _b64json(parts[1])
+    except (ValueError, UnicodeError, binascii.Error):
+        raise ApiError(
+            Code.AUTH_MALFORMED, "The bearer token could not be decoded. Send a Firebase ID token."
+        ) from None
+    if header.get("alg") == "none" and not cfg.auth_emulator_host:
+        raise ApiError(
+            Code.AUTH_UNSIGNED_TOKEN,
+            "The token is unsigned (an Auth emulator token?). "
+            "Sign in against the real Firebase Auth.",
+        )
+    expected_iss = f"https://securetoken.google.com/{cfg.project_id}"
+    if claims.get("aud") != cfg.project_id or claims.get("iss") != expected_iss:
+        raise ApiError(
+            Code.AUTH_WRONG_AUDIENCE,
+            f"The token was issued for another project "
+            f"(aud {claims.get('aud')!r}); sign in to project {cfg.project_id!r}.",
+        )
+    now = time.time() if now is None else now
+    exp = claims.get("exp")
+    if not isinstance(exp, int | float):
+        raise ApiError(Code.AUTH_MALFORMED, "The token has no expiry ('exp') claim.")
+    if exp + CLOCK_SKEW_S < now:
+        raise ApiError(
+            Code.AUTH_EXPIRED,
+            "The ID token has expired; refresh it (the Firebase SDK's getIdToken()) and retry.",
+        )
+
+
+def _firebase_app(cfg: Settings) -> Any:
+    """The firebase-admin app, created once per process on first use (lazy: cold starts)."""
+    global _app
+    with _app_lock:
+        if _app is None:
+            import firebase_admin
+
+            _app = firebase_admin.initialize_app(
+                options={"projectId": cfg.project_id}, name="yachay-auth"
+            )
+        return _app
+
+
+def authenticate(header_value: str | None, cfg: Settings) -> Principal:
+    """Turns an Authorization header value into a Principal, or raises a 401/503 ApiError."""
+    if not header_value or not header_value.strip():
+        raise ApiError(Code.AUTH_MISSING, f"Send '{cfg.auth_header}: Bearer <Firebase ID token>'.")
+    scheme, _, token = header_value.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        raise ApiError(
+            Code.AUTH_NOT_BEARER,
+            f"Use the Bearer scheme: '{cfg.auth_header}: Bearer <Firebase ID token>'.",
+        )
+    token = token.strip()
+    if not token:
+        raise ApiError(Code.AUTH_MALFORMED, "The Bearer scheme is there but the token is empty.")
+    classify(token, cfg)
+    return _verify(token, cfg)
+
+
+def _verify(token: str, cfg: Settings) -> Principal:
+    from firebase_admin import auth, exceptions
+
+    try:
+        claims = auth.verify_id_token(
+            token, app=_firebase_app(cfg), check_revoked=True, clock_skew_seconds=CLOCK_SKEW_S
+        )
+    except auth.ExpiredIdTokenError:
+        raise ApiError(
+            Code.AUTH_EXPIRED, "The ID token has expired; refresh it and retry."
+        ) from None
+    except auth.RevokedIdTokenError:
+        raise ApiError(Code.AUTH_REVOKED, "This session was revoked; sign in again.") from None
+    except auth.UserDisabledError:
+        raise ApiError(
+            Code.AUTH_USER_DISABLED, "This account is disabled; contact support."
+        ) from None
+    except auth.UserNotFoundError:
+        raise ApiError(
+            Code.AUTH_INVALID, "The token's user no longer exists; sign in again."
+        ) from None
+    except auth.CertificateFetchError:
+        raise ApiError(
+            Code.AUTH_UNAVAILABLE, "We could not check your token just now; retry in a few seconds."
+        ) from None
+    except (auth.InvalidIdTokenError, ValueError) as exc:
+        raise ApiError(Code.AUTH_INVALID, f"The ID token is not valid: {exc}") from None
+    except exceptions.FirebaseError as exc:
+        # Revocation lookup failed (Auth unreachable): a retryable condition, not the user's fault.
+        if isinstance(
+            exc,
+            exceptions.UnavailableError
+            | exceptions.UnknownError
+            | exceptions.DeadlineExceededError,
+        ):
+            raise ApiError(
+                Code.AUTH_UNAVAILABLE,
+                "We could not check your token just now; retry in a few seconds.",
+            ) from None
+        raise ApiError(Code.AUTH_INVALID, f"The ID token was refused: {exc}") from None
+    return Principal(
+        uid=claims["uid"],
+        email=claims.get("email"),
+        email_verified=bool(claims.get("email_verified", False)),
+    )

@@ -1,0 +1,120 @@
+"""The model catalog: versioned data in `shared/data/models.json`, read into typed records.
+
+Prices are integer US cents per 1M billable training tokens. A model is offered only while its
+weights are in our model store (`shared.modelstore`); the catalog itself never changes at run time.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+CATALOG_PATH = Path(__file__).parent / "data" / "models.json"
+
+
+@dataclass(frozen=True)
+class Bound:
+    default: float | int
+    min: float | int
+    max: float | int
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    id: str
+    display_name: str
+    family: str
+    parameters: int
+    context_length: int
+    price_per_million_tokens_cents: int
+    gpu_type: str
+    machine_type: str
+    max_dataset_tokens: int
+    throughput_tokens_per_s: int
+    hyperparameters: dict[str, Bound]
+    lora: dict[str, Bound]
+    lora_target_modules_default: str
+    lora_target_modules_allowed: tuple[str, ...]
+    source: str
+    license: str
+
+
+@dataclass(frozen=True)
+class Catalog:
+    version: str
+    currency: str
+    models: tuple[ModelSpec, ...]
+
+    def get(self, model_id: str) -> ModelSpec | None:
+        return next((m for m in self.models if m.id == model_id), None)
+
+
+def _bounds(raw: dict[str, Any]) -> dict[str, Bound]:
+    return {k: Bound(v["default"], v["min"], v["max"]) for k, v in raw.items() if "min" in v}
+
+
+def parse(raw: dict[str, Any]) -> Catalog:
+    models = []
+    for m in raw["models"]:
+        targets = m["lora"]["target_modules"]
+        models.append(
+            ModelSpec(
+                id=m["id"],
+                display_name=m["display_name"],
+                family=m["family"],
+                parameters=int(m["parameters"]),
+                context_length=int(m["context_length"]),
+                price_per_million_tokens_cents=int(m["price_per_million_tokens_cents"]),
+                gpu_type=m["gpu_type"],
+                machine_type=m["machine_type"],
+                max_dataset_tokens=int(m["max_dataset_tokens"]),
+                throughput_tokens_per_s=int(m["throughput_tokens_per_s"]),
+                hyperparameters=_bounds(m["hyperparameters"]),
+                lora=_bounds(m["lora"]),
+                lora_target_modules_default=targets["default"],
+                lora_target_modules_allowed=tuple(targets["allowed"]),
+                source=m["source"],
+                license=m["license"],
+            )
+        )
+    return Catalog(version=raw["catalog_version"], currency=raw["currency"], models=tuple(models))
+
+
+@lru_cache(maxsize=1)
+def catalog() -> Catalog:
+    return parse(json.loads(CATALOG_PATH.read_text()))
+
+
+def model_view(spec: ModelSpec, available: bool, currency: str) -> dict[str, Any]:
+    """The public JSON shape of one catalog model."""
+
+    def bounds(b: dict[str, Bound]) -> dict[str, dict[str, float | int]]:
+        return {k: {"default": v.default, "min": v.min, "max": v.max} for k, v in b.items()}
+
+    lora = bounds(spec.lora)
+    lora["target_modules"] = {  # type: ignore[assignment]
+        "default": spec.lora_target_modules_default,
+        "allowed": list(spec.lora_target_modules_allowed),
+    }
+    return {
+        "object": "model",
+        "id": spec.id,
+        "display_name": spec.display_name,
+        "family": spec.family,
+        "parameters": spec.parameters,
+        "context_length": spec.context_length,
+        "pricing": {
+            "unit": "1M_training_tokens",
+            "price_cents": spec.price_per_million_tokens_cents,
+            "currency": currency,
+        },
+        "gpu_type": spec.gpu_type,
+        "max_dataset_tokens": spec.max_dataset_tokens,
+        "hyperparameters": bounds(spec.hyperparameters),
+        "lora": lora,
+        "license": spec.license,
+        "available": available,
+    }

@@ -1,0 +1,73 @@
+"""API errors: every stable machine code and its HTTP status, in one place.
+
+Handlers raise `ApiError(Code.X, "message a person can act on", param="field")`; `shared.http`
+turns it into `{"error": {"code", "message", "param", "request_id"}}`. Codes are part of the
+public `/v1` contract: add new ones, never rename or re-purpose one.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Code(StrEnum):
+    """Stable error codes. The value is the code; `status` is its HTTP status."""
+
+    def __new__(cls, value: str, status: int) -> Code:
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.status = status
+        return member
+
+    status: int
+
+    # Request shape
+    INVALID_JSON = ("invalid_json", 400)
+    INVALID_BODY = ("invalid_body", 400)
+    UNKNOWN_FIELD = ("unknown_field", 400)
+    MISSING_FIELD = ("missing_field", 400)
+    INVALID_VALUE = ("invalid_value", 400)
+    INVALID_QUERY = ("invalid_query", 400)
+    PAYLOAD_TOO_LARGE = ("payload_too_large", 413)
+    UNSUPPORTED_MEDIA_TYPE = ("unsupported_media_type", 415)
+    # Authentication: each failure its own code, all 401 (503 when we cannot check at all)
+    AUTH_MISSING = ("auth_missing", 401)
+    AUTH_NOT_BEARER = ("auth_not_bearer", 401)
+    AUTH_MALFORMED = ("auth_malformed", 401)
+    AUTH_EXPIRED = ("auth_expired", 401)
+    AUTH_REVOKED = ("auth_revoked", 401)
+    AUTH_WRONG_AUDIENCE = ("auth_wrong_audience", 401)
+    AUTH_UNSIGNED_TOKEN = ("auth_unsigned_token", 401)
+    AUTH_USER_DISABLED = ("auth_user_disabled", 401)
+    AUTH_INVALID = ("auth_invalid", 401)
+    AUTH_UNAVAILABLE = ("auth_unavailable", 503)
+    # Routing
+    NOT_FOUND = ("not_found", 404)
+    METHOD_NOT_ALLOWED = ("method_not_allowed", 405)
+    # Server side
+    NOT_READY = ("not_ready", 503)
+    INTERNAL = ("internal_error", 500)
+
+
+class ApiError(Exception):
+    """An error the API answers with; the only exception type handlers raise on purpose."""
+
+    def __init__(self, code: Code, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.param = param
+
+    @property
+    def status(self) -> int:
+        return self.code.status
+
+    def body(self, request_id: str) -> dict[str, object]:
+        return {
+            "error": {
+                "code": self.code.value,
+                "message": self.message,
+                "param": self.param,
+                "request_id": request_id,
+            }
+        }

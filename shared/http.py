@@ -1,0 +1,219 @@
+"""The HTTP edge shared by every function: routing, CORS, auth, JSON errors, request logs.
+
+A function file is a handful of lines:
+
+    def get_me(req: ApiRequest) -> Reply: ...
+    me = serve("me", {"getMe": get_me, "updateMe": update_me})
+
+`serve` returns the Flask view that functions-framework (and the local gateway) calls. All error
+mapping happens here, in one place: an `ApiError` becomes its JSON error, anything else a logged
+`internal_error` with the request id, never a stack trace in the response.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import flask
+
+from shared import logs
+from shared.auth import Principal, authenticate
+from shared.config import Settings, settings
+from shared.errors import ApiError, Code
+from shared.routes import Route, resolve, routes_of
+
+MAX_BODY_BYTES = 1 << 20
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9_.-]{8,64}$")
+_ALLOWED_HEADERS = "Authorization, Content-Type, Idempotency-Key, X-Request-Id"
+
+
+@dataclass
+class Reply:
+    body: Mapping[str, Any] | None
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class ApiRequest:
+    """What a handler sees of a request: already routed and authenticated."""
+
+    route: Route
+    params: dict[str, str]
+    principal: Principal | None
+    request_id: str
+    settings: Settings
+    _flask: flask.Request
+
+    @property
+    def uid(self) -> str:
+        assert self.principal is not None, "route is not authenticated"
+        return self.principal.uid
+
+    @property
+    def query(self) -> Mapping[str, str]:
+        return self._flask.args
+
+    def header(self, name: str) -> str | None:
+        return self._flask.headers.get(name)
+
+    def json_object(self) -> dict[str, Any]:
+        """The body as a JSON object, or an ApiError a person can act on."""
+        req = self._flask
+        if req.content_length is not None and req.content_length > MAX_BODY_BYTES:
+            raise ApiError(
+                Code.PAYLOAD_TOO_LARGE, f"The body may be at most {MAX_BODY_BYTES} bytes."
+            )
+        raw = req.get_data(cache=True)
+        if len(raw) > MAX_BODY_BYTES:
+            raise ApiError(
+                Code.PAYLOAD_TOO_LARGE, f"The body may be at most {MAX_BODY_BYTES} bytes."
+            )
+        if not raw.strip():
+            raise ApiError(Code.INVALID_JSON, "The request needs a JSON object body.")
+        if req.mimetype != "application/json":
+            raise ApiError(
+                Code.UNSUPPORTED_MEDIA_TYPE,
+                "Send the body as JSON with the header 'Content-Type: application/json'.",
+            )
+        try:
+            body = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise ApiError(Code.INVALID_JSON, f"The body is not valid JSON: {exc}.") from None
+        if not isinstance(body, dict):
+            raise ApiError(Code.INVALID_BODY, "The body must be a JSON object ({...}).")
+        return body
+
+
+Handler = Callable[[ApiRequest], Reply]
+View = Callable[[flask.Request], flask.Response]
+
+
+def serve(function: str, handlers: Mapping[str, Handler]) -> View:
+    """Builds the entry point of one deployed function from its operation handlers.
+
+    Raises:
+        RuntimeError: at import time, when `handlers` does not cover exactly the operations the
+            route table gives this function.
+    """
+    routes = routes_of(function)
+    expected = {r.operation_id for r in routes}
+    if set(handlers) != expected:
+        raise RuntimeError(f"{function}: handlers {sorted(handlers)} != routes {sorted(expected)}")
+
+    def view(request: flask.Request) -> flask.Response:
+        started = time.perf_counter()
+        incoming = request.headers.get("X-Request-Id", "")
+        request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        token = logs.request_id_var.set(request_id)
+        cfg = settings()
+        principal: Principal | None = None
+        code: str | None = None
+        try:
+            try:
+                if request.method == "OPTIONS":
+                    response = _preflight(request, routes, cfg)
+                else:
+                    resolution = resolve(request.method, request.path, routes)
+                    route = resolution.route
+                    if route is None:
+                        _raise_unrouted(request, resolution.allowed_methods)
+                    assert route is not None
+                    if route.auth:
+                        principal = authenticate(request.headers.get(cfg.auth_header), cfg)
+                    reply = handlers[route.operation_id](
+                        ApiRequest(route, resolution.params, principal, request_id, cfg, request)
+                    )
+                    response = _json_response(reply.body, reply.status, reply.headers)
+            except ApiError as exc:
+                code = exc.code.value
+                headers = {"Allow": exc.allow} if isinstance(exc, _MethodNotAllowed) else {}
+                response = _json_response(exc.body(request_id), exc.status, headers)
+            except Exception as exc:  # the one place an unexpected error becomes a response
+                code = Code.INTERNAL.value
+                logs.error("unhandled error", exc, function=function, path=request.path)
+                err = ApiError(
+                    Code.INTERNAL,
+                    "Something went wrong on our side; retry later, "
+                    "and quote the request id if it persists.",
+                )
+                response = _json_response(err.body(request_id), err.status, {})
+            response.headers["X-Request-Id"] = request_id
+            _grant_cors(request, response, cfg)
+            logs.info(
+                "request",
+                function=function,
+                method=request.method,
+                path=request.path,
+                status=response.status_code,
+                code=code,
+                uid=principal.uid if principal else None,
+                latency_ms=round((time.perf_counter() - started) * 1000, 1),
+            )
+            return response
+        finally:
+            logs.request_id_var.reset(token)
+
+    view.__name__ = function
+    return view
+
+
+class _MethodNotAllowed(ApiError):
+    def __init__(self, method: str, path: str, allowed: tuple[str, ...]) -> None:
+        super().__init__(
+            Code.METHOD_NOT_ALLOWED,
+            f"{method} is not allowed on {path}; use {', '.join(allowed)}.",
+        )
+        self.allow = ", ".join(allowed)
+
+
+def _raise_unrouted(request: flask.Request, allowed: tuple[str, ...]) -> None:
+    if allowed:
+        raise _MethodNotAllowed(request.method, request.path, allowed)
+    raise ApiError(Code.NOT_FOUND, f"No such endpoint: {request.method} {request.path}.")
+
+
+def not_found_response(request: flask.Request) -> flask.Response:
+    """The answer for a path no function owns (used by the local gateway; API Gateway in prod)."""
+    request_id = uuid.uuid4().hex
+    err = ApiError(Code.NOT_FOUND, f"No such endpoint: {request.method} {request.path}.")
+    response = _json_response(err.body(request_id), err.status, {"X-Request-Id": request_id})
+    _grant_cors(request, response, settings())
+    return response
+
+
+def _preflight(request: flask.Request, routes: tuple[Route, ...], cfg: Settings) -> flask.Response:
+    allowed = resolve("OPTIONS", request.path, routes).allowed_methods
+    if not allowed:
+        raise ApiError(Code.NOT_FOUND, f"No such endpoint: {request.path}.")
+    response = flask.Response(status=204)
+    if request.headers.get("Origin") in cfg.cors_origins:
+        response.headers["Access-Control-Allow-Methods"] = ", ".join((*allowed, "OPTIONS"))
+        response.headers["Access-Control-Allow-Headers"] = _ALLOWED_HEADERS
+        response.headers["Access-Control-Max-Age"] = "3600"
+    return response
+
+
+def _grant_cors(request: flask.Request, response: flask.Response, cfg: Settings) -> None:
+    """Grants CORS to allow-listed dashboard origins only; others get no grant at all."""
+    response.headers["Vary"] = "Origin"
+    origin = request.headers.get("Origin")
+    if origin and origin in cfg.cors_origins:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Expose-Headers"] = "X-Request-Id"
+
+
+def _json_response(
+    body: Mapping[str, Any] | None, status: int, headers: dict[str, str]
+) -> flask.Response:
+    data = "" if body is None else json.dumps(body, separators=(",", ":"), default=str)
+    response = flask.Response(data, status=status, mimetype="application/json")
+    for name, value in headers.items():
+        response.headers[name] = value
+    return response

@@ -1,0 +1,84 @@
+"""The local stack itself: addresses file, loopback-only binding, clean stop on failure."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+from devstack.stack import SERVICES, Stack, StackError, free_port
+
+
+def listening(port: int) -> list[str]:
+    """Local addresses listening on `port` (from /proc/net/tcp and tcp6)."""
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            addr, hexport = local.rsplit(":", 1)
+            if state == "0A" and int(hexport, 16) == port:
+                found.append(addr)
+    return found
+
+
+LOOPBACK = {"0100007F", "0000000000000000FFFF00000100007F", "00000000000000000000000001000000"}
+
+
+def test_stack_json_describes_every_service(stack: Stack) -> None:
+    described = json.loads((stack.run_dir / "stack.json").read_text())
+    assert set(described["hosts"]) == set(SERVICES)
+    assert described["api_base_url"] == stack.api_base_url
+    assert described["env"]["FIRESTORE_EMULATOR_HOST"] == stack.host("firestore")
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_every_service_listens_on_loopback_only(stack: Stack, service: str) -> None:
+    addresses = listening(stack.ports[service])
+    assert addresses, f"{service} is not listening"
+    assert set(addresses) <= LOOPBACK, f"{service} listens on {addresses}"
+
+
+def test_a_start_that_fails_half_way_stops_what_it_started(tmp_path: Path) -> None:
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    taken = blocker.getsockname()[1]
+    ports = {name: free_port() for name in ("firestore", "pubsub", "tasks", "stripe", "auth")}
+    stack = Stack(tmp_path, ports={**ports, "storage": taken}, with_api=False)
+    try:
+        with pytest.raises(StackError, match="storage"):
+            stack.start(timeout_s=60)
+    finally:
+        blocker.close()
+    leftovers = {name: listening(port) for name, port in ports.items()}
+    assert not any(leftovers.values()), f"still listening after failed start: {leftovers}"
+    marks = (
+        [str(tmp_path)]
+        + [f"--port={p}" for p in ports.values()]
+        + [f"127.0.0.1:{p}" for p in ports.values()]
+    )
+    assert not processes_mentioning(marks)
+
+
+def processes_mentioning(marks: list[str]) -> list[str]:
+    """Command lines of live processes that mention any of `marks` (zombies have none)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if any(mark in text for mark in marks) and "pytest" not in text:
+            found.append(text)
+    return found
+
+
+def test_stopping_ends_every_process_group(tmp_path: Path) -> None:
+    stack = Stack(tmp_path, with_api=False).start()
+    marks = [str(tmp_path)] + [f"127.0.0.1:{p}" for p in stack.ports.values()]
+    assert processes_mentioning(marks), "the stack's processes should be visible while it runs"
+    stack.stop()
+    assert not processes_mentioning(marks)
+    assert not (tmp_path / "stack.json").exists()

@@ -1,0 +1,32 @@
+import pytest
+
+from shared.accounts import parse_update
+from shared.errors import ApiError
+
+
+def test_valid_update() -> None:
+    assert parse_update({"notifications": {"job_failed": False, "job_completed": True}}) == {
+        "job_failed": False,
+        "job_completed": True,
+    }
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "param"),
+    [
+        ({}, "missing_field", "notifications"),
+        ({"email": "x@y.z"}, "unknown_field", "email"),
+        ({"notifications": {"job_failed": False}, "uid": "x"}, "unknown_field", "uid"),
+        ({"notifications": None}, "invalid_value", "notifications"),
+        ({"notifications": {}}, "invalid_value", "notifications"),
+        ({"notifications": [True]}, "invalid_value", "notifications"),
+        ({"notifications": {"job_lost": True}}, "unknown_field", "notifications.job_lost"),
+        ({"notifications": {"job_failed": "no"}}, "invalid_value", "notifications.job_failed"),
+        ({"notifications": {"job_failed": 0}}, "invalid_value", "notifications.job_failed"),
+    ],
+)
+def test_bad_updates_name_the_field(body: dict, code: str, param: str) -> None:
+    with pytest.raises(ApiError) as exc:
+        parse_update(body)
+    assert exc.value.code.value == code
+    assert exc.value.param == param

@@ -1,0 +1,64 @@
+import json
+from pathlib import Path
+
+from shared import openapi, routes
+from shared.routes import Route, resolve
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_resolve_extracts_path_parameters() -> None:
+    table = (
+        Route("GET", "/v1/jobs/{job_id}", "jobs", "getJob", "x"),
+        Route("POST", "/v1/jobs/{job_id}/cancel", "jobs", "cancelJob", "x"),
+    )
+    res = resolve("GET", "/v1/jobs/abc_123", table)
+    assert res.route is table[0] and res.params == {"job_id": "abc_123"}
+    assert resolve("POST", "/v1/jobs/abc/cancel", table).params == {"job_id": "abc"}
+
+
+def test_resolve_distinguishes_unknown_path_from_wrong_method() -> None:
+    unknown = resolve("GET", "/v1/nope")
+    assert unknown.route is None and unknown.allowed_methods == ()
+    wrong = resolve("DELETE", "/v1/me")
+    assert wrong.route is None and set(wrong.allowed_methods) == {"GET", "PATCH"}
+
+
+def test_path_parameters_refuse_slashes_dots_and_overlong_values() -> None:
+    route = Route("GET", "/v1/jobs/{job_id}", "jobs", "getJob", "x")
+    assert route.match("/v1/jobs/a/b") is None
+    assert route.match("/v1/jobs/..") is None
+    assert route.match("/v1/jobs/" + "a" * 129) is None
+
+
+def test_operation_ids_are_unique_and_method_path_pairs_unique() -> None:
+    ids = [r.operation_id for r in routes.ROUTES]
+    assert len(ids) == len(set(ids))
+    pairs = [(r.method, r.path) for r in routes.ROUTES]
+    assert len(pairs) == len(set(pairs))
+
+
+def test_every_function_has_its_file_and_entry_point() -> None:
+    for name in routes.functions():
+        source = (ROOT / "functions" / name / "main.py").read_text()
+        assert f'{name} = serve("{name}"' in source, name
+
+
+def test_gateway_config_in_repo_is_current() -> None:
+    committed = openapi.GATEWAY_TEMPLATE.read_text()
+    assert committed == openapi.render_gateway_config(), "stale: run `make openapi`"
+
+
+def test_gateway_config_secures_exactly_the_authenticated_routes() -> None:
+    doc = json.loads(openapi.render_gateway_config())
+    for r in routes.ROUTES:
+        op = doc["paths"][r.path][r.method.lower()]
+        assert op["operationId"] == r.operation_id
+        assert (op.get("security") == [{"firebase": []}]) == r.auth
+        assert op["x-google-backend"]["address"] == "${backend_" + r.function + "}"
+        assert op["x-google-backend"]["path_translation"] == "APPEND_PATH_TO_ADDRESS"
+    for path, item in doc["paths"].items():
+        assert "security" not in item["options"], f"preflight on {path} must be unauthenticated"
+    firebase = doc["securityDefinitions"]["firebase"]
+    assert firebase["x-google-issuer"] == "https://securetoken.google.com/${project_id}"
+    assert firebase["x-google-audiences"] == "${project_id}"
