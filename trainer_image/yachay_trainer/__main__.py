@@ -1,0 +1,79 @@
+"""`python -m yachay_trainer`: one job, configured by the environment; the exit code tells Batch
+whether to retry (see shared.contract)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from shared.contract import (
+    EXIT_OK,
+    EXIT_RETRYABLE,
+    EXIT_USER_ERROR,
+    MANIFEST,
+    TrainerConfig,
+)
+from yachay_trainer import storage
+from yachay_trainer.data import DataError
+from yachay_trainer.progress import Reporter
+
+PLATFORM_FAILURE = 1
+
+
+def _transient(exc: BaseException) -> bool:
+    from google.api_core import exceptions as gexc
+
+    return isinstance(
+        exc,
+        ConnectionError
+        | TimeoutError
+        | gexc.ServiceUnavailable
+        | gexc.TooManyRequests
+        | gexc.InternalServerError
+        | gexc.DeadlineExceeded,
+    )
+
+
+def main() -> int:
+    cfg = TrainerConfig.from_env(os.environ)
+    reporter = Reporter(cfg)
+    import torch
+
+    from yachay_trainer.outputs import write_outputs
+    from yachay_trainer.train import Preempted, Run
+
+    with tempfile.TemporaryDirectory(prefix="yachay-trainer-") as tmp:
+        workdir = Path(tmp)
+        try:
+            run = Run(cfg, workdir, reporter).setup()
+            result = run.train()
+            out = workdir / "output"
+            manifest = write_outputs(out, run.model, cfg, run.metrics, result)
+            storage.upload_folder(out, cfg.output_uri, last=MANIFEST)
+            reporter.result({**result, "artifacts": manifest["files"]})
+            return EXIT_OK
+        except DataError as exc:
+            reporter.failure("user_error", str(exc))
+            return EXIT_USER_ERROR
+        except Preempted as exc:
+            Reporter.log("preempted", message=str(exc))
+            return EXIT_RETRYABLE
+        except torch.OutOfMemoryError:
+            reporter.failure(
+                "out_of_memory",
+                "The job ran out of GPU memory; lower "
+                "max_seq_length or batch_size and submit again.",
+            )
+            return PLATFORM_FAILURE
+        except Exception as exc:
+            if _transient(exc):
+                Reporter.log("transient_failure", error=repr(exc))
+                return EXIT_RETRYABLE
+            reporter.failure("platform", f"{type(exc).__name__}: {exc}")
+            raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

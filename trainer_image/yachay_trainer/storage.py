@@ -1,0 +1,97 @@
+"""Where the trainer reads and writes: gs://bucket/path through google-cloud-storage (locally the
+Storage emulator via STORAGE_EMULATOR_HOST), or a plain local folder path."""
+
+from __future__ import annotations
+
+import shutil
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+
+def _split(uri: str) -> tuple[str, str]:
+    bucket, _, path = uri.removeprefix("gs://").partition("/")
+    return bucket, path
+
+
+@lru_cache(maxsize=1)
+def _client() -> Any:
+    from google.cloud import storage
+
+    return storage.Client()
+
+
+def _join(uri: str, name: str) -> str:
+    return uri.rstrip("/") + "/" + name
+
+
+def download_file(uri: str, dest: Path) -> Path:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if uri.startswith("gs://"):
+        bucket, path = _split(uri)
+        _client().bucket(bucket).blob(path).download_to_filename(str(dest))
+    else:
+        shutil.copyfile(uri, dest)
+    return dest
+
+
+def download_folder(uri: str, dest: Path) -> Path:
+    """Copies every file directly inside the folder `uri` into `dest`."""
+    dest.mkdir(parents=True, exist_ok=True)
+    if uri.startswith("gs://"):
+        bucket, path = _split(uri)
+        prefix = path.rstrip("/") + "/"
+        for blob in _client().list_blobs(bucket, prefix=prefix):
+            name = blob.name[len(prefix) :]
+            if name and "/" not in name:
+                blob.download_to_filename(str(dest / name))
+    else:
+        for p in Path(uri).iterdir():
+            if p.is_file():
+                shutil.copyfile(p, dest / p.name)
+    return dest
+
+
+def upload_file(src: Path, uri: str) -> None:
+    if uri.startswith("gs://"):
+        bucket, path = _split(uri)
+        _client().bucket(bucket).blob(path).upload_from_filename(str(src))
+    else:
+        Path(uri).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, uri)
+
+
+def upload_folder(src: Path, uri: str, last: str | None = None) -> None:
+    """Uploads every file of `src` into the folder `uri`; the file named `last` goes last, so
+    its presence means the rest is complete."""
+    files = sorted(p for p in src.iterdir() if p.is_file())
+    files.sort(key=lambda p: p.name == last)
+    for p in files:
+        upload_file(p, _join(uri, p.name))
+
+
+def read_text(uri: str) -> str | None:
+    """The text at `uri`, or None where there is nothing."""
+    if uri.startswith("gs://"):
+        from google.api_core.exceptions import NotFound
+
+        bucket, path = _split(uri)
+        try:
+            return _client().bucket(bucket).blob(path).download_as_text()
+        except NotFound:
+            return None
+    p = Path(uri)
+    return p.read_text() if p.exists() else None
+
+
+def write_text(uri: str, text: str) -> None:
+    if uri.startswith("gs://"):
+        bucket, path = _split(uri)
+        _client().bucket(bucket).blob(path).upload_from_string(text)
+    else:
+        Path(uri).parent.mkdir(parents=True, exist_ok=True)
+        Path(uri).write_text(text)
+
+
+def join(uri: str, name: str) -> str:
+    return _join(uri, name)

@@ -1,0 +1,161 @@
+"""A tiny random-weight Llama and synthetic chat data, built offline in seconds.
+
+For fast tests and the throughput benchmark: no model hub is reachable, and the trainer must be
+exercised on something small. The folder it writes has the same layout as a model-store folder
+(config.json, model.safetensors, tokenizer.json, tokenizer_config.json, chat_template.jinja,
+manifest.json), so everything downstream loads it exactly like a real model.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+from shared.contract import write_manifest
+
+CHATML = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+_SYLLABLES = [
+    "ka",
+    "lo",
+    "mi",
+    "ne",
+    "ru",
+    "sa",
+    "ti",
+    "vo",
+    "pe",
+    "da",
+    "qu",
+    "zi",
+    "fa",
+    "ho",
+    "ja",
+    "wu",
+    "ye",
+    "xo",
+    "bi",
+    "gu",
+]
+
+
+def words(n: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return ["".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(1, 3))) for _ in range(n)]
+
+
+VOCAB_WORDS = words(600)
+
+
+def sentence(rng: random.Random, n_words: int) -> str:
+    text = " ".join(rng.choice(VOCAB_WORDS) for _ in range(n_words))
+    return text[:1].upper() + text[1:] + "."
+
+
+def chat_records(n: int, seed: int, mean_words: float = 60.0, sigma: float = 0.8) -> list[dict]:
+    """Chat records whose lengths follow a log-normal law (like real instruction data: many
+    short, a long tail). The assistant echoes a deterministic transform of the user's words, so
+    there is something learnable."""
+    import math
+
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        n_user = max(3, int(rng.lognormvariate(math.log(mean_words * 0.5), sigma)))
+        n_asst = max(3, int(rng.lognormvariate(math.log(mean_words * 0.5), sigma)))
+        user = sentence(rng, n_user)
+        first = user.split()[0].lower()
+        asst = f"About {first}: " + sentence(rng, n_asst)
+        msgs = [{"role": "user", "content": user}, {"role": "assistant", "content": asst}]
+        if rng.random() < 0.3:
+            msgs.insert(0, {"role": "system", "content": sentence(rng, rng.randint(4, 12))})
+        out.append({"messages": msgs})
+    return out
+
+
+def write_jsonl(records: list[dict], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def build_tokenizer(folder: Path, vocab_size: int = 2048) -> None:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    rng = random.Random(1)
+    corpus = [sentence(rng, rng.randint(5, 40)) for _ in range(3000)]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus, trainer)
+    folder.mkdir(parents=True, exist_ok=True)
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "bos_token": None,
+                "eos_token": "<|im_end|>",
+                "pad_token": "<|endoftext|>",
+                "unk_token": "<|endoftext|>",
+                "model_max_length": 4096,
+                "tokenizer_class": "PreTrainedTokenizerFast",
+            },
+            indent=2,
+        )
+    )
+    (folder / "chat_template.jinja").write_text(CHATML)
+
+
+def build_tiny_model(
+    folder: Path,
+    hidden: int = 256,
+    layers: int = 4,
+    heads: int = 4,
+    vocab_size: int = 2048,
+    seed: int = 0,
+    **config: Any,
+) -> Path:
+    """Writes a tiny random-weight Llama and its tokenizer to `folder`; returns the folder."""
+    import torch
+    from tokenizers import Tokenizer
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    build_tokenizer(folder, vocab_size)
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=tok.get_vocab_size(),
+        hidden_size=hidden,
+        intermediate_size=hidden * 8 // 3,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=4096,
+        tie_word_embeddings=False,
+        bos_token_id=None,
+        eos_token_id=tok.token_to_id("<|im_end|>"),
+        pad_token_id=tok.token_to_id("<|endoftext|>"),
+        **config,
+    )
+    LlamaForCausalLM(cfg).save_pretrained(str(folder), safe_serialization=True)
+    write_manifest(folder, model_id="tiny-llama", source="random init from a config")
+    return folder
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(build_tiny_model(Path(sys.argv[1])))
