@@ -9,13 +9,13 @@ PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
 export PYTHONPATH := $(CURDIR):$(CURDIR)/trainer_image
 export NO_GCE_CHECK := true
 
-.PHONY: help install dev demo test test-fast lint format openapi bench lock clean
+.PHONY: help install dev demo test test-fast lint format openapi bench bench-trainer lock clean
 
 help:
 	@echo "make demo   - install, start the local stack, run the main flow end to end, stop"
 	@echo "make test   - install, lint, run every test (starts and stops what the tests need)"
 	@echo "make dev    - the local stack in the foreground until Ctrl-C"
-	@echo "make bench  - benchmarks (cold start)"
+	@echo "make bench  - cold-start benchmark; make bench-trainer - trainer throughput vs HF"
 
 # --- install (each step re-runs only when its inputs change) ---------------------------------
 install: $(LOCAL)/.venv.ok $(LOCAL)/.tasks-venv.ok $(LOCAL)/.stripe-venv.ok $(LOCAL)/.npm.ok
@@ -80,6 +80,9 @@ openapi: $(LOCAL)/.venv.ok
 
 bench: install
 	$(PY) -m bench.cold_start
+
+bench-trainer: install $(SMOLLM2)/manifest.json
+	$(PY) -m bench.trainer_throughput
 
 lock: $(LOCAL)/.venv.ok
 	{ echo "# Full lock of .local/venv (pip freeze); regenerate with 'make lock' after changing a requirements file."; \

@@ -17,13 +17,14 @@ Depends only on `tokenizers` and `jinja2`, never on transformers, so functions s
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 ROLES = ("system", "user", "assistant")
+MAX_LINE_BYTES = 4 << 20  # one record; a longer line is refused rather than read
 
 
 class RecordError(ValueError):
@@ -53,6 +54,52 @@ class TokenCount:
     tokens: int  # tokens of the kept records: what one epoch processes and bills
     trained_tokens: int  # of which training targets
     truncated: int  # records cut at max_seq_length
+
+
+@dataclass(frozen=True)
+class Line:
+    number: int  # 1-based line number in the file
+    record: Any
+
+
+def split_lines(data: bytes) -> list[bytes]:
+    """The raw lines of a JSONL file: a UTF-8 byte-order mark dropped, split on newlines (CRLF's
+    carriage return is JSON whitespace, so it needs no special case)."""
+    if b"\x00" in data[:8192]:
+        raise RecordError("line 1: this looks like a binary file, not JSONL text")
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    return data.split(b"\n")
+
+
+def parse_line(number: int, raw: bytes) -> Line | None:
+    """One raw line parsed; None for a blank line; RecordError naming the line otherwise."""
+    if len(raw) > MAX_LINE_BYTES:
+        raise RecordError(
+            f"line {number}: {len(raw)} bytes; a record may be at most {MAX_LINE_BYTES} bytes"
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RecordError(
+            f"line {number}: not UTF-8 text (byte {exc.start + 1} of the line); "
+            "save the file as UTF-8"
+        ) from None
+    if not text.strip():
+        return None
+    try:
+        return Line(number, json.loads(text))
+    except ValueError as exc:
+        raise RecordError(f"line {number}: not valid JSON ({exc})") from None
+
+
+def parse_jsonl(data: bytes) -> Iterator[Line]:
+    """Yields each non-blank line of a JSONL file; the one reader that validation, the estimate
+    and the trainer share. Raises RecordError naming the first line it cannot read."""
+    for number, raw in enumerate(split_lines(data), start=1):
+        line = parse_line(number, raw)
+        if line is not None:
+            yield line
 
 
 def record_format(record: Any) -> str:

@@ -62,3 +62,21 @@ def test_varlen_attention_matches_separate_forward_passes(tiny_model) -> None:
         model.config._attn_implementation = "sdpa"
         alone = torch.cat([model(input_ids=s[None], use_cache=False).logits[0] for s in seqs])
     assert torch.allclose(packed, alone, atol=1e-5)
+
+
+def test_shared_dropout_masks_siblings_alike_and_keeps_rate_and_scale() -> None:
+    from yachay_trainer.dropout import SharedMaskDropout, _Cache, clear
+
+    cache = _Cache()
+    q, k = SharedMaskDropout(0.25, cache), SharedMaskDropout(0.25, cache)
+    x, y = torch.ones(200, 300), torch.ones(200, 300)
+    a, b, c = q(x), k(x), q(y)
+    assert torch.equal(a, b)  # same input: one mask
+    assert not torch.equal(a, c)  # another input: a fresh mask
+    dropped = (a == 0).float().mean().item()
+    assert 0.22 < dropped < 0.28
+    assert torch.allclose(a[a != 0], torch.tensor(1 / 0.75))
+    clear(cache)
+    assert cache.x is None
+    q.eval()
+    assert q(x) is x

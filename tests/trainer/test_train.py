@@ -39,9 +39,9 @@ def test_lora_weights_change_and_base_weights_do_not(tiny_model, tiny_data, tmp_
 
 def test_memorisation_loss_falls_below_threshold(tiny_model, tmp_path) -> None:
     # 4 short examples, 50 epochs, one example per step. A random-weight base learns slowly
-    # through LoRA alone: measured here, the loss goes from about 7.07 (ln of the vocabulary)
-    # to a last-epoch mean of about 2.1; the threshold leaves room for noise, not for a loop
-    # that does not learn (one that stalls stays above 6).
+    # through LoRA alone: measured here, the loss goes from 9.06 (about ln 8192, the vocabulary)
+    # to a last-epoch mean of 3.96; the threshold leaves room for noise, not for a loop that
+    # does not learn (one that stalls stays near 9).
     data = write_jsonl(chat_records(4, seed=11, mean_words=10), tmp_path / "mem.jsonl")
     run = Run(
         make_config(
@@ -56,8 +56,8 @@ def test_memorisation_loss_falls_below_threshold(tiny_model, tmp_path) -> None:
         tmp_path,
     ).setup()
     result = run.train()
-    assert run.metrics[0]["loss"] > 6.5
-    assert result["last_epoch_mean_loss"] < 2.8
+    assert run.metrics[0]["loss"] > 8.5
+    assert result["last_epoch_mean_loss"] < 5.0
 
 
 def test_trained_tokens_equal_the_estimate_count(tiny_model, tiny_data, tmp_path) -> None:

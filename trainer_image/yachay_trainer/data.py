@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from shared.tokenization import ChatTokenizer, EncodedExample, RecordError
+from shared.tokenization import ChatTokenizer, EncodedExample, RecordError, parse_jsonl
 
 IGNORE = -100
 
@@ -19,26 +18,20 @@ class DataError(Exception):
 
 
 def read_examples(path: Path, tok: ChatTokenizer, max_seq_length: int) -> list[EncodedExample]:
-    """Every trainable example of a JSONL file, in file order (records with nothing left to train
-    after truncation are dropped, exactly as the price estimate counts them)."""
+    """Every trainable example of a JSONL file, in file order, read by the same parser the
+    dataset validation uses (records with nothing left to train after truncation are dropped,
+    exactly as the price estimate counts them)."""
     examples = []
     try:
-        with open(path, encoding="utf-8") as f:
-            for line_no, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except ValueError as exc:
-                    raise DataError(f"line {line_no}: not valid JSON ({exc})") from None
-                try:
-                    ex = tok.encode(record, max_seq_length)
-                except RecordError as exc:
-                    raise DataError(f"line {line_no}: {exc}") from None
-                if ex.n_trained:
-                    examples.append(ex)
-    except UnicodeDecodeError as exc:
-        raise DataError(f"the file is not UTF-8 text ({exc})") from None
+        for line in parse_jsonl(path.read_bytes()):
+            try:
+                ex = tok.encode(line.record, max_seq_length)
+            except RecordError as exc:
+                raise DataError(f"line {line.number}: {exc}") from None
+            if ex.n_trained:
+                examples.append(ex)
+    except RecordError as exc:
+        raise DataError(str(exc)) from None
     if not examples:
         raise DataError("the dataset has no example with anything to train on")
     return examples

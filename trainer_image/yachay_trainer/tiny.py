@@ -46,9 +46,12 @@ _SYLLABLES = [
 ]
 
 
-def words(n: int, seed: int = 0) -> list[str]:
+def words(n: int, seed: int = 0, max_syllables: int = 3) -> list[str]:
     rng = random.Random(seed)
-    return ["".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(1, 3))) for _ in range(n)]
+    return [
+        "".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(1, max_syllables)))
+        for _ in range(n)
+    ]
 
 
 VOCAB_WORDS = words(600)
@@ -86,11 +89,17 @@ def write_jsonl(records: list[dict], path: Path) -> Path:
     return path
 
 
-def build_tokenizer(folder: Path, vocab_size: int = 2048) -> None:
+def build_tokenizer(folder: Path, vocab_size: int = 8192) -> None:
+    """A byte-level BPE tokenizer with ChatML specials. Its corpus has many more words than the
+    synthetic datasets use, so the vocabulary is of a realistic size for the model's width (8192
+    for hidden 256: 32x, about Llama 3 8B's 128k for 4096), like a real tokenizer that a dataset
+    uses only part of."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     rng = random.Random(1)
+    extra = words(20000, seed=5, max_syllables=4)
     corpus = [sentence(rng, rng.randint(5, 40)) for _ in range(3000)]
+    corpus += [" ".join(rng.choice(extra) for _ in range(30)) for _ in range(6000)]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -124,7 +133,7 @@ def build_tiny_model(
     hidden: int = 256,
     layers: int = 4,
     heads: int = 4,
-    vocab_size: int = 2048,
+    vocab_size: int = 8192,
     seed: int = 0,
     **config: Any,
 ) -> Path:

@@ -4,7 +4,8 @@ What makes it fast, against the standard Trainer with padding (see bench/trainer
 - each optimizer step's examples are packed into rows with no padding at all, and attention runs
   per example (attention.py), so no token attends across an example boundary;
 - the vocabulary projection and the loss are computed only at positions that have a target
-  (assistant tokens), not over every position of every sequence.
+  (assistant tokens), not over every position of every sequence;
+- LoRA branches that read the same tensor (q/k/v, gate/up) share one dropout mask (dropout.py).
 
 Faithfulness: the loss of a step is the mean over all its target tokens (summed across packs, so
 gradient accumulation is exact); AdamW with linear warmup then cosine decay; gradient clipping at
@@ -29,7 +30,7 @@ import torch.nn.functional as F
 
 from shared.contract import TrainerConfig
 from shared.tokenization import ChatTokenizer, EncodedExample
-from yachay_trainer import attention, storage
+from yachay_trainer import attention, dropout, storage
 from yachay_trainer.data import IGNORE, Pack, StepPlan, pack_step, read_examples
 from yachay_trainer.progress import Reporter
 
@@ -110,6 +111,7 @@ class Run:
         )
         self.model = get_peft_model(base, lora).to(self.device)
         self.model.peft_config["default"].base_model_name_or_path = self.cfg.base_model_name
+        self.dropout_cache = dropout.share_lora_dropout(self.model)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             self.trainable, lr=self.hp.learning_rate, weight_decay=0.0
@@ -167,6 +169,7 @@ class Run:
             loss = pack_loss(causal_lm, pack, self.device) / n_trained
             loss.backward()
             total += loss.item()
+            dropout.clear(self.dropout_cache)
         torch.nn.utils.clip_grad_norm_(self.trainable, MAX_GRAD_NORM)
         self.optimizer.step()
         self.scheduler.step()

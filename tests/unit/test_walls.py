@@ -1,0 +1,65 @@
+"""The walls that keep the codebase's picture true (see README: Layout)."""
+
+import ast
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names)
+    return found
+
+
+def py_files(folder: str) -> list[Path]:
+    return sorted((ROOT / folder).rglob("*.py"))
+
+
+def test_shared_never_imports_functions_or_the_trainer() -> None:
+    for path in py_files("shared"):
+        bad = {
+            m
+            for m in imports(path)
+            if m.split(".")[0] in ("functions", "yachay_trainer", "devstack", "bench")
+        }
+        assert not bad, f"{path}: {bad}"
+
+
+def test_functions_never_import_one_another() -> None:
+    for path in py_files("functions"):
+        assert not {m for m in imports(path) if m.startswith("functions")}, path
+
+
+def test_only_adapters_import_cloud_sdks_and_stripe() -> None:
+    adapters = {"store.py", "storage.py", "auth.py"}
+    for path in py_files("shared"):
+        sdk = {
+            m for m in imports(path) if m.startswith(("google.cloud", "firebase_admin", "stripe"))
+        }
+        if sdk:
+            assert path.name in adapters, f"{path} imports {sdk}"
+
+
+def test_core_never_imports_flask() -> None:
+    for path in py_files("shared"):
+        if path.name != "http.py":
+            assert not {m for m in imports(path) if m.startswith("flask")}, path
+
+
+def test_trainer_shares_only_the_contract_and_tokenization() -> None:
+    used = set()
+    for path in py_files("trainer_image"):
+        used |= {m for m in imports(path) if m.startswith("shared.") and m.count(".") == 1}
+    assert used == {"shared.contract", "shared.tokenization"}
+    dockerfile = (ROOT / "trainer_image" / "Dockerfile").read_text()
+    copied = set(re.findall(r"shared/(\w+)\.py", dockerfile))
+    assert copied == {"__init__", "contract", "tokenization"}
+    assert re.search(r"^FROM \S+@sha256:[0-9a-f]{64}$", dockerfile, re.M), "pin the base image"

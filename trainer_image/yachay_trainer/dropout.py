@@ -1,0 +1,65 @@
+"""LoRA dropout with one mask per input tensor, shared by the LoRA branches that read it.
+
+peft gives every LoRA branch its own dropout module, so q, k and v (which read the same hidden
+states) each draw a fresh random mask, as do gate and up. On a CPU, drawing those masks costs
+more than the LoRA matmuls themselves. Here the branches reading the very same tensor share one
+mask: each branch still sees its input dropped at rate p (the same marginal as before); only the
+masks of sibling branches are now equal, which is exactly what peft does for models whose q, k, v
+projection is one fused layer (one LoRA branch, one dropout). The rate and scaling are unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+class _Cache:
+    """The last input seen and its dropped-out copy. Holding the input itself (not its id) means
+    a freed tensor's recycled address can never be mistaken for it."""
+
+    def __init__(self) -> None:
+        self.x: torch.Tensor | None = None
+        self.dropped: torch.Tensor | None = None
+
+
+class SharedMaskDropout(torch.nn.Module):
+    def __init__(self, p: float, cache: _Cache) -> None:
+        super().__init__()
+        self.p = p
+        self.cache = cache
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if self.cache.x is not x:
+            keep = torch.rand_like(x) >= self.p
+            self.cache.x = x
+            self.cache.dropped = x * keep.to(x.dtype).mul_(1.0 / (1.0 - self.p))
+        assert self.cache.dropped is not None
+        return self.cache.dropped
+
+
+def share_lora_dropout(peft_model: Any, adapter: str = "default") -> _Cache | None:
+    """Replaces each LoRA branch's dropout with a SharedMaskDropout of the same rate, all backed
+    by one cache; returns the cache (call `clear(cache)` after each step), or None when the
+    adapter has no dropout."""
+    cache = _Cache()
+    replaced = 0
+    for module in peft_model.modules():
+        dropouts = getattr(module, "lora_dropout", None)
+        if dropouts is None or adapter not in dropouts:
+            continue
+        old = dropouts[adapter]
+        if isinstance(old, torch.nn.Dropout) and old.p > 0:
+            dropouts[adapter] = SharedMaskDropout(old.p, cache)
+            replaced += 1
+    return cache if replaced else None
+
+
+def clear(cache: _Cache | None) -> None:
+    """Drops the cached input and mask so they do not outlive the step."""
+    if cache is not None:
+        cache.x = None
+        cache.dropped = None
