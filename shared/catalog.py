@@ -83,9 +83,17 @@ def parse(raw: dict[str, Any]) -> Catalog:
     return Catalog(version=raw["catalog_version"], currency=raw["currency"], models=tuple(models))
 
 
-@lru_cache(maxsize=1)
+@lru_cache(maxsize=4)
+def _load(path: str) -> Catalog:
+    return parse(json.loads(Path(path).read_text()))
+
+
 def catalog() -> Catalog:
-    return parse(json.loads(CATALOG_PATH.read_text()))
+    """The catalog in use: shared/data/models.json, or YACHAY_CATALOG_PATH where set (tests add a
+    tiny model that way)."""
+    from shared.config import settings
+
+    return _load(settings().catalog_path or str(CATALOG_PATH))
 
 
 def model_view(spec: ModelSpec, available: bool, currency: str) -> dict[str, Any]:

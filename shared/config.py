@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 VERSION = "0.1.0"
+LAUNCH_PATH = "/internal/tasks/launch-job"
 
 # Variables the Google SDKs read themselves; their presence means "use an emulator".
 EMULATOR_VARIABLES = (
@@ -42,6 +43,24 @@ class Settings:
     storage_emulator_host: str | None
     models_bucket: str
     models_prefix: str
+    datasets_bucket: str
+    artifacts_bucket: str
+    checkpoints_bucket: str
+    catalog_path: str | None
+    dataset_max_bytes: int
+    max_active_jobs: int
+    min_charge_cents: int
+    startup_overhead_s: int
+    signing_key_file: str | None  # local only: a locally made service-account key for V4 URLs
+    tasks_emulator_host: str | None
+    tasks_queue: str
+    task_target_url: str  # where Cloud Tasks delivers launch tasks (the launcher function)
+    tasks_service_account: str | None  # OIDC identity Cloud Tasks uses to call the launcher
+    batch_backend: str  # "local" (a subprocess) or "cloud" (Cloud Batch)
+    batch_topic: str  # Pub/Sub topic for Batch job state notifications
+    batch_service_account: str | None
+    trainer_image: str
+    api_base_url: str
 
     @property
     def is_local(self) -> bool:
@@ -69,6 +88,11 @@ def load(environ: Mapping[str, str]) -> Settings:
         if not environ.get("GOOGLE_CLOUD_PROJECT"):
             raise ConfigError("GOOGLE_CLOUD_PROJECT must be set in production")
     project = environ.get("GOOGLE_CLOUD_PROJECT", "demo-yachay")
+    batch_backend = environ.get("YACHAY_BATCH_BACKEND", "local" if env == "local" else "cloud")
+    if batch_backend not in ("local", "cloud"):
+        raise ConfigError(f"YACHAY_BATCH_BACKEND must be 'local' or 'cloud', not {batch_backend!r}")
+    if env == "production" and (batch_backend == "local" or environ.get("YACHAY_SIGNING_KEY_FILE")):
+        raise ConfigError("the local Batch executor and local signing keys are local-only")
     return Settings(
         env=env,
         project_id=project,
@@ -83,6 +107,31 @@ def load(environ: Mapping[str, str]) -> Settings:
         storage_emulator_host=environ.get("STORAGE_EMULATOR_HOST") or None,
         models_bucket=environ.get("YACHAY_MODELS_BUCKET", f"{project}-models"),
         models_prefix=environ.get("YACHAY_MODELS_PREFIX", "models"),
+        datasets_bucket=environ.get("YACHAY_DATASETS_BUCKET", f"{project}-datasets"),
+        artifacts_bucket=environ.get("YACHAY_ARTIFACTS_BUCKET", f"{project}-adapters"),
+        checkpoints_bucket=environ.get("YACHAY_CHECKPOINTS_BUCKET", f"{project}-checkpoints"),
+        catalog_path=environ.get("YACHAY_CATALOG_PATH") or None,
+        dataset_max_bytes=int(environ.get("YACHAY_DATASET_MAX_BYTES", 100 << 20)),
+        max_active_jobs=int(environ.get("YACHAY_MAX_ACTIVE_JOBS", 3)),
+        min_charge_cents=int(environ.get("YACHAY_MIN_CHARGE_CENTS", 50)),
+        startup_overhead_s=int(environ.get("YACHAY_STARTUP_OVERHEAD_S", 180)),
+        signing_key_file=environ.get("YACHAY_SIGNING_KEY_FILE") or None,
+        tasks_emulator_host=environ.get("YACHAY_TASKS_EMULATOR_HOST") or None,
+        tasks_queue=environ.get(
+            "YACHAY_TASKS_QUEUE",
+            f"projects/{project}/locations/{environ.get('YACHAY_REGION', 'us-central1')}"
+            "/queues/launch-jobs",
+        ),
+        task_target_url=environ.get(
+            "YACHAY_TASK_TARGET_URL",
+            environ.get("YACHAY_API_BASE_URL", "http://127.0.0.1:8700") + LAUNCH_PATH,
+        ),
+        tasks_service_account=environ.get("YACHAY_TASKS_SERVICE_ACCOUNT") or None,
+        batch_backend=batch_backend,
+        batch_topic=environ.get("YACHAY_BATCH_TOPIC", "batch-job-states"),
+        batch_service_account=environ.get("YACHAY_BATCH_SERVICE_ACCOUNT") or None,
+        trainer_image=environ.get("YACHAY_TRAINER_IMAGE", "yachay-trainer:local"),
+        api_base_url=environ.get("YACHAY_API_BASE_URL", "http://127.0.0.1:8700"),
     )
 
 

@@ -74,6 +74,7 @@ class TrainerConfig:
     checkpoint_uri: str  # folder for resumable checkpoints
     hyperparameters: Hyperparameters = field(default_factory=Hyperparameters)
     base_model_name: str = ""  # what adapter_config.json names as its base (the catalog source)
+    dataset_sha256: str = ""  # the validated file's hash; the trainer refuses another file
     checkpoint_every_steps: int = 50
     progress_interval_s: float = 10.0  # at most one progress write per interval
     progress_sink: str = "log"  # "log" (stdout only) or "firestore" (the job document too)

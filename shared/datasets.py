@@ -6,8 +6,13 @@ MAX_REPORTED errors and the total count, so a user can fix a file in one pass.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
+from typing import Any
 
+from shared import storage, store
+from shared.config import Settings
+from shared.errors import ApiError, Code
 from shared.tokenization import RecordError, check_messages, parse_line, record_format, split_lines
 
 MAX_REPORTED = 20
@@ -94,3 +99,144 @@ def validate(data: bytes, max_bytes: int) -> Report:
     if report.error_count == 0:
         report.status = "ready"
     return report
+
+
+# --- the dataset resource --------------------------------------------------------------------
+
+ALLOWED_SUFFIXES = (".jsonl",)
+UPLOAD_CONTENT_TYPE = "application/jsonl"
+
+
+def object_name(uid: str, dataset_id: str) -> str:
+    return f"datasets/{uid}/{dataset_id}.jsonl"
+
+
+def view(doc: dict[str, Any]) -> dict[str, Any]:
+    report = doc.get("report") or {}
+    return {
+        "object": "dataset",
+        "id": doc["id"],
+        "filename": doc["filename"],
+        "status": doc["status"],
+        "bytes": report.get("bytes"),
+        "rows": report.get("rows"),
+        "format": report.get("format"),
+        "errors": report.get("errors", []),
+        "error_count": report.get("error_count", 0),
+        "created_at": doc["created_at"].isoformat(),
+        "validated_at": doc["validated_at"].isoformat() if doc.get("validated_at") else None,
+    }
+
+
+def parse_create(body: dict[str, Any], max_bytes: int) -> tuple[str, int]:
+    for key in body:
+        if key not in ("filename", "size_bytes"):
+            raise ApiError(Code.UNKNOWN_FIELD, f"Unknown field '{key}'.", param=key)
+    filename = body.get("filename")
+    if not isinstance(filename, str) or not filename.strip():
+        raise ApiError(
+            Code.MISSING_FIELD, "Send 'filename', e.g. \"train.jsonl\".", param="filename"
+        )
+    if len(filename) > 255 or any(c in filename for c in "/\\\x00"):
+        raise ApiError(
+            Code.INVALID_VALUE,
+            "'filename' must be a plain file name of at most 255 characters.",
+            param="filename",
+        )
+    if not filename.lower().endswith(ALLOWED_SUFFIXES):
+        raise ApiError(
+            Code.INVALID_VALUE,
+            f"Datasets are JSONL files: 'filename' must end with {', '.join(ALLOWED_SUFFIXES)}.",
+            param="filename",
+        )
+    size = body.get("size_bytes")
+    if isinstance(size, bool) or not isinstance(size, int):
+        raise ApiError(
+            Code.MISSING_FIELD, "Send 'size_bytes', the file's size in bytes.", param="size_bytes"
+        )
+    if not 0 < size <= max_bytes:
+        raise ApiError(
+            Code.INVALID_VALUE,
+            f"'size_bytes' must be between 1 and {max_bytes}.",
+            param="size_bytes",
+        )
+    return filename.strip(), size
+
+
+def create(uid: str, body: dict[str, Any], cfg: Settings) -> dict[str, Any]:
+    """Registers a dataset and answers with a one-hour signed PUT URL into the user's prefix."""
+    filename, size = parse_create(body, cfg.dataset_max_bytes)
+    dataset_id = store.new_id("ds-")
+    t = store.now()
+    doc = {
+        "id": dataset_id,
+        "uid": uid,
+        "filename": filename,
+        "declared_bytes": size,
+        "object_name": object_name(uid, dataset_id),
+        "status": "pending_upload",
+        "created_at": t,
+        "updated_at": t,
+        "report": None,
+        "sha256": None,
+    }
+    store.create_dataset(doc)
+    url, expires = storage.signed_url(
+        cfg.datasets_bucket, doc["object_name"], "PUT", content_type=UPLOAD_CONTENT_TYPE
+    )
+    return {
+        **view(doc),
+        "upload": {
+            "url": url,
+            "method": "PUT",
+            "headers": {"Content-Type": UPLOAD_CONTENT_TYPE},
+            "expires_at": expires.isoformat(),
+        },
+    }
+
+
+def owned(uid: str, dataset_id: str) -> dict[str, Any]:
+    doc = store.get_owned(store.DATASETS, dataset_id, uid)
+    if doc is None:
+        raise ApiError(Code.NOT_FOUND, f"No dataset '{dataset_id}'.", param="dataset_id")
+    return doc
+
+
+def validate_dataset(doc: dict[str, Any], cfg: Settings) -> dict[str, Any]:
+    """Reads the uploaded object and records the validation report; idempotent."""
+    data = storage.read_bytes(cfg.datasets_bucket, doc["object_name"], cfg.dataset_max_bytes)
+    if data is None:
+        raise ApiError(
+            Code.UPLOAD_MISSING,
+            "Nothing was uploaded yet: PUT the file to the dataset's upload URL, then validate.",
+        )
+    store.update_dataset(doc["id"], {"status": "validating"})
+    report = validate(data, cfg.dataset_max_bytes)
+    return store.update_dataset(
+        doc["id"],
+        {
+            "status": report.status,
+            "report": report.as_dict(),
+            "validated_at": store.now(),
+            "sha256": hashlib.sha256(data).hexdigest(),
+        },
+    )
+
+
+def validate_uploaded_object(bucket: str, name: str, cfg: Settings) -> dict[str, Any] | None:
+    """The Storage finalize trigger's entry: validates the dataset an object belongs to, or
+    ignores objects that are not dataset uploads."""
+    parts = name.split("/")
+    if bucket != cfg.datasets_bucket or len(parts) != 3 or parts[0] != "datasets":
+        return None
+    dataset_id = parts[2].removesuffix(".jsonl")
+    doc = store.get_owned(store.DATASETS, dataset_id, parts[1])
+    if doc is None or doc["object_name"] != name:
+        return None
+    return validate_dataset(doc, cfg)
+
+
+def delete(uid: str, dataset_id: str, cfg: Settings) -> None:
+    doc = owned(uid, dataset_id)
+    storage.delete_prefix(cfg.datasets_bucket, doc["object_name"])
+    store.delete_dataset(dataset_id)

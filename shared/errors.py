@@ -44,7 +44,17 @@ class Code(StrEnum):
     # Routing
     NOT_FOUND = ("not_found", 404)
     METHOD_NOT_ALLOWED = ("method_not_allowed", 405)
+    # Resources and their states
+    UPLOAD_MISSING = ("upload_missing", 409)
+    DATASET_NOT_READY = ("dataset_not_ready", 409)
+    MODEL_UNAVAILABLE = ("model_unavailable", 409)
+    JOB_ALREADY_ENDED = ("job_already_ended", 409)
+    IDEMPOTENCY_CONFLICT = ("idempotency_conflict", 409)
+    PAYMENT_METHOD_REQUIRED = ("payment_method_required", 402)
+    ACCOUNT_PAUSED = ("account_paused", 403)
+    TOO_MANY_ACTIVE_JOBS = ("too_many_active_jobs", 429)
     # Server side
+    SERVICE_UNAVAILABLE = ("service_unavailable", 503)
     NOT_READY = ("not_ready", 503)
     INTERNAL = ("internal_error", 500)
 

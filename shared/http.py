@@ -63,6 +63,28 @@ class ApiRequest:
     def header(self, name: str) -> str | None:
         return self._flask.headers.get(name)
 
+    def page(self) -> tuple[int, str | None]:
+        """`limit` (1-100, default 20) and `after` (an opaque cursor) from the query string."""
+        raw = self.query.get("limit", "20")
+        if not raw.isdigit() or not 1 <= int(raw) <= 100:
+            raise ApiError(
+                Code.INVALID_QUERY, "'limit' must be a whole number from 1 to 100.", param="limit"
+            )
+        cursor = self.query.get("after") or None
+        if cursor is not None:
+            from shared.store import decode_cursor
+
+            try:
+                decode_cursor(cursor)
+            except (ValueError, KeyError, TypeError):
+                raise ApiError(
+                    Code.INVALID_QUERY,
+                    "'after' is not a cursor we gave out; pass "
+                    "the 'next_cursor' of the previous page.",
+                    param="after",
+                ) from None
+        return int(raw), cursor
+
     def json_object(self) -> dict[str, Any]:
         """The body as a JSON object, or an ApiError a person can act on."""
         req = self._flask

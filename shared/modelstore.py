@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from shared import storage
 from shared.config import Settings
+from shared.tokenization import ChatTokenizer
 
 MANIFEST = "manifest.json"
 
@@ -28,3 +29,33 @@ def available_model_ids(cfg: Settings) -> set[str]:
         if leaf == MANIFEST and model_id:
             found.add(model_id)
     return found
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+_tokenizers: dict[str, object] = {}
+
+
+def model_uri(cfg: Settings, model_id: str) -> str:
+    return f"gs://{cfg.models_bucket}/{model_folder(cfg, model_id)}"
+
+
+def tokenizer_for(cfg: Settings, model_id: str) -> ChatTokenizer | None:
+    """The model's tokenizer and chat template from the store (cached per process), or None
+    when the model is not in the store."""
+    cached = _tokenizers.get(model_id)
+    if cached is not None:
+        return cached  # type: ignore[return-value]
+    import tempfile
+    from pathlib import Path
+
+    folder = Path(tempfile.mkdtemp(prefix=f"yachay-tok-{model_id}-"))
+    prefix = model_folder(cfg, model_id)
+    if storage.read_bytes(cfg.models_bucket, prefix + MANIFEST, 1 << 20) is None:
+        return None
+    for name in TOKENIZER_FILES:
+        data = storage.read_bytes(cfg.models_bucket, prefix + name, 64 << 20)
+        if data is not None:
+            (folder / name).write_bytes(data)
+    tok = ChatTokenizer.from_dir(folder)
+    _tokenizers[model_id] = tok
+    return tok

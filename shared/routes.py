@@ -13,7 +13,7 @@ its entry point is the attribute of the same name in that file.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 
 
@@ -25,7 +25,9 @@ class Route:
     operation_id: str
     summary: str
     auth: bool = True
-    params: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+    # Internal routes are called by our own infrastructure (Cloud Tasks), never through API
+    # Gateway; in production only IAM-authorised callers reach them.
+    internal: bool = False
 
     @cached_property
     def pattern(self) -> re.Pattern[str]:
@@ -38,31 +40,40 @@ class Route:
         return m.groupdict() if m else None
 
 
+# fmt: off
 ROUTES: tuple[Route, ...] = (
-    Route(
-        "GET",
-        "/v1/healthz",
-        "healthz",
-        "getHealth",
-        "Liveness; with ?ready=true also checks Firestore.",
-        auth=False,
-    ),
-    Route(
-        "GET",
-        "/v1/models",
-        "models",
-        "listModels",
-        "The model catalog, with each model's price, limits, LoRA defaults and availability.",
-    ),
-    Route(
-        "GET",
-        "/v1/me",
-        "me",
-        "getMe",
-        "The caller's account: payment method, pause flags, notification preferences.",
-    ),
-    Route("PATCH", "/v1/me", "me", "updateMe", "Updates the caller's notification preferences."),
+    Route("GET", "/v1/healthz", "healthz", "getHealth",
+          "Liveness; with ?ready=true also checks Firestore.", auth=False),
+    Route("GET", "/v1/models", "models", "listModels",
+          "The model catalog, with each model's price, limits, LoRA defaults and availability."),
+    Route("GET", "/v1/me", "me", "getMe",
+          "The caller's account: payment method, pause flags, notification preferences."),
+    Route("PATCH", "/v1/me", "me", "updateMe",
+          "Updates the caller's notification preferences."),
+    Route("POST", "/v1/datasets", "datasets", "createDataset",
+          "Registers a JSONL dataset; answers with a one-hour signed upload URL."),
+    Route("GET", "/v1/datasets", "datasets", "listDatasets",
+          "The caller's datasets, newest first (cursor pagination)."),
+    Route("GET", "/v1/datasets/{dataset_id}", "datasets", "getDataset",
+          "One dataset with its validation report."),
+    Route("DELETE", "/v1/datasets/{dataset_id}", "datasets", "deleteDataset",
+          "Deletes a dataset and its file."),
+    Route("POST", "/v1/datasets/{dataset_id}/validate", "datasets", "validateDataset",
+          "Validates the uploaded file now (it also runs when the upload finishes)."),
+    Route("POST", "/v1/jobs/estimate", "jobs", "estimateJob",
+          "The exact price, token counts and duration of a job, before anything runs."),
+    Route("POST", "/v1/jobs", "jobs", "createJob",
+          "Submits a fine-tuning job (honours Idempotency-Key)."),
+    Route("GET", "/v1/jobs", "jobs", "listJobs",
+          "The caller's jobs, newest first (cursor pagination, filter by status)."),
+    Route("GET", "/v1/jobs/{job_id}", "jobs", "getJob",
+          "One job: status, progress, events, result."),
+    Route("POST", "/v1/jobs/{job_id}/cancel", "jobs", "cancelJob",
+          "Cancels a queued or running job."),
+    Route("POST", "/internal/tasks/launch-job", "launch_job", "launchJob",
+          "Cloud Tasks target: launches a queued job's Batch job.", auth=False, internal=True),
 )
+# fmt: on
 
 
 def functions() -> tuple[str, ...]:
@@ -75,9 +86,11 @@ def routes_of(function: str) -> tuple[Route, ...]:
 
 
 def paths() -> dict[str, tuple[Route, ...]]:
-    """Routes grouped by path template, in table order."""
+    """Public routes grouped by path template, in table order."""
     grouped: dict[str, list[Route]] = {}
     for r in ROUTES:
+        if r.internal:
+            continue
         grouped.setdefault(r.path, []).append(r)
     return {p: tuple(rs) for p, rs in grouped.items()}
 

@@ -1,13 +1,16 @@
 """Cloud Storage adapter: the only module that imports google.cloud.storage.
 
 Locally STORAGE_EMULATOR_HOST points the same client at the Storage emulator (anonymous
-credentials); in production it uses the function's service account.
+credentials) and V4 URLs are signed with a service-account key the local stack makes for itself
+(the emulator does not check signatures; our tests check expiry and scope in our own code). In
+production URLs are signed through IAM signBlob as the function's own service account.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 from shared.config import settings
 
@@ -16,6 +19,7 @@ if TYPE_CHECKING:
 
 _lock = threading.Lock()
 _client: storage.Client | None = None
+SIGNED_URL_LIFETIME = timedelta(hours=1)
 
 
 def client() -> storage.Client:
@@ -36,3 +40,73 @@ def list_names(bucket: str, prefix: str) -> list[str]:
         return [blob.name for blob in client().list_blobs(bucket, prefix=prefix)]
     except NotFound:
         return []
+
+
+def read_bytes(bucket: str, name: str, max_bytes: int) -> bytes | None:
+    """The object's bytes (at most max_bytes + 1, so a caller can tell it is too big), or None
+    when there is no such object."""
+    from google.api_core.exceptions import NotFound
+
+    try:
+        return client().bucket(bucket).blob(name).download_as_bytes(start=0, end=max_bytes)
+    except NotFound:
+        return None
+
+
+def read_text(bucket: str, name: str) -> str | None:
+    data = read_bytes(bucket, name, 16 << 20)
+    return None if data is None else data.decode("utf-8")
+
+
+def delete_prefix(bucket: str, prefix: str) -> int:
+    """Deletes every object under `prefix`; returns how many."""
+    from google.api_core.exceptions import NotFound
+
+    count = 0
+    for blob in client().list_blobs(bucket, prefix=prefix):
+        try:
+            blob.delete()
+            count += 1
+        except NotFound:
+            pass
+    return count
+
+
+def download_file(bucket: str, name: str, dest: str) -> None:
+    client().bucket(bucket).blob(name).download_to_filename(dest)
+
+
+def signed_url(
+    bucket: str,
+    name: str,
+    method: str,
+    content_type: str | None = None,
+    now: datetime | None = None,
+) -> tuple[str, datetime]:
+    """A V4 signed URL for one object and one method, valid for one hour; and its expiry."""
+    cfg = settings()
+    expires = (now or datetime.now(UTC)) + SIGNED_URL_LIFETIME
+    blob = client().bucket(bucket).blob(name)
+    kwargs: dict[str, Any] = {
+        "version": "v4",
+        "expiration": SIGNED_URL_LIFETIME,
+        "method": method,
+        "content_type": content_type,
+    }
+    if cfg.storage_emulator_host:
+        kwargs["api_access_endpoint"] = cfg.storage_emulator_host
+    if cfg.signing_key_file:
+        from google.oauth2 import service_account
+
+        kwargs["credentials"] = service_account.Credentials.from_service_account_file(
+            cfg.signing_key_file
+        )
+    else:  # production: sign through IAM as the function's own service account
+        import google.auth
+        import google.auth.transport.requests
+
+        credentials, _ = google.auth.default()
+        credentials.refresh(google.auth.transport.requests.Request())
+        kwargs["service_account_email"] = credentials.service_account_email
+        kwargs["access_token"] = credentials.token
+    return blob.generate_signed_url(**kwargs), expires

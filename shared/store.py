@@ -153,3 +153,196 @@ def update_notifications(uid: str, email: str | None, changes: dict[str, bool]) 
     update["updated_at"] = now()
     ref.update(update)
     return UserRecord.from_doc(ref.get().to_dict())
+
+
+# --- ids and cursors -------------------------------------------------------------------------
+
+DATASETS = "datasets"
+JOBS = "jobs"
+IDEMPOTENCY = "idempotency"
+MAIL = "mail"
+
+
+def new_id(prefix: str) -> str:
+    """A random id safe in URLs and in Cloud Batch job names (lowercase letters and digits)."""
+    import secrets
+    import string
+
+    alphabet = string.ascii_lowercase + string.digits
+    return prefix + "".join(secrets.choice(alphabet) for _ in range(20))
+
+
+def encode_cursor(created_at: datetime, doc_id: str) -> str:
+    import base64
+    import json
+
+    raw = json.dumps({"t": created_at.isoformat(), "id": doc_id}).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """Raises ValueError for a cursor we did not make."""
+    import base64
+    import json
+
+    raw = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    return datetime.fromisoformat(raw["t"]), str(raw["id"])
+
+
+def _page(
+    collection: str, query: Any, limit: int, cursor: str | None
+) -> tuple[list[Any], str | None]:
+    """Newest first (created_at, then id, both descending); returns snapshots and next cursor."""
+    from google.cloud import firestore
+
+    q = query.order_by("created_at", direction=firestore.Query.DESCENDING).order_by(
+        "__name__", direction=firestore.Query.DESCENDING
+    )
+    if cursor:
+        t, doc_id = decode_cursor(cursor)
+        ref = client().collection(collection).document(doc_id)
+        q = q.start_after({"created_at": t, "__name__": ref})
+    snaps = list(q.limit(limit + 1).stream())
+    more = len(snaps) > limit
+    snaps = snaps[:limit]
+    next_cursor = encode_cursor(snaps[-1].get("created_at"), snaps[-1].id) if more else None
+    return snaps, next_cursor
+
+
+# --- datasets --------------------------------------------------------------------------------
+
+
+def dataset_ref(dataset_id: str) -> Any:
+    return client().collection(DATASETS).document(dataset_id)
+
+
+def create_dataset(doc: dict[str, Any]) -> None:
+    dataset_ref(doc["id"]).create(doc)
+
+
+def get_owned(collection: str, doc_id: str, uid: str) -> dict[str, Any] | None:
+    """The document when it exists and belongs to `uid`; else None (so others' look absent)."""
+    snap = client().collection(collection).document(doc_id).get()
+    if not snap.exists:
+        return None
+    doc = snap.to_dict()
+    return doc if doc.get("uid") == uid else None
+
+
+def list_owned(
+    collection: str, uid: str, limit: int, cursor: str | None, status: str | None = None
+) -> tuple[list[dict[str, Any]], str | None]:
+    from google.cloud.firestore_v1.base_query import FieldFilter
+
+    query = client().collection(collection).where(filter=FieldFilter("uid", "==", uid))
+    if status:
+        query = query.where(filter=FieldFilter("status", "==", status))
+    snaps, next_cursor = _page(collection, query, limit, cursor)
+    return [s.to_dict() for s in snaps], next_cursor
+
+
+def update_dataset(dataset_id: str, fields: dict[str, Any]) -> dict[str, Any]:
+    ref = dataset_ref(dataset_id)
+    ref.update({**fields, "updated_at": now()})
+    return ref.get().to_dict()
+
+
+def delete_dataset(dataset_id: str) -> None:
+    dataset_ref(dataset_id).delete()
+
+
+# --- jobs ------------------------------------------------------------------------------------
+
+
+def job_ref(job_id: str) -> Any:
+    return client().collection(JOBS).document(job_id)
+
+
+def get_job(job_id: str) -> dict[str, Any] | None:
+    snap = job_ref(job_id).get()
+    return snap.to_dict() if snap.exists else None
+
+
+class Conflict(Exception):
+    """A precondition checked inside a transaction failed; `code` says which."""
+
+    def __init__(self, code: str, detail: Any = None) -> None:
+        super().__init__(code)
+        self.code = code
+        self.detail = detail
+
+
+def create_job(
+    job: dict[str, Any], idempotency_id: str | None, request_hash: str, max_active: int
+) -> tuple[dict[str, Any], bool]:
+    """Creates the job in one transaction with its idempotency record and the user's active-job
+    limit; returns (job, created). A replay of the same key and body returns the first job.
+
+    Raises:
+        Conflict: "idempotency_conflict" (same key, different body) or "too_many_active_jobs".
+    """
+    from google.cloud import firestore
+    from google.cloud.firestore_v1.base_query import FieldFilter
+
+    db = client()
+    idem_ref = db.collection(IDEMPOTENCY).document(idempotency_id) if idempotency_id else None
+    active_query = (
+        db.collection(JOBS)
+        .where(filter=FieldFilter("uid", "==", job["uid"]))
+        .where(filter=FieldFilter("status", "in", ["queued", "running"]))
+    )
+
+    @firestore.transactional
+    def run(tx: Any) -> tuple[dict[str, Any], bool]:
+        if idem_ref is not None:
+            seen = idem_ref.get(transaction=tx)
+            if seen.exists:
+                record = seen.to_dict()
+                if record["request_hash"] != request_hash:
+                    raise Conflict("idempotency_conflict")
+                return job_ref(record["job_id"]).get(transaction=tx).to_dict(), False
+        active = list(tx.get(active_query))
+        if len(active) >= max_active:
+            raise Conflict("too_many_active_jobs", len(active))
+        tx.create(job_ref(job["id"]), job)
+        if idem_ref is not None:
+            tx.create(
+                idem_ref,
+                {
+                    "uid": job["uid"],
+                    "job_id": job["id"],
+                    "request_hash": request_hash,
+                    "created_at": job["created_at"],
+                },
+            )
+        return job, True
+
+    return run(db.transaction(max_attempts=10))
+
+
+def update_job(job_id: str, mutate: Any) -> dict[str, Any]:
+    """Runs `mutate(job) -> fields | None` in a transaction and applies the fields it returns;
+    `mutate` raises Conflict to refuse. Returns the job as stored afterwards."""
+    from google.cloud import firestore
+
+    db = client()
+    ref = job_ref(job_id)
+
+    @firestore.transactional
+    def run(tx: Any) -> dict[str, Any]:
+        snap = ref.get(transaction=tx)
+        if not snap.exists:
+            raise Conflict("not_found")
+        job = snap.to_dict()
+        result = mutate(job)
+        if result is None:
+            return job
+        fields, extra_writes = result
+        fields = {**fields, "updated_at": now()}
+        tx.update(ref, fields)
+        for collection, doc_id, doc in extra_writes:
+            tx.set(db.collection(collection).document(doc_id), doc)
+        job.update(fields)
+        return job
+
+    return run(db.transaction(max_attempts=10))

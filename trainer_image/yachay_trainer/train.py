@@ -28,10 +28,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from shared.contract import TrainerConfig
+from shared.contract import TrainerConfig, sha256_file
 from shared.tokenization import ChatTokenizer, EncodedExample
 from yachay_trainer import attention, dropout, storage
-from yachay_trainer.data import IGNORE, Pack, StepPlan, pack_step, read_examples
+from yachay_trainer.data import IGNORE, DataError, Pack, StepPlan, pack_step, read_examples
 from yachay_trainer.progress import Reporter
 
 MAX_GRAD_NORM = 1.0
@@ -91,6 +91,11 @@ class Run:
         model_dir = self._local_model()
         self.tokenizer = ChatTokenizer.from_dir(model_dir)
         data = storage.download_file(self.cfg.dataset_uri, self.workdir / "dataset.jsonl")
+        if self.cfg.dataset_sha256 and sha256_file(data) != self.cfg.dataset_sha256:
+            raise DataError(
+                "the dataset file changed after it was validated; validate it "
+                "again and submit a new job"
+            )
         self.examples: list[EncodedExample] = read_examples(
             data, self.tokenizer, self.hp.max_seq_length
         )

@@ -1,0 +1,29 @@
+"""Storage "object finalized" on the datasets bucket -> validate the dataset it belongs to.
+
+A CloudEvent function (Eventarc). Locally the same validation runs through
+POST /v1/datasets/{id}/validate, since the Storage emulator emits no events.
+"""
+
+import functions_framework
+from cloudevents.http import CloudEvent
+
+from shared import datasets, logs
+from shared.config import settings
+from shared.errors import ApiError
+
+
+@functions_framework.cloud_event
+def dataset_events(event: CloudEvent) -> None:
+    data = event.data or {}
+    try:
+        result = datasets.validate_uploaded_object(
+            data.get("bucket", ""), data.get("name", ""), settings()
+        )
+    except ApiError as exc:  # e.g. the object was deleted again: nothing to retry for
+        logs.warning("dataset upload not validated", object=data.get("name"), code=exc.code)
+        return
+    logs.info(
+        "dataset upload",
+        object=data.get("name"),
+        status=None if result is None else result["status"],
+    )

@@ -1,0 +1,18 @@
+"""Internal: the Cloud Tasks target that launches a queued job's Batch job (idempotent).
+
+Any error answers 5xx so Cloud Tasks retries; a job that needs nothing answers 200.
+"""
+
+from shared import jobs as core
+from shared.errors import ApiError, Code
+from shared.http import ApiRequest, Reply, serve
+
+
+def launch(req: ApiRequest) -> Reply:
+    job_id = req.json_object().get("job_id")
+    if not isinstance(job_id, str):
+        raise ApiError(Code.MISSING_FIELD, 'Send {"job_id": ...}.', param="job_id")
+    return Reply({"job_id": job_id, "outcome": core.launch(job_id, req.settings)})
+
+
+launch_job = serve("launch_job", {"launchJob": launch})

@@ -1,0 +1,233 @@
+"""Cloud Batch adapter: one interface, two implementations, chosen by YACHAY_BATCH_BACKEND.
+
+- CloudBatch builds the real google-cloud-batch JobRequest: the trainer container on a Spot GPU
+  VM of the model's machine type, GPU drivers installed, the contract's environment, retries
+  for Spot preemption and our retryable exit code only, Cloud Logging, labels, and job state
+  notifications to Pub/Sub.
+- LocalBatch exists because no Batch emulator does: it runs the trainer as a subprocess with the
+  same environment (plus the emulators' addresses, where the cloud has its metadata server),
+  applies the same retry policy, and publishes the same state notifications to the Pub/Sub
+  emulator. Local-only; refused in production by shared.config.
+
+Both refuse a second job with the same id, which is what makes launching idempotent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Protocol
+
+from shared.catalog import ModelSpec
+from shared.config import Settings
+from shared.contract import EXIT_OK, RETRYABLE_EXIT_CODES, TrainerConfig
+
+MAX_RETRIES = 3
+# Exit codes that must not be retried: our user-error code, a crash, a kill (OOM killer).
+FAIL_EXIT_CODES = (1, 2, 65, 137, 139)
+GPU_TYPES = {"nvidia-a100-80gb": "nvidia-a100-80gb", "nvidia-l4": "nvidia-l4"}
+
+
+class BatchBackend(Protocol):
+    def submit(self, job_id: str, trainer: TrainerConfig, spec: ModelSpec) -> str:
+        """Creates the Batch job `job_id` (or finds it made already); returns its name."""
+
+    def delete(self, name: str) -> None:
+        """Stops and deletes the Batch job; deleting one that is gone is not an error."""
+
+
+def job_name(cfg: Settings, job_id: str) -> str:
+    return f"projects/{cfg.project_id}/locations/{cfg.region}/jobs/{job_id}"
+
+
+# --- cloud -----------------------------------------------------------------------------------
+
+
+def build_job(cfg: Settings, trainer: TrainerConfig, spec: ModelSpec) -> Any:
+    """The batch_v1.Job for one training run (pure: tests inspect it)."""
+    from google.cloud import batch_v1 as b
+
+    policies = [
+        b.LifecyclePolicy(
+            action=b.LifecyclePolicy.Action.RETRY_TASK,
+            action_condition=b.LifecyclePolicy.ActionCondition(
+                exit_codes=list(RETRYABLE_EXIT_CODES)
+            ),
+        ),
+        b.LifecyclePolicy(
+            action=b.LifecyclePolicy.Action.FAIL_TASK,
+            action_condition=b.LifecyclePolicy.ActionCondition(exit_codes=list(FAIL_EXIT_CODES)),
+        ),
+    ]
+    task = b.TaskSpec(
+        runnables=[b.Runnable(container=b.Runnable.Container(image_uri=cfg.trainer_image))],
+        environment=b.Environment(variables=trainer.to_env()),
+        compute_resource=b.ComputeResource(cpu_milli=8000, memory_mib=30000),
+        max_retry_count=MAX_RETRIES,
+        max_run_duration="86400s",
+        lifecycle_policies=policies,
+    )
+    instance = b.AllocationPolicy.InstancePolicyOrTemplate(
+        policy=b.AllocationPolicy.InstancePolicy(
+            machine_type=spec.machine_type,
+            provisioning_model=b.AllocationPolicy.ProvisioningModel.SPOT,
+            accelerators=[b.AllocationPolicy.Accelerator(type_=GPU_TYPES[spec.gpu_type], count=1)],
+        ),
+        install_gpu_drivers=True,
+    )
+    allocation = b.AllocationPolicy(instances=[instance])
+    if cfg.batch_service_account:
+        allocation.service_account = b.ServiceAccount(email=cfg.batch_service_account)
+    return b.Job(
+        task_groups=[b.TaskGroup(task_spec=task, task_count=1)],
+        allocation_policy=allocation,
+        labels={"app": "yachay", "yachay-job": trainer.job_id, "model": spec.id[:63]},
+        logs_policy=b.LogsPolicy(destination=b.LogsPolicy.Destination.CLOUD_LOGGING),
+        notifications=[
+            b.JobNotification(
+                pubsub_topic=f"projects/{cfg.project_id}/topics/{cfg.batch_topic}",
+                message=b.JobNotification.Message(type_=b.JobNotification.Type.JOB_STATE_CHANGED),
+            )
+        ],
+    )
+
+
+class CloudBatch:
+    def __init__(self, cfg: Settings) -> None:
+        from google.cloud import batch_v1
+
+        self.cfg = cfg
+        self.client = batch_v1.BatchServiceClient()
+
+    def submit(self, job_id: str, trainer: TrainerConfig, spec: ModelSpec) -> str:
+        from google.api_core.exceptions import AlreadyExists
+
+        parent = f"projects/{self.cfg.project_id}/locations/{self.cfg.region}"
+        try:
+            return self.client.create_job(
+                parent=parent, job_id=job_id, job=build_job(self.cfg, trainer, spec)
+            ).name
+        except AlreadyExists:
+            return job_name(self.cfg, job_id)
+
+    def delete(self, name: str) -> None:
+        from google.api_core.exceptions import NotFound
+
+        with contextlib.suppress(NotFound):
+            self.client.delete_job(name=name)
+
+
+# --- local -----------------------------------------------------------------------------------
+
+
+class _LocalJob:
+    def __init__(self) -> None:
+        self.process: subprocess.Popen[bytes] | None = None
+        self.deleted = False
+        self.exit_codes: list[int] = []
+
+
+class LocalBatch:
+    """Runs each job's trainer as a subprocess of this process (the local gateway)."""
+
+    _jobs: dict[str, _LocalJob] = {}
+    _lock = threading.Lock()
+
+    def __init__(self, cfg: Settings) -> None:
+        self.cfg = cfg
+        self.logs = Path(os.environ.get("YACHAY_LOCAL_BATCH_LOGS", "/tmp/yachay-local-batch"))
+
+    def submit(self, job_id: str, trainer: TrainerConfig, spec: ModelSpec) -> str:
+        name = job_name(self.cfg, job_id)
+        with self._lock:
+            if name in self._jobs:
+                return name  # Batch would answer ALREADY_EXISTS
+            self._jobs[name] = _LocalJob()
+        threading.Thread(target=self._run, args=(name, trainer), daemon=True).start()
+        return name
+
+    def delete(self, name: str) -> None:
+        with self._lock:
+            job = self._jobs.get(name)
+        if job is None:
+            return
+        job.deleted = True
+        if job.process is not None and job.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(job.process.pid, signal.SIGKILL)
+
+    def environment(self, trainer: TrainerConfig) -> dict[str, str]:
+        """Exactly the container's environment, plus where the emulators are."""
+        root = Path(__file__).resolve().parent.parent
+        passthrough = (
+            "FIRESTORE_EMULATOR_HOST",
+            "STORAGE_EMULATOR_HOST",
+            "NO_GCE_CHECK",
+            "GCE_METADATA_HOST",
+            "GCE_METADATA_IP",
+            "PATH",
+            "HOME",
+            "LANG",
+        )
+        env = {k: os.environ[k] for k in passthrough if k in os.environ}
+        env.update(trainer.to_env())
+        env["GOOGLE_CLOUD_PROJECT"] = self.cfg.project_id
+        env["PYTHONPATH"] = f"{root}{os.pathsep}{root / 'trainer_image'}"
+        return env
+
+    def _run(self, name: str, trainer: TrainerConfig) -> None:
+        job = self._jobs[name]
+        self._publish(name, "SCHEDULED")
+        self.logs.mkdir(parents=True, exist_ok=True)
+        state = "FAILED"
+        for attempt in range(MAX_RETRIES + 1):
+            if job.deleted:
+                return
+            if attempt == 0:
+                self._publish(name, "RUNNING")
+            with open(self.logs / f"{trainer.job_id}.log", "ab") as log:
+                job.process = subprocess.Popen(
+                    [sys.executable, "-m", "yachay_trainer"],
+                    env=self.environment(trainer),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+                code = job.process.wait()
+            job.exit_codes.append(code)
+            if job.deleted:
+                return
+            if code == EXIT_OK:
+                state = "SUCCEEDED"
+                break
+            if code not in RETRYABLE_EXIT_CODES:
+                break
+        self._publish(name, state)
+
+    def _publish(self, name: str, state: str) -> None:
+        from google.cloud import pubsub_v1
+
+        publisher = pubsub_v1.PublisherClient()
+        topic = publisher.topic_path(self.cfg.project_id, self.cfg.batch_topic)
+        data = json.dumps({"name": name, "status": {"state": state}}).encode()
+        publisher.publish(
+            topic, data, Type="JOB_STATE_CHANGED", JobName=name, NewJobState=state
+        ).result(timeout=30)
+
+
+_backend: BatchBackend | None = None
+_backend_lock = threading.Lock()
+
+
+def backend(cfg: Settings) -> BatchBackend:
+    global _backend
+    with _backend_lock:
+        if _backend is None:
+            _backend = LocalBatch(cfg) if cfg.batch_backend == "local" else CloudBatch(cfg)
+        return _backend
