@@ -178,6 +178,7 @@ class LocalBatch:
         env = {k: os.environ[k] for k in passthrough if k in os.environ}
         env.update(trainer.to_env())
         env["GOOGLE_CLOUD_PROJECT"] = self.cfg.project_id
+        env["HF_HUB_OFFLINE"] = "1"  # as in the image: the trainer never calls a model hub
         env["PYTHONPATH"] = f"{root}{os.pathsep}{root / 'trainer_image'}"
         return env
 

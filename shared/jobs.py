@@ -1,8 +1,9 @@
 """Fine-tuning jobs: the estimate, submission, launch, state machine and cancel (typed core).
 
 One state machine: queued -> running -> completed | failed | cancelled (and queued -> cancelled
-or failed). Every transition runs in a Firestore transaction that checks the current state,
-appends a timestamped event and, when the job ends, queues the user's email in the same write.
+or failed). Every transition is one atomic Firestore write conditioned on the state it read
+(store.update_job: an optimistic transaction), which appends a timestamped event and, when the
+job ends, queues the user's email in the same commit.
 
 Everything here may be delivered more than once (client retries, Cloud Tasks, Pub/Sub), so each
 entry point is idempotent: a replayed submission returns the first job, a redelivered launch
@@ -341,7 +342,8 @@ def _mail(job: dict[str, Any], status: str, message: str) -> dict[str, Any] | No
     """The email for an ended job, in the Firebase "Trigger Email" extension's format, when the
     user wants it."""
     user = store.get_or_create_user(job["uid"], job.get("email"))
-    if not user.notifications.get(f"job_{status}", True) or not user.email:
+    to = user.email or job.get("email")
+    if not user.notifications.get(f"job_{status}", True) or not to:
         return None
     subject = {
         "completed": "Your fine-tune is ready",
@@ -350,7 +352,7 @@ def _mail(job: dict[str, Any], status: str, message: str) -> dict[str, Any] | No
     }[status]
     text = f"Job {job['id']} on {job['model']}: {status}. {message}"
     return {
-        "to": user.email,
+        "to": to,
         "uid": job["uid"],
         "job_id": job["id"],
         "created_at": store.now(),

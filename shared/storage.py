@@ -45,10 +45,12 @@ def list_names(bucket: str, prefix: str) -> list[str]:
 def read_bytes(bucket: str, name: str, max_bytes: int) -> bytes | None:
     """The object's bytes (at most max_bytes + 1, so a caller can tell it is too big), or None
     when there is no such object."""
-    from google.api_core.exceptions import NotFound
+    from google.api_core.exceptions import NotFound, RequestRangeNotSatisfiable
 
     try:
         return client().bucket(bucket).blob(name).download_as_bytes(start=0, end=max_bytes)
+    except RequestRangeNotSatisfiable:  # an empty object has no byte 0
+        return b""
     except NotFound:
         return None
 

@@ -11,6 +11,7 @@ credentials); in production it uses the function's service account.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -320,17 +321,25 @@ def create_job(
     return run(db.transaction(max_attempts=10))
 
 
-def update_job(job_id: str, mutate: Any) -> dict[str, Any]:
-    """Runs `mutate(job) -> fields | None` in a transaction and applies the fields it returns;
-    `mutate` raises Conflict to refuse. Returns the job as stored afterwards."""
-    from google.cloud import firestore
+def update_job(job_id: str, mutate: Any, attempts: int = 20) -> dict[str, Any]:
+    """Applies `mutate(job) -> (fields, extra_writes) | None` to a job atomically.
+
+    An optimistic transaction: read the job, let `mutate` decide, then commit the job's fields
+    together with `extra_writes` ((collection, id, doc) sets, e.g. the email) in one batch whose
+    precondition is that the job has not changed since the read (its update time). If another
+    writer got there first the batch fails as a whole and we read again, so a decision is never
+    made on stale state. Unlike a locking transaction, nothing waits on a lock, so the trainer's
+    progress writes to the same document are never blocked (the Firestore emulator holds locks
+    of contended transactions for seconds).
+
+    `mutate` returns None for "nothing to do" and raises to refuse. Returns the job as stored.
+    """
+    from google.api_core.exceptions import FailedPrecondition, NotFound
 
     db = client()
     ref = job_ref(job_id)
-
-    @firestore.transactional
-    def run(tx: Any) -> dict[str, Any]:
-        snap = ref.get(transaction=tx)
+    for attempt in range(attempts):
+        snap = ref.get()
         if not snap.exists:
             raise Conflict("not_found")
         job = snap.to_dict()
@@ -339,10 +348,15 @@ def update_job(job_id: str, mutate: Any) -> dict[str, Any]:
             return job
         fields, extra_writes = result
         fields = {**fields, "updated_at": now()}
-        tx.update(ref, fields)
+        batch = db.batch()
+        batch.update(ref, fields, option=db.write_option(last_update_time=snap.update_time))
         for collection, doc_id, doc in extra_writes:
-            tx.set(db.collection(collection).document(doc_id), doc)
+            batch.set(db.collection(collection).document(doc_id), doc)
+        try:
+            batch.commit()
+        except (FailedPrecondition, NotFound):
+            time.sleep(min(0.5, 0.01 * 2**attempt))
+            continue
         job.update(fields)
         return job
-
-    return run(db.transaction(max_attempts=10))
+    raise Conflict("contended")

@@ -18,6 +18,7 @@ import requests
 from devstack.emulators import reset_all, sign_up
 from devstack.stack import Stack
 from shared import storage, store
+from tests.integration.support import TINY_ID, seed_model, tiny_catalog
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -28,7 +29,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    s = Stack(tmp_path_factory.mktemp("stack"))
+    run_dir = tmp_path_factory.mktemp("stack")
+    extra = {
+        "YACHAY_CATALOG_PATH": str(tiny_catalog(run_dir / "catalog.json")),
+        "YACHAY_LOCAL_BATCH_LOGS": str(run_dir / "batch-logs"),
+    }
+    s = Stack(run_dir, extra_env=extra)
     s.start()
     try:
         yield s
@@ -79,3 +85,48 @@ class Api:
 @pytest.fixture
 def api(stack_env: Stack) -> Api:
     return Api(base=stack_env.api_base_url, auth_host=stack_env.host("auth"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from yachay_trainer.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture
+def tiny_in_store(stack_env: Stack, tiny_model_dir: Any) -> str:
+    """The tiny test model, in the model store under the test catalog's `tiny-llama`."""
+    seed_model(tiny_model_dir, TINY_ID)
+    return TINY_ID
+
+
+def save_test_card(uid: str) -> None:
+    """Test shortcut: marks the user as having a saved card (the card-saving flow itself is
+    tested in test_billing; job tests need only its outcome)."""
+    store.get_or_create_user(uid, None)
+    store.client().collection("users").document(uid).update(
+        {"payment_method": {"id": "pm_test", "brand": "visa", "last4": "4242"}}
+    )
+
+
+def upload_dataset(
+    api: Api, user: User, content: bytes, filename: str = "train.jsonl", validate: bool = True
+) -> dict[str, Any]:
+    created = api.request(
+        "POST",
+        "/v1/datasets",
+        user,
+        json={"filename": filename, "size_bytes": max(1, len(content))},
+    )
+    assert created.status_code == 201, created.text
+    body = created.json()
+    put = requests.put(
+        body["upload"]["url"], data=content, headers=body["upload"]["headers"], timeout=30
+    )
+    assert put.status_code == 200, put.text
+    if not validate:
+        return body
+    resp = api.request("POST", f"/v1/datasets/{body['id']}/validate", user)
+    assert resp.status_code == 200, resp.text
+    return resp.json()

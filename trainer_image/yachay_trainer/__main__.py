@@ -4,8 +4,10 @@ whether to retry (see shared.contract)."""
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 from shared.contract import (
@@ -37,6 +39,10 @@ def _transient(exc: BaseException) -> bool:
 
 
 def main() -> int:
+    # SIGTERM (Spot preemption notice, a Batch delete) asks for a clean stop at the next step
+    # boundary: checkpoint, then exit as retryable. Installed first, so it holds at every stage.
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     cfg = TrainerConfig.from_env(os.environ)
     reporter = Reporter(cfg)
     import torch
@@ -47,7 +53,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="yachay-trainer-") as tmp:
         workdir = Path(tmp)
         try:
-            run = Run(cfg, workdir, reporter).setup()
+            run = Run(cfg, workdir, reporter, stop).setup()
             result = run.train()
             out = workdir / "output"
             manifest = write_outputs(out, run.model, cfg, run.metrics, result)

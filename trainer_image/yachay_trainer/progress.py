@@ -23,10 +23,22 @@ class Reporter:
         self.cfg = cfg
         self._last_write = -float("inf")
 
-    def _update(self, fields: dict[str, Any]) -> None:
-        if self.cfg.progress_sink == "firestore":
-            doc = _firestore(self.cfg.project_id).collection("jobs").document(self.cfg.job_id)
-            doc.update(fields)
+    def _update(self, fields: dict[str, Any], attempts: int = 1) -> None:
+        """Writes fields of the job document, retrying contention (Aborted) and unavailability
+        with backoff up to `attempts` times; the last error propagates."""
+        if self.cfg.progress_sink != "firestore":
+            return
+        from google.api_core import exceptions as gexc
+
+        doc = _firestore(self.cfg.project_id).collection("jobs").document(self.cfg.job_id)
+        for attempt in range(attempts):
+            try:
+                doc.update(fields)
+                return
+            except (gexc.Aborted, gexc.ServiceUnavailable, gexc.DeadlineExceeded):
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(min(8.0, 0.5 * 2**attempt))
 
     @staticmethod
     def log(event: str, **fields: Any) -> None:
@@ -38,15 +50,18 @@ class Reporter:
         now = time.monotonic()
         if force or now - self._last_write >= self.cfg.progress_interval_s:
             self._last_write = now
-            self._update({PROGRESS_FIELD: report})
+            try:  # progress is best effort: a missed update must never stop training
+                self._update({PROGRESS_FIELD: report})
+            except Exception as exc:
+                self.log("progress_not_recorded", error=repr(exc))
 
     def result(self, result: dict[str, Any]) -> None:
         self.log("result", **result)
-        self._update({RESULT_FIELD: result})
+        self._update({RESULT_FIELD: result}, attempts=6)
 
     def failure(self, kind: str, message: str) -> None:
         self.log("failure", kind=kind, message=message)
         try:
-            self._update({FAILURE_FIELD: {"kind": kind, "message": message}})
+            self._update({FAILURE_FIELD: {"kind": kind, "message": message}}, attempts=6)
         except Exception as exc:  # the exit code still tells Batch; the log keeps the reason
             self.log("failure_not_recorded", error=repr(exc))

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import math
-import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -68,7 +68,13 @@ def pack_loss(causal_lm: Any, pack: Pack, device: torch.device) -> torch.Tensor:
 
 
 class Run:
-    def __init__(self, cfg: TrainerConfig, workdir: Path, reporter: Reporter | None = None):
+    def __init__(
+        self,
+        cfg: TrainerConfig,
+        workdir: Path,
+        reporter: Reporter | None = None,
+        stop: threading.Event | None = None,
+    ):
         self.cfg = cfg
         self.hp = cfg.hyperparameters
         self.workdir = workdir
@@ -78,7 +84,7 @@ class Run:
         self.step = 0
         self.trained_tokens = 0
         self.metrics: list[dict[str, Any]] = []
-        self._stop = False
+        self.stop = stop or threading.Event()
         self._train_seconds = 0.0
 
     # -- setup ---------------------------------------------------------------------------------
@@ -136,32 +142,28 @@ class Run:
 
     # -- training ------------------------------------------------------------------------------
 
-    def request_stop(self, *_: Any) -> None:
-        self._stop = True
-
     def train(self) -> dict[str, Any]:
-        """Trains to the end (or to a SIGTERM); returns the run's result."""
-        previous = signal.signal(signal.SIGTERM, self.request_stop)
-        try:
-            self.model.train()
-            while self.step < self.plan.total_steps:
-                started = time.perf_counter()
-                loss, tokens = self._one_step()
-                self._train_seconds += time.perf_counter() - started
-                self.step += 1
-                self.trained_tokens += tokens
-                lr = self.scheduler.get_last_lr()[0]
-                self.metrics.append(
-                    {"step": self.step, "loss": loss, "lr": lr, "tokens": self.trained_tokens}
-                )
-                self._report(loss, lr, force=self.step == self.plan.total_steps)
-                if self._stop:
+        """Trains to the end; returns the run's result. When `stop` is set (SIGTERM, see
+        __main__) it checkpoints before the next step and raises Preempted; a stop during the
+        last step lets the run finish, since only the outputs remain."""
+        self.model.train()
+        while self.step < self.plan.total_steps:
+            if self.stop.is_set():
+                if self.step > 0:
                     self.save_checkpoint()
-                    raise Preempted(f"stopped at step {self.step} by SIGTERM")
-                if self.step % self.cfg.checkpoint_every_steps == 0:
-                    self.save_checkpoint()
-        finally:
-            signal.signal(signal.SIGTERM, previous)
+                raise Preempted(f"stopped before step {self.step + 1} by SIGTERM")
+            started = time.perf_counter()
+            loss, tokens = self._one_step()
+            self._train_seconds += time.perf_counter() - started
+            self.step += 1
+            self.trained_tokens += tokens
+            lr = self.scheduler.get_last_lr()[0]
+            self.metrics.append(
+                {"step": self.step, "loss": loss, "lr": lr, "tokens": self.trained_tokens}
+            )
+            self._report(loss, lr, force=self.step == self.plan.total_steps)
+            if self.step % self.cfg.checkpoint_every_steps == 0:
+                self.save_checkpoint()
         return self.result()
 
     def _one_step(self) -> tuple[float, int]:

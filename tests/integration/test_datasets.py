@@ -1,0 +1,184 @@
+"""Datasets: signed uploads, validation with line-numbered errors, ownership, pagination."""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+
+from shared import storage
+from shared.config import settings
+from tests.integration.conftest import upload_dataset
+
+CHAT = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
+GOOD = (json.dumps(CHAT) + "\n").encode()
+
+
+def test_upload_url_is_a_one_hour_put_into_the_users_own_prefix(api) -> None:
+    user = api.new_user()
+    resp = api.request(
+        "POST", "/v1/datasets", user, json={"filename": "train.jsonl", "size_bytes": 100}
+    )
+    assert resp.status_code == 201
+    body = resp.json()
+    assert body["status"] == "pending_upload"
+    url = urlparse(body["upload"]["url"])
+    query = parse_qs(url.query)
+    assert query["X-Goog-Expires"] == ["3600"]
+    assert query["X-Goog-Algorithm"] == ["GOOG4-RSA-SHA256"]
+    assert "content-type" in query["X-Goog-SignedHeaders"][0]
+    assert url.path == f"/{settings().datasets_bucket}/datasets/{user.uid}/{body['id']}.jsonl"
+    assert body["upload"]["method"] == "PUT"
+
+
+def test_upload_then_validate_makes_it_ready(api) -> None:
+    user = api.new_user()
+    content = GOOD * 3 + b"\n" + json.dumps({"prompt": "a", "completion": "b"}).encode()
+    ds = upload_dataset(api, user, GOOD * 3)
+    assert ds["status"] == "ready"
+    assert ds["rows"] == 3 and ds["format"] == "chat" and ds["bytes"] == len(GOOD) * 3
+    assert api.request("GET", f"/v1/datasets/{ds['id']}", user).json()["status"] == "ready"
+    mixed = upload_dataset(api, user, content)
+    assert mixed["status"] == "invalid"
+    assert (
+        mixed["errors"][0]["line"] == 5 and "one format per file" in mixed["errors"][0]["message"]
+    )
+
+
+BAD = [
+    ("not_json", b"{oops\n", 1, "not valid JSON"),
+    ("wrong_role", b'{"messages": [{"role": "bot", "content": "x"}]}\n', 1, "role must be"),
+    ("missing_role", b'{"messages": [{"content": "x"}]}\n', 1, "role must be"),
+    (
+        "no_assistant",
+        b'{"messages": [{"role": "user", "content": "x"}]}\n',
+        1,
+        "at least one assistant",
+    ),
+    ("empty", b"", None, "empty"),
+    ("only_blank_lines", b"\n\n  \n", None, "only blank lines"),
+    ("binary", b"\x00\x01\x02\x03" * 10, 1, "binary"),
+    ("invalid_utf8", GOOD + b'{"prompt": "\xff\xfe", "completion": "x"}\n', 2, "not UTF-8"),
+    (
+        "huge_line",
+        b'{"prompt": "' + b"x" * (4 << 20) + b'", "completion": "y"}\n',
+        1,
+        "a record may be at most",
+    ),
+    ("not_an_object", b"[1, 2]\n", 1, "JSON object"),
+    ("empty_completion", b'{"prompt": "a", "completion": ""}\n', 1, "completion not empty"),
+    (
+        "late_system",
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "user", "content": "a"},
+                    {"role": "system", "content": "b"},
+                    {"role": "assistant", "content": "c"},
+                ]
+            }
+        ).encode(),
+        1,
+        "system message may only come first",
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "content", "line", "phrase"), BAD, ids=[b[0] for b in BAD])
+def test_bad_datasets_are_invalid_with_the_line_named(api, name, content, line, phrase) -> None:
+    ds = upload_dataset(api, api.new_user(), content)
+    assert ds["status"] == "invalid", ds
+    assert ds["error_count"] >= 1
+    assert ds["errors"][0]["line"] == line
+    assert phrase in ds["errors"][0]["message"]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"\xef\xbb\xbf" + GOOD, GOOD.replace(b"\n", b"\r\n") * 2, b"\n" + GOOD + b"\n\n" + GOOD],
+    ids=["bom", "crlf", "blank_lines"],
+)
+def test_tolerated_quirks_are_ready(api, content) -> None:
+    ds = upload_dataset(api, api.new_user(), content)
+    assert ds["status"] == "ready", ds["errors"]
+
+
+def test_errors_are_capped_but_counted(api) -> None:
+    ds = upload_dataset(api, api.new_user(), b"{bad\n" * 50)
+    assert ds["error_count"] == 50
+    assert len(ds["errors"]) == 20
+    assert [e["line"] for e in ds["errors"]] == list(range(1, 21))
+
+
+def test_validate_before_upload_is_409(api) -> None:
+    user = api.new_user()
+    ds = api.request(
+        "POST", "/v1/datasets", user, json={"filename": "a.jsonl", "size_bytes": 10}
+    ).json()
+    resp = api.request("POST", f"/v1/datasets/{ds['id']}/validate", user)
+    assert resp.status_code == 409 and resp.json()["error"]["code"] == "upload_missing"
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "param"),
+    [
+        ({"size_bytes": 10}, "missing_field", "filename"),
+        ({"filename": "a.csv", "size_bytes": 10}, "invalid_value", "filename"),
+        ({"filename": "../a.jsonl", "size_bytes": 10}, "invalid_value", "filename"),
+        ({"filename": "a.jsonl"}, "missing_field", "size_bytes"),
+        ({"filename": "a.jsonl", "size_bytes": 0}, "invalid_value", "size_bytes"),
+        ({"filename": "a.jsonl", "size_bytes": (100 << 20) + 1}, "invalid_value", "size_bytes"),
+        ({"filename": "a.jsonl", "size_bytes": "10"}, "missing_field", "size_bytes"),
+        ({"filename": "a.jsonl", "size_bytes": 10, "x": 1}, "unknown_field", "x"),
+    ],
+)
+def test_create_bad_input(api, body, code, param) -> None:
+    resp = api.request("POST", "/v1/datasets", api.new_user(), json=body)
+    assert resp.status_code == 400
+    assert resp.json()["error"]["code"] == code and resp.json()["error"]["param"] == param
+
+
+def test_other_users_datasets_answer_404(api) -> None:
+    alice, bob = api.new_user(), api.new_user()
+    ds = upload_dataset(api, alice, GOOD)
+    for method, path in [
+        ("GET", f"/v1/datasets/{ds['id']}"),
+        ("POST", f"/v1/datasets/{ds['id']}/validate"),
+        ("DELETE", f"/v1/datasets/{ds['id']}"),
+    ]:
+        resp = api.request(method, path, bob)
+        assert resp.status_code == 404, (method, path)
+        assert resp.json()["error"]["code"] == "not_found"
+    assert api.request("GET", "/v1/datasets", bob).json()["data"] == []
+    assert api.request("GET", f"/v1/datasets/{ds['id']}", alice).status_code == 200
+
+
+def test_delete_removes_record_and_file(api) -> None:
+    user = api.new_user()
+    ds = upload_dataset(api, user, GOOD)
+    assert api.request("DELETE", f"/v1/datasets/{ds['id']}", user).status_code == 204
+    assert api.request("GET", f"/v1/datasets/{ds['id']}", user).status_code == 404
+    assert storage.list_names(settings().datasets_bucket, f"datasets/{user.uid}/") == []
+
+
+def test_list_is_newest_first_with_a_cursor(api) -> None:
+    user = api.new_user()
+    ids = [
+        api.request(
+            "POST", "/v1/datasets", user, json={"filename": f"{i}.jsonl", "size_bytes": 5}
+        ).json()["id"]
+        for i in range(5)
+    ]
+    first = api.request("GET", "/v1/datasets?limit=2", user).json()
+    assert [d["id"] for d in first["data"]] == ids[::-1][:2] and first["has_more"]
+    second = api.request("GET", f"/v1/datasets?limit=2&after={first['next_cursor']}", user).json()
+    third = api.request("GET", f"/v1/datasets?limit=2&after={second['next_cursor']}", user).json()
+    assert [d["id"] for d in second["data"] + third["data"]] == ids[::-1][2:]
+    assert third["has_more"] is False and third["next_cursor"] is None
+
+
+@pytest.mark.parametrize("query", ["limit=0", "limit=101", "limit=abc", "after=garbage!"])
+def test_list_bad_query(api, query) -> None:
+    resp = api.request("GET", f"/v1/datasets?{query}", api.new_user())
+    assert resp.status_code == 400 and resp.json()["error"]["code"] == "invalid_query"

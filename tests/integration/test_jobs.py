@@ -1,0 +1,389 @@
+"""Jobs against the real emulators and the local Batch executor running the real trainer."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from shared import jobs, store
+from shared.config import settings
+from tests.integration.conftest import save_test_card, upload_dataset
+from yachay_trainer.tiny import chat_records
+
+ENDED = ("completed", "failed", "cancelled")
+
+
+def jsonl(records: list[dict]) -> bytes:
+    return "".join(json.dumps(r) + "\n" for r in records).encode()
+
+
+def ready_user(api, n_records: int = 16, seed: int = 3):
+    user = api.new_user()
+    save_test_card(user.uid)
+    ds = upload_dataset(api, user, jsonl(chat_records(n_records, seed=seed, mean_words=20)))
+    assert ds["status"] == "ready"
+    return user, ds
+
+
+def wait_for(api, user, job_id: str, pred, timeout: float = 240.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = api.request("GET", f"/v1/jobs/{job_id}", user).json()
+        if pred(job):
+            return job
+        time.sleep(0.5)
+    raise AssertionError(f"timed out; last: {job}")
+
+
+def trainer_pids(job_id: str) -> list[int]:
+    """Live trainer processes of one job (found by the contract variable in their env)."""
+    pids = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if f"YACHAY_TRAINER_JOB_ID={job_id}".encode() in environ.read_bytes():
+                pids.append(int(environ.parent.name))
+        except OSError:
+            continue
+    return pids
+
+
+def batch_log(stack, job_id: str) -> str:
+    path = Path(stack.env()["YACHAY_LOCAL_BATCH_LOGS"]) / f"{job_id}.log"
+    return path.read_text() if path.exists() else ""
+
+
+def wait_for_step(stack, job_id: str, step: int, timeout: float = 120.0) -> None:
+    """Waits until the trainer has logged `step` (its log has every step; Firestore is
+    updated at a bounded rate, too coarse to catch a run mid-way)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if f'"step": {step},' in batch_log(stack, job_id):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"step {step} never came: {batch_log(stack, job_id)[-2000:]}")
+
+
+def submit(api, user, ds, key: str | None = None, **hp):
+    headers = {"Idempotency-Key": key} if key else {}
+    return api.request(
+        "POST",
+        "/v1/jobs",
+        user,
+        headers=headers,
+        json={"model": "tiny-llama", "dataset_id": ds["id"], "hyperparameters": hp},
+    )
+
+
+# --- the whole path ----------------------------------------------------------------------------
+
+
+def test_job_runs_to_completed_and_trains_exactly_the_estimate(api, stack, tiny_in_store) -> None:
+    user, ds = ready_user(api)
+    est = api.request(
+        "POST",
+        "/v1/jobs/estimate",
+        user,
+        json={"model": "tiny-llama", "dataset_id": ds["id"], "hyperparameters": {"epochs": 2}},
+    ).json()
+    assert est["allowed_to_proceed"] is True, est["reasons"]
+    resp = submit(api, user, ds, epochs=2)
+    assert resp.status_code == 201, resp.text
+    job = resp.json()
+    assert job["status"] == "queued" and job["quote"]["billable_tokens"] == est["billable_tokens"]
+
+    # The task delivered again, twice at once: still one Batch job, one trainer run.
+    def deliver() -> None:
+        api.request("POST", "/internal/tasks/launch-job", json={"job_id": job["id"]})
+
+    threads = [threading.Thread(target=deliver) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    done = wait_for(api, user, job["id"], lambda j: j["status"] in ENDED)
+    assert done["status"] == "completed", batch_log(stack, job["id"])[-3000:]
+    assert done["result"]["trained_tokens"] == est["billable_tokens"]
+    log = batch_log(stack, job["id"])
+    assert done["progress"], log[-3000:]
+    assert done["progress"]["step"] == done["progress"]["total_steps"]
+    assert [e["status"] for e in done["events"]] == ["queued", "running", "completed"]
+    assert batch_log(stack, job["id"]).count('"event": "result"') == 1
+    mail = store.client().collection("mail").document(f"{job['id']}-completed").get()
+    assert mail.exists and mail.to_dict()["to"] == user.email
+
+
+def test_sigterm_mid_run_is_retried_and_resumes_to_the_same_count(
+    api, stack, tiny_in_store
+) -> None:
+    user, ds = ready_user(api, n_records=300)
+    job = submit(api, user, ds, epochs=2, batch_size=1).json()
+    wait_for_step(stack, job["id"], 5)
+    pids = trainer_pids(job["id"])
+    assert pids, "the trainer should be running"
+    for pid in pids:
+        os.kill(pid, signal.SIGTERM)  # what a Spot preemption notice does
+    done = wait_for(api, user, job["id"], lambda j: j["status"] in ENDED)
+    log = batch_log(stack, job["id"])
+    assert done["status"] == "completed", log[-3000:]
+    assert '"event": "preempted"' in log and '"event": "resumed"' in log
+    assert done["result"]["trained_tokens"] == job["quote"]["billable_tokens"]
+
+
+def test_trainer_killed_mid_run_fails_with_an_actionable_reason(api, stack, tiny_in_store) -> None:
+    user, ds = ready_user(api, n_records=300)
+    job = submit(api, user, ds, epochs=3, batch_size=1).json()
+    wait_for_step(stack, job["id"], 3)
+    assert trainer_pids(job["id"])
+    for pid in trainer_pids(job["id"]):
+        os.kill(pid, signal.SIGKILL)
+    done = wait_for(api, user, job["id"], lambda j: j["status"] in ENDED)
+    assert done["status"] == "failed"
+    assert done["failure"]["code"] == "platform_error"
+    assert "not charged" in done["failure"]["message"]
+
+
+def test_cancel_running_stops_the_trainer(api, stack, tiny_in_store) -> None:
+    user, ds = ready_user(api, n_records=300)
+    job = submit(api, user, ds, epochs=3, batch_size=1).json()
+    wait_for_step(stack, job["id"], 3)
+    assert trainer_pids(job["id"])
+    resp = api.request("POST", f"/v1/jobs/{job['id']}/cancel", user)
+    assert resp.status_code == 200 and resp.json()["status"] == "cancelled"
+    deadline = time.monotonic() + 10
+    while trainer_pids(job["id"]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not trainer_pids(job["id"])
+    again = api.request("POST", f"/v1/jobs/{job['id']}/cancel", user)
+    assert again.status_code == 409 and again.json()["error"]["code"] == "job_already_ended"
+    time.sleep(1)  # a late Batch notification must not revive it
+    assert api.request("GET", f"/v1/jobs/{job['id']}", user).json()["status"] == "cancelled"
+
+
+# --- submission rules --------------------------------------------------------------------------
+
+
+def test_same_key_same_body_is_one_job_and_different_body_is_409(api, tiny_in_store) -> None:
+    user, ds = ready_user(api)
+    first = submit(api, user, ds, key="key-1", epochs=1)
+    second = submit(api, user, ds, key="key-1", epochs=1)
+    assert first.status_code == second.status_code == 201
+    assert first.json()["id"] == second.json()["id"]
+    assert second.headers.get("Idempotent-Replayed") == "true"
+    conflict = submit(api, user, ds, key="key-1", epochs=2)
+    assert conflict.status_code == 409
+    assert conflict.json()["error"]["code"] == "idempotency_conflict"
+    listed = api.request("GET", "/v1/jobs", user).json()["data"]
+    assert [j["id"] for j in listed] == [first.json()["id"]]
+    api.request("POST", f"/v1/jobs/{first.json()['id']}/cancel", user)
+
+
+def test_submission_needs_a_card_and_an_unpaused_account(api, tiny_in_store) -> None:
+    user = api.new_user()
+    ds = upload_dataset(api, user, jsonl(chat_records(4, seed=1)))
+    resp = submit(api, user, ds)
+    assert resp.status_code == 402 and resp.json()["error"]["code"] == "payment_method_required"
+    save_test_card(user.uid)
+    store.client().collection("users").document(user.uid).update(
+        {
+            "pauses.payment_failed": {
+                "reason": "Your last charge was declined.",
+                "since": store.now(),
+            }
+        }
+    )
+    resp = submit(api, user, ds)
+    assert resp.status_code == 403 and resp.json()["error"]["code"] == "account_paused"
+    assert "declined" in resp.json()["error"]["message"]
+    assert api.request("GET", "/v1/jobs", user).json()["data"] == []
+
+
+def test_active_job_limit_is_enforced_in_the_transaction(stack_env) -> None:
+    def job(i: int) -> dict:
+        return {
+            "id": f"ft-limit{i}",
+            "uid": "u-limit",
+            "status": "queued",
+            "created_at": store.now(),
+        }
+
+    results = []
+
+    def create(i: int) -> None:
+        try:
+            store.create_job(job(i), None, "h", max_active=2)
+            results.append("ok")
+        except store.Conflict as exc:
+            results.append(exc.code)
+
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == ["ok", "ok"] + ["too_many_active_jobs"] * 3
+
+
+# --- estimate ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("hp", "code", "param"),
+    [
+        ({"epochs": 0}, "invalid_value", "hyperparameters.epochs"),
+        ({"epochs": 1.5}, "invalid_value", "hyperparameters.epochs"),
+        ({"learning_rate": "fast"}, "invalid_value", "hyperparameters.learning_rate"),
+        ({"learning_rate": 1.0}, "invalid_value", "hyperparameters.learning_rate"),
+        ({"lora_rank": 1000}, "invalid_value", "hyperparameters.lora_rank"),
+        ({"lora_dropout": True}, "invalid_value", "hyperparameters.lora_dropout"),
+        (
+            {"lora_target_modules": ["lm_head"]},
+            "invalid_value",
+            "hyperparameters.lora_target_modules",
+        ),
+        ({"max_seq_length": 100000}, "invalid_value", "hyperparameters.max_seq_length"),
+        ({"momentum": 0.9}, "unknown_field", "hyperparameters.momentum"),
+    ],
+)
+def test_estimate_names_the_bad_hyperparameter(api, tiny_in_store, hp, code, param) -> None:
+    user = api.new_user()
+    ds = upload_dataset(api, user, jsonl(chat_records(2, seed=1)))
+    resp = api.request(
+        "POST",
+        "/v1/jobs/estimate",
+        user,
+        json={"model": "tiny-llama", "dataset_id": ds["id"], "hyperparameters": hp},
+    )
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["code"] == code and resp.json()["error"]["param"] == param
+
+
+def test_estimate_refusals(api, tiny_in_store) -> None:
+    alice, bob = api.new_user(), api.new_user()
+    good = upload_dataset(api, alice, jsonl(chat_records(2, seed=1)))
+    bad = upload_dataset(api, alice, b"{nope\n")
+
+    def estimate(user, **body):
+        return api.request("POST", "/v1/jobs/estimate", user, json=body)
+
+    r = estimate(alice, model="gpt-17", dataset_id=good["id"])
+    assert r.status_code == 400 and r.json()["error"]["param"] == "model"
+    r = estimate(alice, model="smollm2-135m-instruct", dataset_id=good["id"])
+    assert r.status_code == 409 and r.json()["error"]["code"] == "model_unavailable"
+    r = estimate(alice, model="tiny-llama", dataset_id=bad["id"])
+    assert r.status_code == 409 and r.json()["error"]["code"] == "dataset_not_ready"
+    r = estimate(bob, model="tiny-llama", dataset_id=good["id"])
+    assert r.status_code == 404
+    r = estimate(alice, model="tiny-llama", dataset_id=good["id"])
+    assert r.status_code == 200
+    est = r.json()
+    assert est["allowed_to_proceed"] is False
+    assert [x["code"] for x in est["reasons"]] == ["payment_method_required"]
+    assert est["price_cents"] == settings().min_charge_cents  # tiny jobs pay the minimum
+    assert est["billable_tokens"] == est["tokens_per_epoch"] * est["epochs"]
+    assert est["hyperparameters"]["lora_rank"] == 16  # defaults filled in
+
+
+# --- the state machine under repeats and races ---------------------------------------------------
+
+
+def running_job(uid: str, **extra) -> str:
+    job_id = store.new_id("ft-")
+    t = store.now()
+    store.job_ref(job_id).set(
+        {
+            "id": job_id,
+            "uid": uid,
+            "email": f"{uid}@example.com",
+            "model": "tiny-llama",
+            "dataset_id": "ds-x",
+            "hyperparameters": {},
+            "quote": {},
+            "status": "running",
+            "created_at": t,
+            "updated_at": t,
+            "events": [],
+            "batch_job": None,
+            **extra,
+        }
+    )
+    return job_id
+
+
+def test_cancel_racing_completion_ends_once(api, stack_env) -> None:
+    user = api.new_user()
+    cfg = settings()
+    for _ in range(5):
+        job_id = running_job(user.uid, trainer_result={"trained_tokens": 10})
+        outcomes = []
+
+        def cancel(job_id: str = job_id, outcomes: list = outcomes) -> None:
+            try:
+                jobs.cancel(user.uid, job_id, cfg)
+                outcomes.append("cancelled")
+            except Exception as exc:  # the loser sees job_already_ended
+                outcomes.append(getattr(getattr(exc, "code", None), "value", repr(exc)))
+
+        def complete(job_id: str = job_id, outcomes: list = outcomes) -> None:
+            outcomes.append(jobs.on_batch_state(f"x/jobs/yachay-{job_id}", "SUCCEEDED", cfg))
+
+        threads = [threading.Thread(target=cancel), threading.Thread(target=complete)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        job = store.get_job(job_id)
+        terminal = [e["status"] for e in job["events"] if e["status"] in ENDED]
+        assert len(terminal) == 1 and job["status"] == terminal[0]
+        mails = [
+            d.id for d in store.client().collection("mail").stream() if d.id.startswith(job_id)
+        ]
+        assert mails == [f"{job_id}-{job['status']}"]
+        if job["status"] == "completed":
+            assert "job_already_ended" in outcomes
+
+
+def test_batch_failures_become_reasons_a_user_can_act_on(api, stack_env) -> None:
+    user = api.new_user()
+    cfg = settings()
+    bad = running_job(
+        user.uid, trainer_failure={"kind": "user_error", "message": "line 3: not valid JSON"}
+    )
+    jobs.on_batch_state(f"x/jobs/yachay-{bad}", "FAILED", cfg)
+    job = store.get_job(bad)
+    assert job["status"] == "failed" and job["failure"]["code"] == "bad_data"
+    assert "line 3" in job["failure"]["message"]
+    silent = running_job(user.uid)
+    jobs.on_batch_state(f"x/jobs/yachay-{silent}", "SUCCEEDED", cfg)  # no result reported
+    assert store.get_job(silent)["failure"]["code"] == "platform_error"
+    assert jobs.on_batch_state(f"x/jobs/yachay-{silent}", "FAILED", cfg) == "already failed"
+
+
+def test_notifications_follow_preferences(api, stack_env) -> None:
+    user = api.new_user()
+    api.request("PATCH", "/v1/me", user, json={"notifications": {"job_failed": False}})
+    job_id = running_job(user.uid)
+    jobs.on_batch_state(f"x/jobs/yachay-{job_id}", "FAILED", settings())
+    assert not store.client().collection("mail").document(f"{job_id}-failed").get().exists
+
+
+def test_list_filters_paginates_and_hides_others(api, stack_env) -> None:
+    alice, bob = api.new_user(), api.new_user()
+    ids = [running_job(alice.uid) for _ in range(3)]
+    jobs.on_batch_state(f"x/jobs/yachay-{ids[0]}", "FAILED", settings())
+    page = api.request("GET", "/v1/jobs?limit=2", alice).json()
+    assert [j["id"] for j in page["data"]] == ids[::-1][:2] and page["has_more"]
+    rest = api.request("GET", f"/v1/jobs?limit=2&after={page['next_cursor']}", alice).json()
+    assert [j["id"] for j in rest["data"]] == [ids[0]]
+    failed = api.request("GET", "/v1/jobs?status=failed", alice).json()["data"]
+    assert [j["id"] for j in failed] == [ids[0]]
+    assert api.request("GET", "/v1/jobs?status=bogus", alice).status_code == 400
+    assert api.request("GET", f"/v1/jobs/{ids[1]}", bob).status_code == 404
+    assert api.request("POST", f"/v1/jobs/{ids[1]}/cancel", bob).status_code == 404
+    assert api.request("GET", "/v1/jobs", bob).json()["data"] == []

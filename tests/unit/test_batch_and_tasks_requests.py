@@ -1,0 +1,72 @@
+"""The requests our cloud adapters send, inspected without a cloud (Cloud Batch has no emulator;
+the Cloud Tasks emulator ignores OIDC)."""
+
+from shared import batch, tasks
+from shared.catalog import catalog
+from shared.config import load
+from shared.contract import EXIT_RETRYABLE, EXIT_SPOT_PREEMPTED, Hyperparameters, TrainerConfig
+
+PROD = load(
+    {
+        "YACHAY_ENV": "production",
+        "GOOGLE_CLOUD_PROJECT": "yachay-prod",
+        "YACHAY_TRAINER_IMAGE": "us-docker.pkg.dev/yachay-prod/trainer/trainer:abc123",
+        "YACHAY_BATCH_SERVICE_ACCOUNT": "trainer@yachay-prod.iam.gserviceaccount.com",
+        "YACHAY_TASKS_SERVICE_ACCOUNT": "tasks@yachay-prod.iam.gserviceaccount.com",
+        "YACHAY_TASK_TARGET_URL": "https://launch-job-xyz.run.app/internal/tasks/launch-job",
+    }
+)
+
+
+def trainer() -> TrainerConfig:
+    return TrainerConfig(
+        job_id="ft-abc",
+        model_id="llama-3.1-8b-instruct",
+        model_uri="gs://m/models/llama-3.1-8b-instruct",
+        dataset_uri="gs://d/x.jsonl",
+        output_uri="gs://a/jobs/ft-abc",
+        checkpoint_uri="gs://c/jobs/ft-abc",
+        hyperparameters=Hyperparameters(epochs=2),
+    )
+
+
+def test_batch_job_request() -> None:
+    spec = catalog().get("llama-3.1-8b-instruct")
+    assert spec is not None
+    job = batch.build_job(PROD, trainer(), spec)
+    task = job.task_groups[0].task_spec
+    assert task.runnables[0].container.image_uri == PROD.trainer_image
+    assert dict(task.environment.variables) == trainer().to_env()
+    assert task.max_retry_count == batch.MAX_RETRIES
+    retry, fail = task.lifecycle_policies
+    assert retry.action.name == "RETRY_TASK"
+    assert set(retry.action_condition.exit_codes) == {EXIT_SPOT_PREEMPTED, EXIT_RETRYABLE}
+    assert fail.action.name == "FAIL_TASK" and 65 in fail.action_condition.exit_codes
+    instance = job.allocation_policy.instances[0]
+    assert instance.install_gpu_drivers is True
+    assert instance.policy.machine_type == spec.machine_type
+    assert instance.policy.provisioning_model.name == "SPOT"
+    assert instance.policy.accelerators[0].type_ == "nvidia-a100-80gb"
+    assert job.allocation_policy.service_account.email == PROD.batch_service_account
+    assert job.logs_policy.destination.name == "CLOUD_LOGGING"
+    note = job.notifications[0]
+    assert note.pubsub_topic == "projects/yachay-prod/topics/batch-job-states"
+    assert note.message.type_.name == "JOB_STATE_CHANGED"
+    assert job.labels["yachay-job"] == "ft-abc"
+
+
+def test_launch_task_is_named_after_the_job_and_carries_oidc() -> None:
+    task = tasks.launch_task("ft-abc", PROD)
+    assert task["name"].endswith("/queues/launch-jobs/tasks/launch-ft-abc")
+    request = task["http_request"]
+    assert request["url"] == PROD.task_target_url
+    assert request["oidc_token"] == {
+        "service_account_email": PROD.tasks_service_account,
+        "audience": PROD.task_target_url,
+    }
+    assert b'"job_id": "ft-abc"' in request["body"]
+
+
+def test_trainer_environment_round_trips() -> None:
+    cfg = trainer()
+    assert TrainerConfig.from_env(cfg.to_env()) == cfg
