@@ -17,6 +17,7 @@ import flask
 from cloudevents.http import CloudEvent
 from werkzeug.serving import WSGIRequestHandler, make_server
 
+from devstack import local_checkout
 from shared import routes
 from shared.http import View, not_found_response
 
@@ -55,6 +56,7 @@ def create_app() -> flask.Flask:
     views = {name: load_function(name) for name in routes.functions()}
     events = {path: load_function(name) for path, name in PUSH_ENDPOINTS.items()}
     app = flask.Flask("yachay-local-gateway")
+    local_checkout.register(app)
 
     @app.post("/internal/pubsub/<name>")
     def push(name: str) -> tuple[str, int]:
@@ -71,10 +73,13 @@ def create_app() -> flask.Flask:
     )
     @app.route("/<path:path>", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"])
     def dispatch(path: str) -> flask.Response:
-        for route in routes.ROUTES:
-            if route.match(flask.request.path) is not None:
-                return views[route.function](flask.request)
-        return not_found_response(flask.request)
+        path = flask.request.path
+        route = routes.resolve(flask.request.method, path).route
+        if route is None:  # wrong method or a preflight: the function owning the path answers
+            route = next((r for r in routes.ROUTES if r.match(path) is not None), None)
+        if route is None:
+            return not_found_response(flask.request)
+        return views[route.function](flask.request)
 
     return app
 

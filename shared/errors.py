@@ -29,6 +29,7 @@ class Code(StrEnum):
     INVALID_VALUE = ("invalid_value", 400)
     INVALID_QUERY = ("invalid_query", 400)
     PAYLOAD_TOO_LARGE = ("payload_too_large", 413)
+    INVALID_SIGNATURE = ("invalid_signature", 400)
     UNSUPPORTED_MEDIA_TYPE = ("unsupported_media_type", 415)
     # Authentication: each failure its own code, all 401 (503 when we cannot check at all)
     AUTH_MISSING = ("auth_missing", 401)

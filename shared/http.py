@@ -63,6 +63,15 @@ class ApiRequest:
     def header(self, name: str) -> str | None:
         return self._flask.headers.get(name)
 
+    def raw_body(self) -> bytes:
+        """The body exactly as sent (signatures are computed over these bytes)."""
+        req = self._flask
+        if req.content_length is not None and req.content_length > MAX_BODY_BYTES:
+            raise ApiError(
+                Code.PAYLOAD_TOO_LARGE, f"The body may be at most {MAX_BODY_BYTES} bytes."
+            )
+        return req.get_data(cache=True)
+
     def page(self) -> tuple[int, str | None]:
         """`limit` (1-100, default 20) and `after` (an opaque cursor) from the query string."""
         raw = self.query.get("limit", "20")

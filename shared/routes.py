@@ -70,6 +70,10 @@ ROUTES: tuple[Route, ...] = (
           "One job: status, progress, events, result."),
     Route("POST", "/v1/jobs/{job_id}/cancel", "jobs", "cancelJob",
           "Cancels a queued or running job."),
+    Route("POST", "/v1/jobs/setup-card", "cards", "setupCard",
+          "A Stripe Checkout page (setup mode) to save the card jobs are charged to."),
+    Route("POST", "/v1/stripe/webhook", "stripe_webhook", "stripeWebhook",
+          "Stripe events (verified by Stripe-Signature, not Firebase).", auth=False),
     Route("POST", "/internal/tasks/launch-job", "launch_job", "launchJob",
           "Cloud Tasks target: launches a queued job's Batch job.", auth=False, internal=True),
 )

@@ -10,6 +10,7 @@ credentials); in production it uses the function's service account.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from dataclasses import dataclass, field
@@ -360,3 +361,61 @@ def update_job(job_id: str, mutate: Any, attempts: int = 20) -> dict[str, Any]:
         job.update(fields)
         return job
     raise Conflict("contended")
+
+
+# --- users: fields set once ------------------------------------------------------------------
+
+STRIPE_EVENTS = "stripe_events"
+
+
+def set_user_field_once(uid: str, field: str, value: Any, attempts: int = 20) -> Any:
+    """Sets users/{uid}.field to `value` unless it already has a value; returns the value that
+    stands (ours or the one that was there). A compare-and-set on the document's update time,
+    so of any number of concurrent callers exactly one value is ever recorded."""
+    from google.api_core.exceptions import FailedPrecondition
+
+    db = client()
+    ref = db.collection(USERS).document(uid)
+    for attempt in range(attempts):
+        snap = ref.get()
+        current = (snap.to_dict() or {}).get(field)
+        if current:
+            return current
+        try:
+            ref.update(
+                {field: value, "updated_at": now()},
+                option=db.write_option(last_update_time=snap.update_time),
+            )
+            return value
+        except FailedPrecondition:
+            time.sleep(min(0.5, 0.01 * 2**attempt))
+    raise Conflict("contended")
+
+
+def update_user(uid: str, fields: dict[str, Any]) -> None:
+    client().collection(USERS).document(uid).update({**fields, "updated_at": now()})
+
+
+def user_by_customer(customer_id: str) -> str | None:
+    from google.cloud.firestore_v1.base_query import FieldFilter
+
+    query = (
+        client()
+        .collection(USERS)
+        .where(filter=FieldFilter("stripe_customer_id", "==", customer_id))
+        .limit(1)
+    )
+    return next((snap.id for snap in query.stream()), None)
+
+
+def event_seen(event_id: str) -> bool:
+    return client().collection(STRIPE_EVENTS).document(event_id).get().exists
+
+
+def mark_event(event_id: str, event_type: str) -> None:
+    from google.api_core.exceptions import AlreadyExists
+
+    with contextlib.suppress(AlreadyExists):
+        client().collection(STRIPE_EVENTS).document(event_id).create(
+            {"type": event_type, "processed_at": now()}
+        )

@@ -1,0 +1,129 @@
+"""Stripe adapter: the only module that imports `stripe`.
+
+Locally YACHAY_STRIPE_API_BASE points the official SDK at localstripe. localstripe has no
+Checkout, no billing portal and ignores idempotency keys, so:
+- Checkout has two implementations behind `setup_session`: Stripe Checkout in setup mode, and a
+  local stand-in (LOCAL-ONLY, refused by shared.config in production) that makes a SetupIntent
+  and sends the user to a page of the local stack (devstack/local_checkout.py) which confirms it
+  with a test card; Stripe (localstripe) then sends the same `setup_intent.succeeded` webhook.
+- Charging once is guaranteed by our own Firestore guard (shared.billing), not only by the
+  idempotency key we still send.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from shared.config import Settings
+
+_lock = threading.Lock()
+_client: Any = None
+CHECKOUT_LIFETIME = timedelta(hours=24)
+
+
+def client(cfg: Settings) -> Any:
+    global _client
+    with _lock:
+        if _client is None:
+            import stripe
+
+            if not cfg.stripe_secret_key:
+                raise RuntimeError("YACHAY_STRIPE_SECRET_KEY is not set")
+            kwargs: dict[str, Any] = {"max_network_retries": 2}
+            if cfg.stripe_api_base:
+                kwargs["base_addresses"] = {"api": cfg.stripe_api_base}
+            _client = stripe.StripeClient(cfg.stripe_secret_key, **kwargs)
+        return _client
+
+
+def create_customer(cfg: Settings, uid: str, email: str | None) -> str:
+    params: dict[str, Any] = {"metadata": {"uid": uid}}
+    if email:
+        params["email"] = email
+    customer = client(cfg).v1.customers.create(params, {"idempotency_key": f"customer-{uid}"})
+    return customer.id
+
+
+def delete_customer(cfg: Settings, customer_id: str) -> None:
+    client(cfg).v1.customers.delete(customer_id)
+
+
+def setup_session(cfg: Settings, customer_id: str, uid: str) -> tuple[str, datetime]:
+    """A page where the user saves a card: (url, expires_at)."""
+    if cfg.checkout_backend == "stripe":
+        session = client(cfg).v1.checkout.sessions.create(
+            {
+                "mode": "setup",
+                "customer": customer_id,
+                "currency": cfg.currency,
+                "payment_method_types": ["card"],
+                "success_url": cfg.checkout_success_url,
+                "cancel_url": cfg.checkout_cancel_url,
+                "metadata": {"uid": uid},
+                "setup_intent_data": {"metadata": {"uid": uid}},
+            }
+        )
+        return session.url, datetime.fromtimestamp(session.expires_at, UTC)
+    # LOCAL-ONLY stand-in for Checkout (see the module docstring).
+    intent = client(cfg).v1.setup_intents.create(
+        {
+            "customer": customer_id,
+            "payment_method_types": ["card"],
+            "metadata": {"uid": uid},
+        }
+    )
+    url = f"{cfg.api_base_url}/local/checkout/{intent.id}"
+    return url, datetime.now(UTC) + CHECKOUT_LIFETIME
+
+
+def portal_url(cfg: Settings, customer_id: str) -> str:
+    """A billing-portal session for the customer (locally a local-only stand-in page)."""
+    if cfg.checkout_backend == "stripe":
+        session = client(cfg).v1.billing_portal.sessions.create(
+            {
+                "customer": customer_id,
+                "return_url": cfg.checkout_success_url,
+            }
+        )
+        return session.url
+    return f"{cfg.api_base_url}/local/portal/{customer_id}"
+
+
+def verify_webhook(cfg: Settings, payload: bytes, signature: str | None) -> dict[str, Any]:
+    """The event, when `Stripe-Signature` is valid for one of our secrets (300 s tolerance);
+    raises ValueError otherwise."""
+    import stripe
+
+    if not signature or not cfg.stripe_webhook_secrets:
+        raise ValueError("missing Stripe-Signature header")
+    last: Exception | None = None
+    for secret in cfg.stripe_webhook_secrets:
+        try:
+            event = stripe.Webhook.construct_event(payload, signature, secret, tolerance=300)
+            return event.to_dict()
+        except stripe.SignatureVerificationError as exc:
+            last = exc
+        except ValueError as exc:  # not JSON
+            raise ValueError(f"bad payload: {exc}") from None
+    raise ValueError(f"bad signature: {last}")
+
+
+def card_of_setup_intent(cfg: Settings, setup_intent_id: str) -> dict[str, str] | None:
+    """The customer and card a succeeded SetupIntent saved, or None when it has none yet."""
+    c = client(cfg)
+    intent = c.v1.setup_intents.retrieve(setup_intent_id)
+    pm_id = intent.payment_method
+    if not pm_id or intent.status != "succeeded":
+        return None
+    pm_id = pm_id if isinstance(pm_id, str) else pm_id.id
+    pm = c.v1.payment_methods.retrieve(pm_id)
+    customer = intent.customer if isinstance(intent.customer, str) else intent.customer.id
+    return {"customer": customer, "id": pm.id, "brand": pm.card.brand, "last4": pm.card.last4}
+
+
+def make_default(cfg: Settings, customer_id: str, payment_method_id: str) -> None:
+    client(cfg).v1.customers.update(
+        customer_id, {"invoice_settings": {"default_payment_method": payment_method_id}}
+    )

@@ -1,0 +1,160 @@
+"""Saving a card and Stripe webhooks, against localstripe.
+
+localstripe has no Checkout: the local stand-in page (devstack/local_checkout.py, LOCAL-ONLY)
+confirms a real SetupIntent on localstripe, which then sends its real signed webhook. The
+Stripe Checkout call itself is checked by recording the SDK's request (see the last test).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from devstack.stack import STRIPE_WEBHOOK_SECRET
+from shared import store
+
+
+def wait_for_card(api, user, timeout: float = 20.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        me = api.request("GET", "/v1/me", user).json()
+        if me["has_payment_method"]:
+            return me
+        time.sleep(0.2)
+    raise AssertionError("the card was never recorded")
+
+
+def save_card(api, user, card: str = "visa") -> dict:
+    session = api.request("POST", "/v1/jobs/setup-card", user)
+    assert session.status_code == 201, session.text
+    page = requests.post(session.json()["url"], data={"card": card}, timeout=30)
+    assert page.status_code == 200, page.text
+    return wait_for_card(api, user)
+
+
+def stripe_customers(stack, uid: str) -> list[dict]:
+    resp = requests.get(
+        f"http://{stack.host('stripe')}/v1/customers?limit=100",
+        timeout=10,
+        headers={"Authorization": f"Bearer {stack.env()['YACHAY_STRIPE_SECRET_KEY']}"},
+    )
+    return [c for c in resp.json()["data"] if (c.get("metadata") or {}).get("uid") == uid]
+
+
+def test_saving_a_card_through_the_local_checkout_stand_in(api, stack) -> None:
+    user = api.new_user()
+    assert api.request("GET", "/v1/me", user).json()["has_payment_method"] is False
+    me = save_card(api, user)
+    assert me["payment_method"] == {"brand": "visa", "last4": "4242"}
+    assert len(stripe_customers(stack, user.uid)) == 1
+
+
+def test_concurrent_setup_calls_make_one_customer(api, stack) -> None:
+    user = api.new_user()
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(
+            pool.map(lambda _: api.request("POST", "/v1/jobs/setup-card", user), range(6))
+        )
+    assert {a.status_code for a in answers} == {201}
+    recorded = store.get_or_create_user(user.uid, None).stripe_customer_id
+    customers = stripe_customers(stack, user.uid)
+    assert [c["id"] for c in customers] == [recorded]
+
+
+def signed(payload: bytes, secret: str = STRIPE_WEBHOOK_SECRET, at: int | None = None) -> str:
+    ts = int(time.time()) if at is None else at
+    sig = hmac.new(secret.encode(), f"{ts}.".encode() + payload, hashlib.sha256).hexdigest()
+    return f"t={ts},v1={sig}"
+
+
+def event(kind: str, obj: dict) -> bytes:
+    return json.dumps(
+        {"id": f"evt_{time.time_ns()}", "object": "event", "type": kind, "data": {"object": obj}}
+    ).encode()
+
+
+@pytest.mark.parametrize(
+    "problem", ["missing", "garbage", "other_payload", "stale", "wrong_secret"]
+)
+def test_webhooks_without_a_valid_signature_are_refused(api, problem) -> None:
+    payload = event("setup_intent.succeeded", {"id": "seti_x"})
+    header = {
+        "missing": None,
+        "garbage": "t=1,v1=deadbeef",
+        "other_payload": signed(b'{"id": "evt_other"}'),
+        "stale": signed(payload, at=int(time.time()) - 301),
+        "wrong_secret": signed(payload, secret="whsec_wrong"),
+    }[problem]
+    headers = {"Content-Type": "application/json"}
+    if header is not None:
+        headers["Stripe-Signature"] = header
+    resp = api.request("POST", "/v1/stripe/webhook", data=payload, headers=headers)
+    assert resp.status_code == 400
+    assert resp.json()["error"]["code"] == "invalid_signature"
+    assert not list(store.client().collection(store.STRIPE_EVENTS).stream())
+
+
+def test_a_replayed_webhook_is_processed_once(api) -> None:
+    payload = event("customer.created", {"id": "cus_x"})
+    headers = {"Content-Type": "application/json", "Stripe-Signature": signed(payload)}
+    first = api.request("POST", "/v1/stripe/webhook", data=payload, headers=headers)
+    again = api.request("POST", "/v1/stripe/webhook", data=payload, headers=headers)
+    assert first.status_code == again.status_code == 200
+    assert first.json()["outcome"] == "ignored" and again.json()["outcome"] == "duplicate"
+
+
+def test_rotated_secrets_both_verify(api, stack, monkeypatch) -> None:
+    from shared import payments
+    from shared.config import load
+
+    payload = event("customer.created", {"id": "cus_y"})
+    cfg = load(
+        {**stack.env(), "YACHAY_STRIPE_WEBHOOK_SECRETS": f"whsec_new,{STRIPE_WEBHOOK_SECRET}"}
+    )
+    two = f"{signed(payload, 'whsec_new')},v1=00ff"
+    assert payments.verify_webhook(cfg, payload, two)["type"] == "customer.created"
+    assert payments.verify_webhook(cfg, payload, signed(payload))["id"]
+
+
+def test_stripe_checkout_request_is_setup_mode(monkeypatch, stack) -> None:
+    """Recorded, not sent: localstripe has no Checkout. Checks the SDK request we would make."""
+    from shared import payments
+    from shared.config import load
+
+    cfg = load({**stack.env(), "YACHAY_CHECKOUT_BACKEND": "stripe"})
+    calls = []
+
+    class Sessions:
+        def create(self, params, options=None):
+            calls.append(params)
+            return type(
+                "S",
+                (),
+                {"url": "https://checkout.stripe.com/c/pay/cs_test_1", "expires_at": 1_900_000_000},
+            )()
+
+    fake = type(
+        "C", (), {"v1": type("V", (), {"checkout": type("K", (), {"sessions": Sessions()})()})()}
+    )()
+    monkeypatch.setattr(payments, "client", lambda cfg: fake)
+    url, expires = payments.setup_session(cfg, "cus_123", "uid-1")
+    assert url.startswith("https://checkout.stripe.com/")
+    assert calls == [
+        {
+            "mode": "setup",
+            "customer": "cus_123",
+            "currency": "usd",
+            "payment_method_types": ["card"],
+            "success_url": cfg.checkout_success_url,
+            "cancel_url": cfg.checkout_cancel_url,
+            "metadata": {"uid": "uid-1"},
+            "setup_intent_data": {"metadata": {"uid": "uid-1"}},
+        }
+    ]
+    assert expires.timestamp() == 1_900_000_000
