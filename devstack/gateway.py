@@ -18,6 +18,7 @@ from cloudevents.http import CloudEvent
 from werkzeug.serving import WSGIRequestHandler, make_server
 
 from devstack import local_checkout
+from devstack.firestore_relay import FirestoreRelay
 from shared import routes
 from shared.http import View, not_found_response
 
@@ -95,6 +96,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Yachay local API gateway")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
+    # Stand-in for the Eventarc Firestore trigger of the charge function.
+    FirestoreRelay("jobs", load_function("charge_job")).start()
     server = make_server(
         "127.0.0.1", args.port, create_app(), threaded=True, request_handler=_QuietHandler
     )

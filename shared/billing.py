@@ -9,7 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 from shared import logs, payments, store
+from shared.catalog import catalog
 from shared.config import Settings
+from shared.errors import ApiError, Code
+from shared.jobs import CHARGE_POLICY, owned, view
+from shared.pricing import price_cents
 
 
 def setup_card(uid: str, email: str | None, cfg: Settings) -> dict[str, Any]:
@@ -51,4 +55,179 @@ def _save_card(setup_intent_id: str, cfg: Settings) -> str:
         return "unknown customer"
     payments.make_default(cfg, card["customer"], card["id"])
     store.update_user(uid, {"payment_method": {k: card[k] for k in ("id", "brand", "last4")}})
-    return f"saved {card['brand']} {card['last4']} for {uid}"
+    retried = retry_failed_charges(uid, cfg)  # a new card settles what the old one could not
+    return f"saved {card['brand']} {card['last4']} for {uid}; retried: {retried}"
+
+
+# --- charging a job --------------------------------------------------------------------------
+
+CHARGE_LEASE_S = 120.0
+PAUSE_PAYMENT = "payment_failed"
+
+
+class ChargeInProgress(Exception):
+    """Another delivery is charging this job right now; retry later."""
+
+
+def amount_due(job: dict[str, Any], cfg: Settings) -> tuple[int, int]:
+    """(billable tokens, cents) under CHARGE_POLICY."""
+    spec = catalog().get(job["model"])
+    if spec is None:
+        return 0, 0
+    if job["status"] == "completed":
+        tokens = int((job.get("trainer_result") or {}).get("trained_tokens", 0))
+        return tokens, price_cents(tokens, spec, cfg.min_charge_cents)
+    if job["status"] == "cancelled" and job.get("started_at"):
+        tokens = int((job.get("progress") or {}).get("trained_tokens", 0))
+        cents = price_cents(tokens, spec, 0)
+        return tokens, cents if cents >= cfg.min_charge_cents else 0
+    return 0, 0
+
+
+def charge_job(job_id: str, cfg: Settings) -> str:
+    """Charges an ended job exactly once; idempotent under any number of deliveries.
+
+    Raises:
+        ChargeInProgress: a concurrent delivery holds the charge; the trigger should retry.
+        Exception: a transient Stripe error; the claim is released and the trigger retries.
+    """
+    job = store.get_job(job_id)
+    if job is None or job["status"] not in ("completed", "cancelled"):
+        return "not chargeable"
+    tokens, cents = amount_due(job, cfg)
+    if cents == 0:
+        _set_payment(
+            job_id,
+            {
+                "status": "not_charged",
+                "amount_cents": 0,
+                "currency": cfg.currency,
+                "policy": CHARGE_POLICY,
+            },
+        )
+        return "nothing to charge"
+    user = store.get_or_create_user(job["uid"], job.get("email"))
+    state, charge = store.claim_charge(
+        job_id,
+        {
+            "uid": job["uid"],
+            "job_id": job_id,
+            "kind": "tuning",
+            "amount_cents": cents,
+            "currency": cfg.currency,
+            "billable_tokens": tokens,
+        },
+        CHARGE_LEASE_S,
+    )
+    if state == "done":
+        return f"already {charge['status']}"
+    if state == "busy":
+        raise ChargeInProgress(job_id)
+    return _attempt(job_id, charge, user, cfg)
+
+
+def _attempt(charge_id: str, charge: dict[str, Any], user: store.UserRecord, cfg: Settings) -> str:
+    job_id = charge.get("job_id")
+    if user.payment_method is None or not user.stripe_customer_id:
+        reason = "No card is saved; save one (POST /v1/jobs/setup-card) to pay."
+        _fail(charge_id, charge, "no_payment_method", reason, user.uid)
+        return "no card"
+    try:
+        intent = payments.charge(
+            cfg,
+            user.stripe_customer_id,
+            user.payment_method.id,
+            charge["amount_cents"],
+            idempotency_key=f"{charge_id}-{charge['attempt']}",
+            metadata={"uid": user.uid, "charge_id": charge_id, "kind": charge["kind"]},
+        )
+    except payments.Declined as exc:
+        _fail(charge_id, charge, exc.code, exc.message, user.uid)
+        return f"declined ({exc.code})"
+    except Exception:
+        store.finish_charge(charge_id, {"status": "retry"}, None)  # release the claim
+        raise
+    store.finish_charge(
+        charge_id,
+        {"status": "succeeded", "payment_intent": intent},
+        {
+            "uid": user.uid,
+            "kind": charge["kind"],
+            "job_id": job_id,
+            "amount_cents": charge["amount_cents"],
+            "currency": charge["currency"],
+            "payment_intent": intent,
+        },
+    )
+    if job_id and charge["kind"] == "tuning":
+        _set_payment(
+            job_id,
+            {
+                "status": "paid",
+                "amount_cents": charge["amount_cents"],
+                "currency": charge["currency"],
+                "charged_at": store.now(),
+            },
+        )
+    _unpause_if_settled(user.uid)
+    return f"charged {charge['amount_cents']} {charge['currency']}"
+
+
+def _fail(charge_id: str, charge: dict[str, Any], code: str, message: str, uid: str) -> None:
+    store.finish_charge(
+        charge_id, {"status": "failed", "failure_code": code, "failure_message": message}, None
+    )
+    if charge.get("job_id") and charge["kind"] == "tuning":
+        _set_payment(
+            charge["job_id"],
+            {
+                "status": "failed",
+                "amount_cents": charge["amount_cents"],
+                "currency": charge["currency"],
+                "reason": message,
+            },
+        )
+    store.update_user(
+        uid,
+        {
+            f"pauses.{PAUSE_PAYMENT}": {
+                "reason": f"A payment failed ({code}): {message} Save a working card to go on; we "
+                "retry the payment when you do.",
+                "since": store.now(),
+            }
+        },
+    )
+
+
+def _unpause_if_settled(uid: str) -> None:
+    if not store.charges_of(uid, "failed"):
+        store.clear_pause(uid, PAUSE_PAYMENT)
+
+
+def _set_payment(job_id: str, payment: dict[str, Any]) -> None:
+    store.update_job(job_id, lambda job: ({"payment": payment}, []))
+
+
+def retry_failed_charges(uid: str, cfg: Settings) -> list[str]:
+    """Tries every failed charge of the user again (after a new card, or on request)."""
+    outcomes = []
+    user = store.get_or_create_user(uid, None)
+    for failed in store.charges_of(uid, "failed"):
+        if store.reopen_charge(failed["id"]):
+            state, charge = store.claim_charge(failed["id"], {}, CHARGE_LEASE_S)
+            if state == "claimed":
+                outcomes.append(_attempt(failed["id"], charge, user, cfg))
+    return outcomes
+
+
+def retry_payment(uid: str, job_id: str, cfg: Settings) -> dict[str, Any]:
+    """POST /v1/jobs/{id}/retry-payment."""
+    job = owned(uid, job_id)
+    charge = store.get_charge(job_id)
+    if charge is None or charge["status"] != "failed":
+        raise ApiError(Code.NOTHING_TO_RETRY, "This job has no failed payment to retry.")
+    if store.reopen_charge(job_id):
+        state, charge = store.claim_charge(job_id, {}, CHARGE_LEASE_S)
+        if state == "claimed":
+            _attempt(job_id, charge, store.get_or_create_user(uid, None), cfg)
+    return view(store.get_job(job_id) or job)

@@ -68,6 +68,7 @@ class Settings:
     checkout_success_url: str
     checkout_cancel_url: str
     currency: str
+    retention_days: int
 
     @property
     def is_local(self) -> bool:
@@ -163,6 +164,7 @@ def load(environ: Mapping[str, str]) -> Settings:
             "YACHAY_CHECKOUT_CANCEL_URL", "http://localhost:3000/billing?card=cancelled"
         ),
         currency=environ.get("YACHAY_CURRENCY", "usd"),
+        retention_days=int(environ.get("YACHAY_RETENTION_DAYS", 30)),
     )
 
 

@@ -54,6 +54,10 @@ class Code(StrEnum):
     PAYMENT_METHOD_REQUIRED = ("payment_method_required", 402)
     ACCOUNT_PAUSED = ("account_paused", 403)
     TOO_MANY_ACTIVE_JOBS = ("too_many_active_jobs", 429)
+    NOTHING_TO_RETRY = ("nothing_to_retry", 409)
+    JOB_NOT_COMPLETED = ("job_not_completed", 409)
+    PAYMENT_REQUIRED = ("payment_required", 402)
+    ARTIFACTS_EXPIRED = ("artifacts_expired", 410)
     # Server side
     SERVICE_UNAVAILABLE = ("service_unavailable", 503)
     NOT_READY = ("not_ready", 503)

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import timedelta
 from typing import Any
 
-from shared import batch, modelstore, storage, store, tasks
+from shared import artifacts, batch, modelstore, storage, store, tasks
 from shared.catalog import ModelSpec, catalog
 from shared.config import Settings
 from shared.contract import Hyperparameters, TrainerConfig
@@ -26,6 +27,11 @@ from shared.errors import ApiError, Code
 from shared.pricing import Quote, quote, resolve_hyperparameters
 from shared.tokenization import RecordError, TokenCount, parse_jsonl
 
+CHARGE_POLICY = (
+    "Completed: the tokens trained (equal to the quote), at least the minimum charge. "
+    "Cancelled while running: the tokens trained so far (free below the minimum charge). "
+    "Cancelled while queued, or failed (bad data or our side): free."
+)
 ACTIVE = ("queued", "running")
 ENDED = ("completed", "failed", "cancelled")
 TRANSITIONS = {
@@ -66,10 +72,19 @@ def view(job: dict[str, Any]) -> dict[str, Any]:
         "failure": job.get("failure"),
         "result": _result_view(job.get("trainer_result")),
         "events": [{**e, "at": _iso(e["at"])} for e in job.get("events", [])],
+        "payment": _payment_view(job.get("payment")),
+        "charge_policy": CHARGE_POLICY,
+        "expires_at": _iso(job.get("expires_at")),
         "created_at": _iso(job["created_at"]),
         "started_at": _iso(job.get("started_at")),
         "ended_at": _iso(job.get("ended_at")),
     }
+
+
+def _payment_view(payment: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not payment:
+        return None
+    return {k: _iso(v) for k, v in payment.items() if k != "policy"}
 
 
 def _result_view(result: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -429,7 +444,15 @@ def on_batch_state(batch_name: str, state: str, cfg: Settings) -> str:
             if job.get("trainer_result"):
                 if job["status"] == "queued":
                     transition(job_id, "running", "the trainer started", cfg)
-                transition(job_id, "completed", "the adapter is ready to download", cfg)
+                expires = store.now() + timedelta(days=cfg.retention_days)
+                transition(
+                    job_id,
+                    "completed",
+                    "the adapter is ready to download",
+                    cfg,
+                    {"expires_at": expires},
+                )
+                artifacts.set_retention(job_id, expires, cfg)
             else:
                 transition(
                     job_id,

@@ -127,3 +127,55 @@ def make_default(cfg: Settings, customer_id: str, payment_method_id: str) -> Non
     client(cfg).v1.customers.update(
         customer_id, {"invoice_settings": {"default_payment_method": payment_method_id}}
     )
+
+
+class Declined(Exception):
+    """The card was refused (declined, or it needs the customer present to authenticate)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def charge(
+    cfg: Settings,
+    customer_id: str,
+    payment_method_id: str,
+    amount_cents: int,
+    idempotency_key: str,
+    metadata: dict[str, str],
+) -> str:
+    """An off-session PaymentIntent, confirmed now; returns its id.
+
+    Raises:
+        Declined: the card refused it (not retryable without the user).
+        stripe.StripeError: anything else (network, rate limit, Stripe down): retryable.
+    """
+    import stripe
+
+    try:
+        intent = client(cfg).v1.payment_intents.create(
+            {
+                "amount": amount_cents,
+                "currency": cfg.currency,
+                "customer": customer_id,
+                "payment_method": payment_method_id,
+                "confirm": True,
+                "off_session": True,
+                "metadata": metadata,
+            },
+            {"idempotency_key": idempotency_key},
+        )
+    except stripe.CardError as exc:
+        code = getattr(exc, "code", None) or "card_declined"
+        raise Declined(code, exc.user_message or str(exc)) from None
+    if intent.status == "requires_action":
+        raise Declined(
+            "authentication_required",
+            "Your bank asks you to confirm this payment; "
+            "update or confirm your card, then retry the payment.",
+        )
+    if intent.status != "succeeded":
+        raise Declined(intent.status, f"The payment did not go through ({intent.status}).")
+    return intent.id

@@ -112,3 +112,14 @@ def signed_url(
         kwargs["service_account_email"] = credentials.service_account_email
         kwargs["access_token"] = credentials.token
     return blob.generate_signed_url(**kwargs), expires
+
+
+def set_custom_time(bucket: str, prefix: str, when: datetime) -> int:
+    """Sets customTime on every object under `prefix` (Storage only lets it move later)."""
+    count = 0
+    for blob in client().list_blobs(bucket, prefix=prefix):
+        if blob.custom_time is None or blob.custom_time < when:
+            blob.custom_time = when
+            blob.patch()
+            count += 1
+    return count

@@ -419,3 +419,105 @@ def mark_event(event_id: str, event_type: str) -> None:
         client().collection(STRIPE_EVENTS).document(event_id).create(
             {"type": event_type, "processed_at": now()}
         )
+
+
+# --- charges and the ledger ------------------------------------------------------------------
+
+CHARGES = "charges"
+LEDGER = "ledger"
+
+
+def claim_charge(charge_id: str, doc: dict[str, Any], lease_s: float) -> tuple[str, dict[str, Any]]:
+    """Claims the right to charge `charge_id` (one charge per job or per extension request).
+
+    Returns ("claimed", doc) for the caller that may now call Stripe, ("done", doc) when the
+    charge already succeeded or failed for good, or ("busy", doc) while another caller's claim
+    (younger than `lease_s`) is in flight. A claim whose holder died is taken over after the
+    lease, keeping its attempt number, so the Stripe idempotency key stays the same.
+    """
+    from google.api_core.exceptions import AlreadyExists, FailedPrecondition
+
+    db = client()
+    ref = db.collection(CHARGES).document(charge_id)
+    t = now()
+    try:
+        ref.create({**doc, "status": "pending", "attempt": 1, "claimed_at": t, "created_at": t})
+        return "claimed", ref.get().to_dict()
+    except AlreadyExists:
+        pass
+    for _ in range(10):
+        snap = ref.get()
+        current = snap.to_dict()
+        if current["status"] in ("succeeded", "failed"):
+            return "done", current
+        if current["status"] == "pending" and (t - current["claimed_at"]).total_seconds() < lease_s:
+            return "busy", current
+        try:  # "retry" (released after a transient error) or a stale pending claim
+            ref.update(
+                {"status": "pending", "claimed_at": t},
+                option=db.write_option(last_update_time=snap.update_time),
+            )
+            return "claimed", {**current, "status": "pending", "claimed_at": t}
+        except FailedPrecondition:
+            continue
+    return "busy", current
+
+
+def finish_charge(charge_id: str, fields: dict[str, Any], ledger: dict[str, Any] | None) -> None:
+    """Records the charge's outcome and, for money that moved, its ledger entry, atomically."""
+    db = client()
+    batch = db.batch()
+    batch.update(db.collection(CHARGES).document(charge_id), {**fields, "finished_at": now()})
+    if ledger is not None:
+        batch.set(db.collection(LEDGER).document(charge_id), {**ledger, "created_at": now()})
+    batch.commit()
+
+
+def get_charge(charge_id: str) -> dict[str, Any] | None:
+    snap = client().collection(CHARGES).document(charge_id).get()
+    return snap.to_dict() if snap.exists else None
+
+
+def reopen_charge(charge_id: str) -> bool:
+    """Lets a failed charge be attempted again (a new card, or the user's retry); the attempt
+    number moves on, so Stripe sees a new idempotency key."""
+    from google.api_core.exceptions import FailedPrecondition
+
+    db = client()
+    ref = db.collection(CHARGES).document(charge_id)
+    snap = ref.get()
+    if not snap.exists or snap.get("status") != "failed":
+        return False
+    try:
+        ref.update(
+            {"status": "retry", "attempt": snap.get("attempt") + 1},
+            option=db.write_option(last_update_time=snap.update_time),
+        )
+        return True
+    except FailedPrecondition:
+        return False
+
+
+def ledger_entries(uid: str) -> list[dict[str, Any]]:
+    from google.cloud.firestore_v1.base_query import FieldFilter
+
+    query = client().collection(LEDGER).where(filter=FieldFilter("uid", "==", uid))
+    return [s.to_dict() for s in query.stream()]
+
+
+def charges_of(uid: str, status: str) -> list[dict[str, Any]]:
+    from google.cloud.firestore_v1.base_query import FieldFilter
+
+    query = (
+        client()
+        .collection(CHARGES)
+        .where(filter=FieldFilter("uid", "==", uid))
+        .where(filter=FieldFilter("status", "==", status))
+    )
+    return [{**s.to_dict(), "id": s.id} for s in query.stream()]
+
+
+def clear_pause(uid: str, code: str) -> None:
+    from google.cloud import firestore
+
+    update_user(uid, {f"pauses.{code}": firestore.DELETE_FIELD})

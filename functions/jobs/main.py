@@ -1,7 +1,7 @@
 """/v1/jobs: estimate, submit, list, get, cancel."""
 
+from shared import artifacts, billing, store
 from shared import jobs as core
-from shared import store
 from shared.errors import ApiError, Code
 from shared.http import ApiRequest, Reply, serve
 
@@ -50,6 +50,15 @@ def cancel_job(req: ApiRequest) -> Reply:
     return Reply(core.cancel(req.uid, req.params["job_id"], req.settings))
 
 
+def download_job(req: ApiRequest) -> Reply:
+    job = core.owned(req.uid, req.params["job_id"])
+    return Reply(artifacts.download_links(job, req.settings))
+
+
+def retry_payment(req: ApiRequest) -> Reply:
+    return Reply(billing.retry_payment(req.uid, req.params["job_id"], req.settings))
+
+
 jobs = serve(
     "jobs",
     {
@@ -58,5 +67,7 @@ jobs = serve(
         "listJobs": list_jobs,
         "getJob": get_job,
         "cancelJob": cancel_job,
+        "downloadJob": download_job,
+        "retryPayment": retry_payment,
     },
 )

@@ -158,3 +158,126 @@ def test_stripe_checkout_request_is_setup_mode(monkeypatch, stack) -> None:
         }
     ]
     assert expires.timestamp() == 1_900_000_000
+
+
+# --- charging at completion ----------------------------------------------------------------------
+
+
+def completed_job(api, stack, user, tiny_in_store) -> dict:
+    from tests.integration.conftest import upload_dataset
+    from tests.integration.test_jobs import jsonl, wait_for
+    from yachay_trainer.tiny import chat_records
+
+    ds = upload_dataset(api, user, jsonl(chat_records(12, seed=5, mean_words=15)))
+    job = api.request(
+        "POST",
+        "/v1/jobs",
+        user,
+        json={"model": "tiny-llama", "dataset_id": ds["id"], "hyperparameters": {"epochs": 1}},
+    ).json()
+    return wait_for(
+        api,
+        user,
+        job["id"],
+        lambda j: (
+            j["status"] in ("completed", "failed")
+            and (j.get("payment") or {}).get("status") in ("paid", "failed")
+        ),
+    )
+
+
+def payment_intents(stack, charge_id: str) -> list[dict]:
+    key = stack.env()["YACHAY_STRIPE_SECRET_KEY"]
+    resp = requests.get(
+        f"http://{stack.host('stripe')}/v1/payment_intents?limit=100",
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=10,
+    )
+    return [
+        p for p in resp.json()["data"] if (p.get("metadata") or {}).get("charge_id") == charge_id
+    ]
+
+
+def test_completed_job_is_charged_once_and_downloads_verify(
+    api, stack, tiny_in_store, tmp_path
+) -> None:
+    user = api.new_user()
+    save_card(api, user)
+    job = completed_job(api, stack, user, tiny_in_store)
+    assert job["status"] == "completed"
+    assert job["payment"]["status"] == "paid"
+    assert job["payment"]["amount_cents"] == job["quote"]["price_cents"]
+    [intent] = payment_intents(stack, job["id"])
+    assert intent["amount"] == job["quote"]["price_cents"] and intent["status"] == "succeeded"
+    ledger = store.ledger_entries(user.uid)
+    assert [e["amount_cents"] for e in ledger] == [job["quote"]["price_cents"]]
+
+    links = api.request("GET", f"/v1/jobs/{job['id']}/download", user).json()
+    names = {f["name"] for f in links["files"]}
+    assert {"adapter_config.json", "adapter_model.safetensors", "manifest.json"} <= names
+    for f in links["files"]:
+        assert f"/jobs/{job['id']}/" in f["url"] and "X-Goog-Expires=3600" in f["url"]
+        body = requests.get(f["url"], timeout=30).content
+        if f["sha256"]:
+            assert hashlib.sha256(body).hexdigest() == f["sha256"]
+            assert len(body) == f["size"]
+    other = api.new_user()
+    assert api.request("GET", f"/v1/jobs/{job['id']}/download", other).status_code == 404
+
+
+def test_the_trigger_delivered_many_times_at_once_charges_once(api, stack, tiny_in_store) -> None:
+    from shared import billing
+    from shared.config import settings
+
+    user = api.new_user()
+    save_card(api, user)
+    job = completed_job(api, stack, user, tiny_in_store)  # the relay charged it already
+    with ThreadPoolExecutor(5) as pool:
+        outcomes = list(pool.map(lambda _: billing.charge_job(job["id"], settings()), range(5)))
+    assert outcomes == ["already succeeded"] * 5
+    assert len(payment_intents(stack, job["id"])) == 1
+    assert len(store.ledger_entries(user.uid)) == 1
+
+
+def test_declined_card_pauses_then_a_new_card_settles(api, stack, tiny_in_store) -> None:
+    user = api.new_user()
+    save_card(api, user, card="declining")
+    job = completed_job(api, stack, user, tiny_in_store)
+    assert job["status"] == "completed" and job["payment"]["status"] == "failed"
+    me = api.request("GET", "/v1/me", user).json()
+    assert me["submissions_paused"] and me["pauses"][0]["code"] == "payment_failed"
+    resp = api.request("GET", f"/v1/jobs/{job['id']}/download", user)
+    assert resp.status_code == 402 and resp.json()["error"]["code"] == "payment_required"
+    assert store.ledger_entries(user.uid) == []
+
+    session = api.request("POST", "/v1/jobs/setup-card", user).json()
+    requests.post(session["url"], data={"card": "visa"}, timeout=30).raise_for_status()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        job = api.request("GET", f"/v1/jobs/{job['id']}", user).json()
+        if job["payment"]["status"] == "paid":
+            break
+        time.sleep(0.3)
+    assert job["payment"]["status"] == "paid"
+    assert api.request("GET", "/v1/me", user).json()["submissions_paused"] is False
+    assert api.request("GET", f"/v1/jobs/{job['id']}/download", user).status_code == 200
+    retry = api.request("POST", f"/v1/jobs/{job['id']}/retry-payment", user)
+    assert retry.status_code == 409 and retry.json()["error"]["code"] == "nothing_to_retry"
+
+
+def test_download_refusals(api, stack_env) -> None:
+    from tests.integration.test_jobs import running_job
+
+    user = api.new_user()
+    job_id = running_job(user.uid)
+    resp = api.request("GET", f"/v1/jobs/{job_id}/download", user)
+    assert resp.status_code == 409 and resp.json()["error"]["code"] == "job_not_completed"
+    store.job_ref(job_id).update(
+        {
+            "status": "completed",
+            "payment": {"status": "paid"},
+            "expires_at": store.now().replace(year=2020),
+        }
+    )
+    resp = api.request("GET", f"/v1/jobs/{job_id}/download", user)
+    assert resp.status_code == 410 and resp.json()["error"]["code"] == "artifacts_expired"
