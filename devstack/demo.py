@@ -1,14 +1,19 @@
-"""`make demo`: the main flow end to end against the running local stack, as a user would.
+"""`make demo`: the whole product on the local stack, as a user would drive it.
 
-Signs a user up in the Auth emulator, then calls the API through the local gateway exactly as the
-dashboard or CLI does. Exits non-zero at the first answer that is not what it should be.
+Signs a user up, saves a card (local Checkout stand-in), uploads and validates a small dataset of
+made-up facts, gets the exact price, submits a real LoRA fine-tune of SmolLM2-135M-Instruct,
+follows it to `completed`, shows the charge, downloads the adapter through its signed URLs,
+verifies every checksum, and asks the tuned model one of the facts. Exits non-zero at the first
+answer that is not what it should be.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -16,6 +21,17 @@ import requests
 
 from devstack.emulators import sign_up
 from devstack.seed_models import seed
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = "smollm2-135m-instruct"
+HYPERPARAMETERS = {
+    "epochs": 10,
+    "batch_size": 1,
+    "learning_rate": 0.002,
+    "lora_dropout": 0.0,
+    "warmup_ratio": 0.05,
+    "max_seq_length": 256,
+}
 
 
 def step(title: str) -> None:
@@ -25,48 +41,156 @@ def step(title: str) -> None:
 def call(method: str, path: str, token: str | None = None, expect: int = 200, **kw) -> dict:
     base = os.environ["YACHAY_API_BASE_URL"]
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    resp = requests.request(method, base + path, headers=headers, timeout=60, **kw)
+    headers.update(kw.pop("headers", {}))
+    resp = requests.request(method, base + path, headers=headers, timeout=120, **kw)
     body = resp.json() if resp.content else {}
-    print(f"{method} {path} -> {resp.status_code}")
+    print(f"{method} {path} -> {resp.status_code}", flush=True)
     if resp.status_code != expect:
         print(json.dumps(body, indent=2))
         raise SystemExit(f"demo failed: expected {expect} from {method} {path}")
     return body
 
 
+def wait(what: str, fn, timeout: float = 900.0, every: float = 2.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = fn()
+        if value:
+            return value
+        time.sleep(every)
+    raise SystemExit(f"demo failed: {what} did not happen within {timeout:.0f} s")
+
+
 def main(model_folders: list[str]) -> int:
     step("model store: our local models (converted once, uploaded once)")
     for folder in model_folders:
-        done = seed(Path(folder))
-        print(f"  {Path(folder).name}: {'uploaded' if done else 'already there'}")
+        print(f"  {Path(folder).name}: {'uploaded' if seed(Path(folder)) else 'already there'}")
 
     step("health")
     print(call("GET", "/v1/healthz?ready=true"))
 
     step("sign up a user in the Auth emulator")
     email = f"demo-{uuid.uuid4().hex[:8]}@example.com"
-    user = sign_up(email)
-    token = user["idToken"]
-    print(f"signed up {email} (uid {user['localId']})")
+    token = sign_up(email)["idToken"]
+    print(f"signed up {email}")
 
     step("the model catalog")
-    models = call("GET", "/v1/models", token)
-    for m in models["data"]:
-        price = m["pricing"]["price_cents"]
+    for m in call("GET", "/v1/models", token)["data"]:
         state = "available" if m["available"] else "not in the model store"
-        print(f"  {m['id']:28s} {price:>4d} cents / 1M tokens   {state}")
+        print(f"  {m['id']:28s} {m['pricing']['price_cents']:>4d} cents / 1M tokens   {state}")
 
-    step("the account (created on first call)")
-    print(json.dumps(call("GET", "/v1/me", token), indent=2))
-    me = call("PATCH", "/v1/me", token, json={"notifications": {"job_cancelled": False}})
-    assert me["notifications"]["job_cancelled"] is False
+    step("save a card (local stand-in for Stripe Checkout, test card 4242)")
+    session = call("POST", "/v1/jobs/setup-card", token, expect=201)
+    print(f"  checkout page: {session['url']}")
+    requests.post(session["url"], data={"card": "visa"}, timeout=60).raise_for_status()
+    me = wait(
+        "the card webhook",
+        lambda: (lambda m: m if m["has_payment_method"] else None)(call("GET", "/v1/me", token)),
+        timeout=60,
+        every=0.5,
+    )
+    print(f"  saved: {me['payment_method']['brand']} ending {me['payment_method']['last4']}")
 
-    step("bad input gets a clear error")
-    err = call("GET", "/v1/me", "not-a-token", expect=401)["error"]
-    print(f"  {err['code']}: {err['message']}")
+    step("upload a dataset (six made-up facts) and validate it")
+    data = (ROOT / "devstack" / "sample_dataset.jsonl").read_bytes()
+    ds = call(
+        "POST",
+        "/v1/datasets",
+        token,
+        expect=201,
+        json={"filename": "facts.jsonl", "size_bytes": len(data)},
+    )
+    requests.put(
+        ds["upload"]["url"], data=data, headers=ds["upload"]["headers"], timeout=60
+    ).raise_for_status()
+    ds = call("POST", f"/v1/datasets/{ds['id']}/validate", token)
+    print(f"  {ds['status']}: {ds['rows']} rows, {ds['format']}")
 
-    print("\ndemo finished: every call answered as expected.")
+    step("the exact price before anything runs")
+    body = {"model": MODEL, "dataset_id": ds["id"], "hyperparameters": HYPERPARAMETERS}
+    est = call("POST", "/v1/jobs/estimate", token, json=body)
+    print(
+        f"  {est['billable_tokens']} billable tokens ({est['tokens_per_epoch']} x "
+        f"{est['epochs']} epochs) = {est['price_cents']} cents {est['currency']}; "
+        f"allowed: {est['allowed_to_proceed']}"
+    )
+
+    step(f"submit a LoRA fine-tune of {MODEL} (real weights, on this CPU)")
+    job = call(
+        "POST",
+        "/v1/jobs",
+        token,
+        expect=201,
+        json=body,
+        headers={"Idempotency-Key": f"demo-{uuid.uuid4().hex}"},
+    )
+    print(f"  job {job['id']}: {job['status']}")
+
+    def progress():
+        j = call("GET", f"/v1/jobs/{job['id']}", token)
+        p = j.get("progress") or {}
+        if p:
+            print(
+                f"  {j['status']}: step {p['step']}/{p['total_steps']}, loss {p['loss']}, "
+                f"eta {p['eta_s']} s",
+                flush=True,
+            )
+        settled = (j.get("payment") or {}).get("status") in ("paid", "failed", "not_charged")
+        return j if j["status"] in ("failed", "cancelled") or settled else None
+
+    job = wait("the job", progress, every=3.0)
+    if job["status"] != "completed":
+        print(json.dumps(job, indent=2))
+        raise SystemExit(f"demo failed: the job ended {job['status']}")
+    print(
+        f"  completed: trained {job['result']['trained_tokens']} tokens "
+        f"(quoted {job['quote']['billable_tokens']}), final loss {job['result']['final_loss']:.3f}"
+    )
+
+    step("the charge (off-session, once)")
+    pay = job["payment"]
+    print(f"  {pay['status']}: {pay['amount_cents']} cents {pay['currency']}")
+    if pay["status"] != "paid":
+        raise SystemExit("demo failed: the job was not paid")
+
+    step("download the adapter and verify every checksum")
+    links = call("GET", f"/v1/jobs/{job['id']}/download", token)
+    out = ROOT / ".local" / "demo-output" / job["id"]
+    out.mkdir(parents=True, exist_ok=True)
+    for f in links["files"]:
+        content = requests.get(f["url"], timeout=120).content
+        (out / f["name"]).write_bytes(content)
+        if f["sha256"]:
+            ok = hashlib.sha256(content).hexdigest() == f["sha256"] and len(content) == f["size"]
+            print(f"  {f['name']:28s} {len(content):>10d} bytes  sha256 {'ok' if ok else 'BAD'}")
+            if not ok:
+                raise SystemExit(f"demo failed: checksum mismatch for {f['name']}")
+    print(f"  saved in {out}")
+
+    step("ask the tuned model (peft + transformers, the downloaded adapter)")
+    ask(model_folders[0], out, "What is the capital of Zorbania?")
+
+    print("\ndemo finished: a real fine-tune, charged once, downloaded and verified.")
     return 0
+
+
+def ask(base_folder: str, adapter: Path, question: str) -> None:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_folder)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_folder), adapter)
+    inputs = tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
+    with torch.no_grad():
+        ids = model.generate(**inputs, max_new_tokens=24, do_sample=False)
+    answer = tokenizer.decode(ids[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    print(f"  Q: {question}\n  A: {answer.strip()}")
 
 
 if __name__ == "__main__":
