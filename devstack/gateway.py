@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import threading
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -85,6 +87,20 @@ def create_app() -> flask.Flask:
     return app
 
 
+def _sweep_forever(every_s: float = 30.0) -> None:
+    from shared import artifacts, logs
+    from shared.config import settings
+
+    while True:
+        time.sleep(every_s)
+        try:
+            gone = artifacts.sweep_expired(settings())
+            if gone:
+                logs.info("swept expired files", count=len(gone))
+        except Exception as exc:  # keep sweeping; the next round retries
+            logs.warning("sweep failed", error=repr(exc))
+
+
 class _QuietHandler(WSGIRequestHandler):
     """Our functions log every request as JSON already; skip werkzeug's access lines."""
 
@@ -96,8 +112,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Yachay local API gateway")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    # Stand-in for the Eventarc Firestore trigger of the charge function.
+    # Stand-ins: the Eventarc Firestore trigger of the charge function, and the Storage
+    # lifecycle rule that deletes expired job files.
     FirestoreRelay("jobs", load_function("charge_job")).start()
+    threading.Thread(target=_sweep_forever, daemon=True).start()
     server = make_server(
         "127.0.0.1", args.port, create_app(), threaded=True, request_handler=_QuietHandler
     )

@@ -1,19 +1,49 @@
-"""Accounts: the rules behind /v1/me (typed core; no Flask)."""
+"""Accounts: the rules behind /v1/me and the monthly spend limit (typed core; no Flask)."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from shared import store
+from shared.config import Settings
 from shared.errors import ApiError, Code
-from shared.store import NOTIFICATION_EVENTS, UserRecord
+from shared.store import NOTIFICATION_EVENTS, Pause, UserRecord
 
-PATCHABLE = ("notifications",)
+PATCHABLE = ("notifications", "monthly_spend_limit_cents")
+MAX_SPEND_LIMIT_CENTS = 100_000_00
+PAUSE_SPEND_LIMIT = "spend_limit_reached"
 
 
-def account_view(user: UserRecord, portal_url: str | None = None) -> dict[str, Any]:
+def month_key(t: datetime) -> str:
+    return f"{t.year:04d}-{t.month:02d}"
+
+
+def spent_this_month(uid: str, now: datetime | None = None) -> int:
+    """Cents charged to the user in the current calendar month (UTC), from the ledger."""
+    key = month_key(now or store.now())
+    return sum(
+        e["amount_cents"] for e in store.ledger_entries(uid) if month_key(e["created_at"]) == key
+    )
+
+
+def pauses(user: UserRecord, spent: int) -> dict[str, Pause]:
+    """The stored pause flags plus the computed one for a reached monthly limit."""
+    out = dict(user.pauses)
+    limit = user.monthly_spend_limit_cents
+    if limit is not None and spent >= limit:
+        out[PAUSE_SPEND_LIMIT] = Pause(
+            reason=f"You reached your monthly spend limit ({spent} of {limit} cents); raise it "
+            "(PATCH /v1/me monthly_spend_limit_cents) or wait for next month.",
+            since=store.now(),
+        )
+    return out
+
+
+def account_view(user: UserRecord, spent: int, portal_url: str | None = None) -> dict[str, Any]:
     """The public JSON shape of an account."""
     pm = user.payment_method
+    flags = pauses(user, spent)
     return {
         "object": "account",
         "uid": user.uid,
@@ -21,18 +51,20 @@ def account_view(user: UserRecord, portal_url: str | None = None) -> dict[str, A
         "created_at": user.created_at.isoformat(),
         "has_payment_method": pm is not None,
         "payment_method": None if pm is None else {"brand": pm.brand, "last4": pm.last4},
-        "submissions_paused": bool(user.pauses),
+        "submissions_paused": bool(flags),
         "pauses": [
             {"code": code, "reason": p.reason, "since": p.since.isoformat()}
-            for code, p in sorted(user.pauses.items())
+            for code, p in sorted(flags.items())
         ],
         "notifications": {event: user.notifications[event] for event in NOTIFICATION_EVENTS},
+        "monthly_spend_limit_cents": user.monthly_spend_limit_cents,
+        "spent_this_month_cents": spent,
         "portal_url": portal_url,
     }
 
 
-def parse_update(body: dict[str, Any]) -> dict[str, bool]:
-    """Validates a PATCH /v1/me body; returns the notification changes it asks for.
+def parse_update(body: dict[str, Any]) -> tuple[dict[str, bool], dict[str, Any]]:
+    """Validates a PATCH /v1/me body: (notification changes, account field changes).
 
     Raises:
         ApiError: an unknown field (named in `param`), a wrong type, or nothing to change.
@@ -45,36 +77,69 @@ def parse_update(body: dict[str, Any]) -> dict[str, bool]:
                 f"can change are: {', '.join(PATCHABLE)}.",
                 param=key,
             )
-    if "notifications" not in body:
+    if not body:
         raise ApiError(
-            Code.MISSING_FIELD, "Nothing to change: send 'notifications'.", param="notifications"
-        )
-    prefs = body["notifications"]
-    if not isinstance(prefs, dict) or not prefs:
-        raise ApiError(
-            Code.INVALID_VALUE,
-            "'notifications' must be a non-empty object such as {\"job_failed\": true}.",
+            Code.MISSING_FIELD,
+            "Nothing to change: send 'notifications' or 'monthly_spend_limit_cents'.",
             param="notifications",
         )
     changes: dict[str, bool] = {}
-    for event, value in prefs.items():
-        param = f"notifications.{event}"
-        if event not in NOTIFICATION_EVENTS:
+    if "notifications" in body:
+        prefs = body["notifications"]
+        if not isinstance(prefs, dict) or not prefs:
             raise ApiError(
-                Code.UNKNOWN_FIELD,
-                f"Unknown notification '{event}'; known ones: {', '.join(NOTIFICATION_EVENTS)}.",
-                param=param,
+                Code.INVALID_VALUE,
+                "'notifications' must be a non-empty object such as {\"job_failed\": true}.",
+                param="notifications",
             )
-        if not isinstance(value, bool):
-            raise ApiError(Code.INVALID_VALUE, f"'{param}' must be true or false.", param=param)
-        changes[event] = value
-    return changes
+        for event, value in prefs.items():
+            param = f"notifications.{event}"
+            if event not in NOTIFICATION_EVENTS:
+                raise ApiError(
+                    Code.UNKNOWN_FIELD,
+                    f"Unknown notification '{event}'; known "
+                    f"ones: {', '.join(NOTIFICATION_EVENTS)}.",
+                    param=param,
+                )
+            if not isinstance(value, bool):
+                raise ApiError(Code.INVALID_VALUE, f"'{param}' must be true or false.", param=param)
+            changes[event] = value
+    fields: dict[str, Any] = {}
+    if "monthly_spend_limit_cents" in body:
+        limit = body["monthly_spend_limit_cents"]
+        ok = limit is None or (
+            isinstance(limit, int)
+            and not isinstance(limit, bool)
+            and 0 <= limit <= MAX_SPEND_LIMIT_CENTS
+        )
+        if not ok:
+            raise ApiError(
+                Code.INVALID_VALUE,
+                "'monthly_spend_limit_cents' must be a whole "
+                f"number of cents from 0 to {MAX_SPEND_LIMIT_CENTS}, or null for no "
+                "limit.",
+                param="monthly_spend_limit_cents",
+            )
+        fields["monthly_spend_limit_cents"] = limit
+    return changes, fields
 
 
-def get_account(uid: str, email: str | None) -> dict[str, Any]:
-    return account_view(store.get_or_create_user(uid, email))
+def _portal(user: UserRecord, cfg: Settings) -> str | None:
+    if not user.stripe_customer_id:
+        return None
+    from shared import payments  # only for users who have a Stripe customer
+
+    return payments.portal_url(cfg, user.stripe_customer_id)
 
 
-def update_account(uid: str, email: str | None, body: dict[str, Any]) -> dict[str, Any]:
-    changes = parse_update(body)
-    return account_view(store.update_notifications(uid, email, changes))
+def get_account(uid: str, email: str | None, cfg: Settings) -> dict[str, Any]:
+    user = store.get_or_create_user(uid, email)
+    return account_view(user, spent_this_month(uid), _portal(user, cfg))
+
+
+def update_account(
+    uid: str, email: str | None, body: dict[str, Any], cfg: Settings
+) -> dict[str, Any]:
+    notifications, fields = parse_update(body)
+    user = store.update_account(uid, email, notifications, fields)
+    return account_view(user, spent_this_month(uid), _portal(user, cfg))

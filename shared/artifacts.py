@@ -70,3 +70,9 @@ def download_links(job: dict[str, Any], cfg: Settings, now: datetime | None = No
 def set_retention(job_id: str, expires_at: datetime, cfg: Settings) -> None:
     """Marks each of the job's objects with customTime = expiry (it may only move later)."""
     storage.set_custom_time(cfg.artifacts_bucket, prefix(job_id), expires_at)
+
+
+def sweep_expired(cfg: Settings, now: datetime | None = None) -> list[str]:
+    """LOCAL stand-in for the Storage lifecycle rule: deletes expired job files; returns the
+    names deleted. In production the bucket's rule does this and nothing calls the sweeper."""
+    return storage.delete_expired(cfg.artifacts_bucket, "jobs/", now or store.now())

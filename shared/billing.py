@@ -6,9 +6,12 @@ the event id is recorded once handled, so a replay is acknowledged without actin
 
 from __future__ import annotations
 
+import hashlib
+import math
+from datetime import timedelta
 from typing import Any
 
-from shared import logs, payments, store
+from shared import artifacts, logs, payments, store
 from shared.catalog import catalog
 from shared.config import Settings
 from shared.errors import ApiError, Code
@@ -231,3 +234,136 @@ def retry_payment(uid: str, job_id: str, cfg: Settings) -> dict[str, Any]:
         if state == "claimed":
             _attempt(job_id, charge, store.get_or_create_user(uid, None), cfg)
     return view(store.get_job(job_id) or job)
+
+
+# --- storage extensions and the summary --------------------------------------------------------
+
+MAX_EXTENSION_DAYS = 365
+STORAGE_CENTS_PER_GB_MONTH = 10
+
+
+def extension_price(total_bytes: int, days: int, cfg: Settings) -> int:
+    exact = math.ceil(total_bytes / 1e9 * days / 30 * STORAGE_CENTS_PER_GB_MONTH)
+    return max(exact, cfg.min_charge_cents)
+
+
+def extend_storage(
+    uid: str, job_id: str, body: dict[str, Any], idempotency_key: str | None, cfg: Settings
+) -> dict[str, Any]:
+    """Charges for `days` more of storage at once and moves the job's expiry; one charge per
+    Idempotency-Key, however often the request is sent."""
+    if not idempotency_key or len(idempotency_key) > 255:
+        raise ApiError(
+            Code.MISSING_FIELD,
+            "Send an Idempotency-Key header (1-255 characters): this request charges your card.",
+            param="Idempotency-Key",
+        )
+    for key in body:
+        if key != "days":
+            raise ApiError(Code.UNKNOWN_FIELD, f"Unknown field '{key}'.", param=key)
+    days = body.get("days")
+    if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= MAX_EXTENSION_DAYS:
+        raise ApiError(
+            Code.INVALID_VALUE,
+            f"'days' must be a whole number from 1 to {MAX_EXTENSION_DAYS}.",
+            param="days",
+        )
+    job = owned(uid, job_id)
+    charge_id = "ext-" + hashlib.sha256(f"{uid}\n{idempotency_key}".encode()).hexdigest()[:40]
+    existing = store.get_charge(charge_id)
+    if existing is None:
+        artifacts.download_links(job, cfg)  # the same gates: completed, paid, not expired
+    elif existing.get("job_id") != job_id or existing.get("days") != days:
+        raise ApiError(
+            Code.IDEMPOTENCY_CONFLICT,
+            "This Idempotency-Key was used with a different request; use a new key.",
+            param="Idempotency-Key",
+        )
+    size = sum(
+        int(f.get("size") or 0) for f in (job.get("trainer_result") or {}).get("artifacts", [])
+    )
+    state, charge = store.claim_charge(
+        charge_id,
+        {
+            "uid": uid,
+            "job_id": job_id,
+            "kind": "storage_extension",
+            "days": days,
+            "amount_cents": extension_price(size, days, cfg),
+            "currency": cfg.currency,
+            "extends_from": job.get("expires_at"),
+        },
+        CHARGE_LEASE_S,
+    )
+    if state == "busy":
+        raise ApiError(
+            Code.SERVICE_UNAVAILABLE,
+            "This extension is being charged right now; "
+            "retry in a moment with the same Idempotency-Key.",
+        )
+    if state == "claimed":
+        _attempt(charge_id, charge, store.get_or_create_user(uid, None), cfg)
+        charge = store.get_charge(charge_id) or charge
+    if charge["status"] == "failed":
+        raise ApiError(
+            Code.PAYMENT_REQUIRED, f"The extension was not paid: {charge.get('failure_message')}"
+        )
+    if charge["status"] != "succeeded":
+        raise ApiError(
+            Code.SERVICE_UNAVAILABLE,
+            "The payment could not be made just now; retry with the same Idempotency-Key.",
+        )
+    new_expiry = charge["extends_from"] + timedelta(days=days)
+
+    def move(j: dict[str, Any]) -> Any:  # idempotent: the expiry only ever moves later
+        if j.get("expires_at") and j["expires_at"] >= new_expiry:
+            return None
+        return {"expires_at": new_expiry}, []
+
+    after = store.update_job(job_id, move)
+    artifacts.set_retention(job_id, after["expires_at"], cfg)
+    return {
+        **view(after),
+        "extension": {
+            "days": days,
+            "amount_cents": charge["amount_cents"],
+            "currency": charge["currency"],
+        },
+    }
+
+
+def summary(uid: str, cfg: Settings) -> dict[str, Any]:
+    entries = store.ledger_entries(uid)
+    months: dict[str, dict[str, int]] = {}
+    for e in entries:
+        key = f"{e['created_at'].year:04d}-{e['created_at'].month:02d}"
+        m = months.setdefault(
+            key, {"total_cents": 0, "tuning_cents": 0, "storage_extension_cents": 0, "charges": 0}
+        )
+        m["total_cents"] += e["amount_cents"]
+        m[f"{e['kind']}_cents"] += e["amount_cents"]
+        m["charges"] += 1
+    failed = store.charges_of(uid, "failed")
+    return {
+        "object": "billing_summary",
+        "currency": cfg.currency,
+        "lifetime_cents": sum(e["amount_cents"] for e in entries),
+        "tuning_cents": sum(e["amount_cents"] for e in entries if e["kind"] == "tuning"),
+        "storage_extension_cents": sum(
+            e["amount_cents"] for e in entries if e["kind"] == "storage_extension"
+        ),
+        "counts": {
+            "tuning": sum(e["kind"] == "tuning" for e in entries),
+            "storage_extension": sum(e["kind"] == "storage_extension" for e in entries),
+        },
+        "outstanding_cents": sum(c["amount_cents"] for c in failed),
+        "outstanding_charges": [
+            {
+                "job_id": c.get("job_id"),
+                "amount_cents": c["amount_cents"],
+                "reason": c.get("failure_message"),
+            }
+            for c in failed
+        ],
+        "months": [{"month": k, **v} for k, v in sorted(months.items(), reverse=True)],
+    }

@@ -53,6 +53,7 @@ class Code(StrEnum):
     IDEMPOTENCY_CONFLICT = ("idempotency_conflict", 409)
     PAYMENT_METHOD_REQUIRED = ("payment_method_required", 402)
     ACCOUNT_PAUSED = ("account_paused", 403)
+    SPEND_LIMIT_REACHED = ("spend_limit_reached", 403)
     TOO_MANY_ACTIVE_JOBS = ("too_many_active_jobs", 429)
     NOTHING_TO_RETRY = ("nothing_to_retry", 409)
     JOB_NOT_COMPLETED = ("job_not_completed", 409)

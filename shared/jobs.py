@@ -18,7 +18,7 @@ import json
 from datetime import timedelta
 from typing import Any
 
-from shared import artifacts, batch, modelstore, storage, store, tasks
+from shared import accounts, artifacts, batch, modelstore, storage, store, tasks
 from shared.catalog import ModelSpec, catalog
 from shared.config import Settings
 from shared.contract import Hyperparameters, TrainerConfig
@@ -164,8 +164,17 @@ def _blockers(
                 "message": "Save a card first (POST /v1/jobs/setup-card).",
             }
         )
-    for code, pause in sorted(user.pauses.items()):
+    spent = accounts.spent_this_month(user.uid)
+    for code, pause in sorted(accounts.pauses(user, spent).items()):
         reasons.append({"code": Code.ACCOUNT_PAUSED.value, "message": f"{code}: {pause.reason}"})
+    limit = user.monthly_spend_limit_cents
+    if limit is not None and spent < limit < spent + q.price_cents:
+        reasons.append(
+            {
+                "code": Code.SPEND_LIMIT_REACHED.value,
+                "message": _over_limit(spent, limit, q.price_cents),
+            }
+        )
     if active >= cfg.max_active_jobs:
         reasons.append(
             {
@@ -183,6 +192,13 @@ def _blockers(
             }
         )
     return reasons
+
+
+def _over_limit(spent: int, limit: int, price: int) -> str:
+    return (
+        f"This job ({price} cents) would take this month's spend to {spent + price} cents, "
+        f"over your limit of {limit}; raise it (PATCH /v1/me) or wait for next month."
+    )
 
 
 def _active_count(uid: str) -> int:
@@ -264,9 +280,14 @@ def create(
             Code.PAYMENT_METHOD_REQUIRED,
             "Save a card before submitting a job: POST /v1/jobs/setup-card.",
         )
-    if user.pauses:
-        code, pause = sorted(user.pauses.items())[0]
+    spent = accounts.spent_this_month(uid)
+    flags = accounts.pauses(user, spent)
+    if flags:
+        code, pause = sorted(flags.items())[0]
         raise ApiError(Code.ACCOUNT_PAUSED, f"Submissions are paused ({code}): {pause.reason}")
+    limit = user.monthly_spend_limit_cents
+    if limit is not None and spent + q.price_cents > limit:
+        raise ApiError(Code.SPEND_LIMIT_REACHED, _over_limit(spent, limit, q.price_cents))
     if q.tokens_per_epoch > spec.max_dataset_tokens:
         raise ApiError(
             Code.INVALID_VALUE,

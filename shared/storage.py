@@ -123,3 +123,14 @@ def set_custom_time(bucket: str, prefix: str, when: datetime) -> int:
             blob.patch()
             count += 1
     return count
+
+
+def delete_expired(bucket: str, prefix: str, now: datetime) -> list[str]:
+    """Deletes objects under `prefix` whose customTime has passed (what the production
+    lifecycle rule on daysSinceCustomTime does); returns their names."""
+    gone = []
+    for blob in client().list_blobs(bucket, prefix=prefix):
+        if blob.custom_time is not None and blob.custom_time <= now:
+            blob.delete()
+            gone.append(blob.name)
+    return gone

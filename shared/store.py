@@ -73,6 +73,7 @@ class UserRecord:
     pauses: dict[str, Pause] = field(default_factory=dict)
     stripe_customer_id: str | None = None
     payment_method: PaymentMethod | None = None
+    monthly_spend_limit_cents: int | None = None
 
     @staticmethod
     def new(uid: str, email: str | None) -> UserRecord:
@@ -94,6 +95,7 @@ class UserRecord:
             "notifications": dict(self.notifications),
             "pauses": {k: {"reason": p.reason, "since": p.since} for k, p in self.pauses.items()},
             "stripe_customer_id": self.stripe_customer_id,
+            "monthly_spend_limit_cents": self.monthly_spend_limit_cents,
             "payment_method": (
                 None
                 if self.payment_method is None
@@ -120,6 +122,7 @@ class UserRecord:
                 for k, v in (doc.get("pauses") or {}).items()
             },
             stripe_customer_id=doc.get("stripe_customer_id"),
+            monthly_spend_limit_cents=doc.get("monthly_spend_limit_cents"),
             payment_method=(
                 None if not pm else PaymentMethod(id=pm["id"], brand=pm["brand"], last4=pm["last4"])
             ),
@@ -147,11 +150,14 @@ def get_or_create_user(uid: str, email: str | None) -> UserRecord:
         return UserRecord.from_doc(ref.get().to_dict())
 
 
-def update_notifications(uid: str, email: str | None, changes: dict[str, bool]) -> UserRecord:
-    """Sets some notification preferences; other fields, and unnamed preferences, stay."""
+def update_account(
+    uid: str, email: str | None, notifications: dict[str, bool], fields: dict[str, Any]
+) -> UserRecord:
+    """Sets some notification preferences and account fields; everything else stays."""
     get_or_create_user(uid, email)
     ref = client().collection(USERS).document(uid)
-    update: dict[str, Any] = {f"notifications.{k}": v for k, v in changes.items()}
+    update: dict[str, Any] = {f"notifications.{k}": v for k, v in notifications.items()}
+    update.update(fields)
     update["updated_at"] = now()
     ref.update(update)
     return UserRecord.from_doc(ref.get().to_dict())

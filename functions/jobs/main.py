@@ -55,6 +55,18 @@ def download_job(req: ApiRequest) -> Reply:
     return Reply(artifacts.download_links(job, req.settings))
 
 
+def extend_storage(req: ApiRequest) -> Reply:
+    return Reply(
+        billing.extend_storage(
+            req.uid,
+            req.params["job_id"],
+            req.json_object(),
+            req.header("Idempotency-Key"),
+            req.settings,
+        )
+    )
+
+
 def retry_payment(req: ApiRequest) -> Reply:
     return Reply(billing.retry_payment(req.uid, req.params["job_id"], req.settings))
 
@@ -69,5 +81,6 @@ jobs = serve(
         "cancelJob": cancel_job,
         "downloadJob": download_job,
         "retryPayment": retry_payment,
+        "extendStorage": extend_storage,
     },
 )

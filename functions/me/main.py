@@ -9,11 +9,11 @@ def _email(req: ApiRequest) -> str | None:
 
 
 def get_me(req: ApiRequest) -> Reply:
-    return Reply(accounts.get_account(req.uid, _email(req)))
+    return Reply(accounts.get_account(req.uid, _email(req), req.settings))
 
 
 def update_me(req: ApiRequest) -> Reply:
-    return Reply(accounts.update_account(req.uid, _email(req), req.json_object()))
+    return Reply(accounts.update_account(req.uid, _email(req), req.json_object(), req.settings))
 
 
 me = serve("me", {"getMe": get_me, "updateMe": update_me})

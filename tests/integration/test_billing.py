@@ -281,3 +281,81 @@ def test_download_refusals(api, stack_env) -> None:
     )
     resp = api.request("GET", f"/v1/jobs/{job_id}/download", user)
     assert resp.status_code == 410 and resp.json()["error"]["code"] == "artifacts_expired"
+
+
+# --- storage extensions, the summary, the spend limit, the portal ------------------------------
+
+
+def test_extension_sent_twice_with_one_key_charges_once(api, stack, tiny_in_store) -> None:
+    user = api.new_user()
+    save_card(api, user)
+    job = completed_job(api, stack, user, tiny_in_store)
+    before = job["expires_at"]
+    path = f"/v1/jobs/{job['id']}/extend-storage"
+    missing = api.request("POST", path, user, json={"days": 30})
+    assert missing.status_code == 400 and missing.json()["error"]["param"] == "Idempotency-Key"
+    first = api.request("POST", path, user, json={"days": 30}, headers={"Idempotency-Key": "x1"})
+    again = api.request("POST", path, user, json={"days": 30}, headers={"Idempotency-Key": "x1"})
+    assert first.status_code == again.status_code == 200, first.text
+    assert first.json()["expires_at"] == again.json()["expires_at"] > before
+    from datetime import datetime, timedelta
+
+    moved = datetime.fromisoformat(first.json()["expires_at"]) - datetime.fromisoformat(before)
+    assert moved == timedelta(days=30)
+    other = api.request("POST", path, user, json={"days": 7}, headers={"Idempotency-Key": "x1"})
+    assert other.status_code == 409
+    kinds = sorted(e["kind"] for e in store.ledger_entries(user.uid))
+    assert kinds == ["storage_extension", "tuning"]
+    bad = api.request("POST", path, user, json={"days": 0}, headers={"Idempotency-Key": "x2"})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "days"
+
+    summary = api.request("GET", "/v1/billing/summary", user).json()
+    assert summary["counts"] == {"tuning": 1, "storage_extension": 1}
+    assert summary["lifetime_cents"] == summary["tuning_cents"] + summary["storage_extension_cents"]
+    assert summary["months"][0]["charges"] == 2 and summary["outstanding_cents"] == 0
+
+    me = api.request("GET", "/v1/me", user).json()
+    assert me["portal_url"] and "/local/portal/" in me["portal_url"]  # local-only stand-in
+    assert me["spent_this_month_cents"] == summary["lifetime_cents"]
+
+
+def test_monthly_spend_limit_blocks_and_shows_as_a_pause(api, stack, tiny_in_store) -> None:
+    from tests.integration.conftest import upload_dataset
+    from tests.integration.test_jobs import jsonl
+    from yachay_trainer.tiny import chat_records
+
+    user = api.new_user()
+    save_card(api, user)
+    ds = upload_dataset(api, user, jsonl(chat_records(4, seed=2)))
+    api.request("PATCH", "/v1/me", user, json={"monthly_spend_limit_cents": 40})
+    body = {"model": "tiny-llama", "dataset_id": ds["id"]}
+    est = api.request("POST", "/v1/jobs/estimate", user, json=body).json()
+    assert est["allowed_to_proceed"] is False
+    assert [r["code"] for r in est["reasons"]] == ["spend_limit_reached"]
+    resp = api.request("POST", "/v1/jobs", user, json=body)
+    assert resp.status_code == 403 and resp.json()["error"]["code"] == "spend_limit_reached"
+
+    api.request("PATCH", "/v1/me", user, json={"monthly_spend_limit_cents": 50})
+    job = completed_job(api, stack, user, tiny_in_store)  # 50 cents: reaches the limit
+    assert job["payment"]["status"] == "paid"
+    me = api.request("GET", "/v1/me", user).json()
+    assert [p["code"] for p in me["pauses"]] == ["spend_limit_reached"]
+    assert api.request("POST", "/v1/jobs", user, json=body).status_code == 403
+    api.request("PATCH", "/v1/me", user, json={"monthly_spend_limit_cents": None})
+    assert api.request("GET", "/v1/me", user).json()["submissions_paused"] is False
+
+
+def test_the_sweeper_deletes_expired_files(api, stack, tiny_in_store) -> None:
+    from datetime import timedelta
+
+    from shared import artifacts, storage
+    from shared.config import settings
+
+    user = api.new_user()
+    save_card(api, user)
+    job = completed_job(api, stack, user, tiny_in_store)
+    names = storage.list_names(settings().artifacts_bucket, f"jobs/{job['id']}/")
+    assert names
+    assert artifacts.sweep_expired(settings()) == []  # not expired yet
+    later = store.now() + timedelta(days=31)
+    assert sorted(artifacts.sweep_expired(settings(), later)) == sorted(names)

@@ -5,9 +5,16 @@ from shared.errors import ApiError
 
 
 def test_valid_update() -> None:
-    assert parse_update({"notifications": {"job_failed": False, "job_completed": True}}) == {
-        "job_failed": False,
-        "job_completed": True,
+    assert parse_update({"notifications": {"job_failed": False, "job_completed": True}}) == (
+        {"job_failed": False, "job_completed": True},
+        {},
+    )
+    assert parse_update({"monthly_spend_limit_cents": 5000}) == (
+        {},
+        {"monthly_spend_limit_cents": 5000},
+    )
+    assert parse_update({"monthly_spend_limit_cents": None})[1] == {
+        "monthly_spend_limit_cents": None
     }
 
 
@@ -23,6 +30,10 @@ def test_valid_update() -> None:
         ({"notifications": {"job_lost": True}}, "unknown_field", "notifications.job_lost"),
         ({"notifications": {"job_failed": "no"}}, "invalid_value", "notifications.job_failed"),
         ({"notifications": {"job_failed": 0}}, "invalid_value", "notifications.job_failed"),
+        ({"monthly_spend_limit_cents": -1}, "invalid_value", "monthly_spend_limit_cents"),
+        ({"monthly_spend_limit_cents": 10.5}, "invalid_value", "monthly_spend_limit_cents"),
+        ({"monthly_spend_limit_cents": True}, "invalid_value", "monthly_spend_limit_cents"),
+        ({"monthly_spend_limit_cents": "100"}, "invalid_value", "monthly_spend_limit_cents"),
     ],
 )
 def test_bad_updates_name_the_field(body: dict, code: str, param: str) -> None:
