@@ -18,7 +18,8 @@ help:
 	@echo "make bench  - cold-start benchmark; make bench-trainer - trainer throughput vs HF"
 
 # --- install (each step re-runs only when its inputs change) ---------------------------------
-install: $(LOCAL)/.venv.ok $(LOCAL)/.tasks-venv.ok $(LOCAL)/.stripe-venv.ok $(LOCAL)/.npm.ok
+install: $(LOCAL)/.venv.ok $(LOCAL)/.tasks-venv.ok $(LOCAL)/.stripe-venv.ok $(LOCAL)/.npm.ok \
+	$(LOCAL)/.checkov-venv.ok
 
 # One virtualenv for the functions, the trainer and the tools (the local Batch executor runs the
 # trainer from it with only the container's environment).
@@ -40,6 +41,12 @@ $(LOCAL)/.stripe-venv.ok: devstack/requirements-localstripe.txt
 	test -x $(LOCAL)/stripe-venv/bin/python || $(PYTHON) -m venv $(LOCAL)/stripe-venv
 	$(LOCAL)/stripe-venv/bin/python -m pip install --quiet --disable-pip-version-check \
 		-r devstack/requirements-localstripe.txt
+	touch $@
+
+$(LOCAL)/.checkov-venv.ok: devstack/requirements-checkov.txt
+	test -x $(LOCAL)/checkov-venv/bin/python || $(PYTHON) -m venv $(LOCAL)/checkov-venv
+	$(LOCAL)/checkov-venv/bin/python -m pip install --quiet --disable-pip-version-check \
+		-r devstack/requirements-checkov.txt
 	touch $@
 
 $(LOCAL)/.npm.ok: devstack/package.json devstack/package-lock.json
@@ -67,9 +74,12 @@ test: install lint
 test-fast: install
 	$(PY) -m pytest -m "not integration"
 
-lint:
+lint: $(LOCAL)/.venv.ok $(LOCAL)/.checkov-venv.ok
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	terraform fmt -check -recursive terraform
+	$(LOCAL)/checkov-venv/bin/checkov -d terraform --framework terraform --skip-download \
+		--compact --quiet
 
 format:
 	$(VENV)/bin/ruff check --fix .

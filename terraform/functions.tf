@@ -1,0 +1,178 @@
+# One gen2 function per entry in shared/routes.py (HTTP) plus the event handlers. Public API
+# functions are reachable only through API Gateway (IAM: the gateway's account is the only
+# invoker); internal ones only from inside Google Cloud (ingress) by their one caller (IAM).
+locals {
+  functions = {
+    healthz        = { sa = "api", kind = "public", memory = "256M", stripe = false }
+    models         = { sa = "api", kind = "public", memory = "512M", stripe = false }
+    me             = { sa = "api", kind = "public", memory = "512M", stripe = true }
+    datasets       = { sa = "api", kind = "public", memory = "1Gi", stripe = false }
+    jobs           = { sa = "api", kind = "public", memory = "1Gi", stripe = true }
+    cards          = { sa = "api", kind = "public", memory = "512M", stripe = true }
+    billing        = { sa = "api", kind = "public", memory = "512M", stripe = false }
+    stripe_webhook = { sa = "webhook", kind = "public", memory = "512M", stripe = true }
+    launch_job     = { sa = "launcher", kind = "tasks", memory = "512M", stripe = false }
+    charge_job     = { sa = "charger", kind = "firestore", memory = "512M", stripe = true }
+    batch_events   = { sa = "notifier", kind = "pubsub", memory = "512M", stripe = false }
+    dataset_events = { sa = "api", kind = "storage", memory = "1Gi", stripe = false }
+  }
+
+  # Deterministic (no cycle through the function's own attributes); the path is its route.
+  launch_url = "https://${var.region}-${var.project_id}.cloudfunctions.net/launch-job/internal/tasks/launch-job"
+
+  # Every variable shared/config.py reads in production (the test checks none is missing).
+  common_env = {
+    YACHAY_ENV                   = "production"
+    GOOGLE_CLOUD_PROJECT         = var.project_id
+    YACHAY_REGION                = var.region
+    YACHAY_VERSION               = var.trainer_image_tag
+    YACHAY_CORS_ORIGINS          = join(",", var.dashboard_origins)
+    YACHAY_AUTH_HEADER           = "X-Forwarded-Authorization"
+    YACHAY_MODELS_BUCKET         = google_storage_bucket.this["models"].name
+    YACHAY_MODELS_PREFIX         = "models"
+    YACHAY_DATASETS_BUCKET       = google_storage_bucket.this["datasets"].name
+    YACHAY_ARTIFACTS_BUCKET      = google_storage_bucket.this["adapters"].name
+    YACHAY_CHECKPOINTS_BUCKET    = google_storage_bucket.this["checkpoints"].name
+    YACHAY_DATASET_MAX_BYTES     = tostring(var.dataset_max_bytes)
+    YACHAY_MAX_ACTIVE_JOBS       = tostring(var.max_active_jobs)
+    YACHAY_MIN_CHARGE_CENTS      = "50"
+    YACHAY_STARTUP_OVERHEAD_S    = "180"
+    YACHAY_RETENTION_DAYS        = tostring(var.retention_days)
+    YACHAY_TASKS_QUEUE           = google_cloud_tasks_queue.launch.id
+    YACHAY_TASK_TARGET_URL       = local.launch_url
+    YACHAY_TASKS_SERVICE_ACCOUNT = google_service_account.role["tasks"].email
+    YACHAY_BATCH_BACKEND         = "cloud"
+    YACHAY_BATCH_TOPIC           = google_pubsub_topic.batch_states.name
+    YACHAY_BATCH_SERVICE_ACCOUNT = google_service_account.role["trainer"].email
+    YACHAY_TRAINER_IMAGE         = "${var.region}-docker.pkg.dev/${var.project_id}/${google_artifact_registry_repository.trainer.repository_id}/trainer:${var.trainer_image_tag}"
+    YACHAY_CHECKOUT_BACKEND      = "stripe"
+    YACHAY_CHECKOUT_SUCCESS_URL  = var.checkout_success_url
+    YACHAY_CHECKOUT_CANCEL_URL   = var.checkout_cancel_url
+    YACHAY_CURRENCY              = "usd"
+  }
+}
+
+data "archive_file" "function" {
+  for_each    = local.functions
+  type        = "zip"
+  source_dir  = "${var.build_dir}/${each.key}"
+  output_path = "${path.module}/.build/${each.key}.zip"
+}
+
+resource "google_storage_bucket_object" "function_source" {
+  for_each = local.functions
+  # Named by content hash: any change to the function or to shared/ makes a new object and a
+  # redeploy.
+  name   = "functions/${each.key}-${data.archive_file.function[each.key].output_sha256}.zip"
+  bucket = google_storage_bucket.this["sources"].name
+  source = data.archive_file.function[each.key].output_path
+}
+
+resource "google_cloudfunctions2_function" "fn" {
+  for_each = local.functions
+  name     = replace(each.key, "_", "-")
+  location = var.region
+
+  build_config {
+    runtime     = "python311"
+    entry_point = each.key
+    source {
+      storage_source {
+        bucket = google_storage_bucket.this["sources"].name
+        object = google_storage_bucket_object.function_source[each.key].name
+      }
+    }
+  }
+
+  service_config {
+    available_memory      = each.value.memory
+    timeout_seconds       = 120
+    max_instance_count    = 50
+    service_account_email = google_service_account.role[each.value.sa].email
+    ingress_settings      = each.value.kind == "public" ? "ALLOW_ALL" : "ALLOW_INTERNAL_ONLY"
+    environment_variables = local.common_env
+
+    dynamic "secret_environment_variables" {
+      for_each = each.value.stripe ? [0] : []
+      content {
+        key        = "YACHAY_STRIPE_SECRET_KEY"
+        project_id = var.project_id
+        secret     = google_secret_manager_secret.stripe["stripe-secret-key"].secret_id
+        version    = "latest"
+      }
+    }
+    dynamic "secret_environment_variables" {
+      for_each = each.key == "stripe_webhook" ? [0] : []
+      content {
+        key        = "YACHAY_STRIPE_WEBHOOK_SECRETS"
+        project_id = var.project_id
+        secret     = google_secret_manager_secret.stripe["stripe-webhook-secrets"].secret_id
+        version    = "latest"
+      }
+    }
+  }
+
+  dynamic "event_trigger" {
+    for_each = each.value.kind == "firestore" ? [0] : []
+    content {
+      trigger_region        = var.region
+      event_type            = "google.cloud.firestore.document.v1.updated"
+      retry_policy          = "RETRY_POLICY_RETRY"
+      service_account_email = google_service_account.role[each.value.sa].email
+      event_filters {
+        attribute = "database"
+        value     = google_firestore_database.default.name
+      }
+      event_filters {
+        attribute = "document"
+        value     = "jobs/{jobId}"
+        operator  = "match-path-pattern"
+      }
+    }
+  }
+
+  dynamic "event_trigger" {
+    for_each = each.value.kind == "pubsub" ? [0] : []
+    content {
+      trigger_region        = var.region
+      event_type            = "google.cloud.pubsub.topic.v1.messagePublished"
+      pubsub_topic          = google_pubsub_topic.batch_states.id
+      retry_policy          = "RETRY_POLICY_RETRY"
+      service_account_email = google_service_account.role[each.value.sa].email
+    }
+  }
+
+  dynamic "event_trigger" {
+    for_each = each.value.kind == "storage" ? [0] : []
+    content {
+      trigger_region        = var.region
+      event_type            = "google.cloud.storage.object.v1.finalized"
+      retry_policy          = "RETRY_POLICY_RETRY"
+      service_account_email = google_service_account.role[each.value.sa].email
+      event_filters {
+        attribute = "bucket"
+        value     = google_storage_bucket.this["datasets"].name
+      }
+    }
+  }
+
+  depends_on = [google_project_service.enabled, google_project_iam_member.gcs_publishes_events]
+}
+
+# Who may invoke what: the gateway the public functions, Cloud Tasks the launcher, each
+# trigger's own account its handler. Nobody else (no allUsers anywhere).
+locals {
+  invokers = merge(
+    { for name, f in local.functions : name => "gateway" if f.kind == "public" },
+    { for name, f in local.functions : name => "tasks" if f.kind == "tasks" },
+    { for name, f in local.functions : name => f.sa if contains(["firestore", "pubsub", "storage"], f.kind) },
+  )
+}
+
+resource "google_cloud_run_service_iam_member" "invoker" {
+  for_each = local.invokers
+  location = var.region
+  service  = google_cloudfunctions2_function.fn[each.key].service_config[0].service
+  role     = "roles/run.invoker"
+  member   = "serviceAccount:${google_service_account.role[each.value].email}"
+}

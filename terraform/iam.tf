@@ -1,0 +1,113 @@
+# One service account per role, each with only what its code needs (tests/unit/test_terraform.py
+# holds the expected roles, so a change here is a reviewed change there too).
+locals {
+  service_accounts = {
+    api      = "Yachay public API functions"
+    launcher = "Yachay Cloud Tasks launcher"
+    trainer  = "Yachay trainer (Cloud Batch jobs)"
+    charger  = "Yachay job charger (Firestore trigger)"
+    webhook  = "Yachay Stripe webhook receiver"
+    notifier = "Yachay Batch state-notification handler"
+    tasks    = "Yachay Cloud Tasks OIDC identity"
+    gateway  = "Yachay API Gateway backend identity"
+  }
+
+  project_roles = {
+    api      = ["roles/datastore.user", "roles/cloudtasks.enqueuer", "roles/batch.jobsEditor", "roles/firebaseauth.viewer", "roles/eventarc.eventReceiver"]
+    launcher = ["roles/datastore.user", "roles/batch.jobsEditor"]
+    trainer  = ["roles/datastore.user", "roles/batch.agentReporter", "roles/logging.logWriter"]
+    charger  = ["roles/datastore.user", "roles/eventarc.eventReceiver"]
+    webhook  = ["roles/datastore.user"]
+    notifier = ["roles/datastore.user", "roles/eventarc.eventReceiver"]
+    tasks    = []
+    gateway  = []
+  }
+
+  bucket_roles = {
+    api      = { models = "roles/storage.objectViewer", datasets = "roles/storage.objectAdmin", adapters = "roles/storage.objectAdmin" }
+    launcher = {}
+    trainer  = { models = "roles/storage.objectViewer", datasets = "roles/storage.objectViewer", adapters = "roles/storage.objectAdmin", checkpoints = "roles/storage.objectAdmin" }
+    charger  = {}
+    webhook  = {}
+    notifier = { adapters = "roles/storage.objectAdmin" }
+    tasks    = {}
+    gateway  = {}
+  }
+
+  project_bindings = flatten([
+    for sa, roles in local.project_roles : [for role in roles : { sa = sa, role = role }]
+  ])
+  bucket_bindings = flatten([
+    for sa, buckets in local.bucket_roles : [
+      for bucket, role in buckets : { sa = sa, bucket = bucket, role = role }
+    ]
+  ])
+}
+
+resource "google_service_account" "role" {
+  for_each     = local.service_accounts
+  account_id   = "yachay-${each.key}"
+  display_name = each.value
+}
+
+resource "google_project_iam_member" "role" {
+  for_each = { for b in local.project_bindings : "${b.sa}-${b.role}" => b }
+  project  = var.project_id
+  role     = each.value.role
+  member   = "serviceAccount:${google_service_account.role[each.value.sa].email}"
+}
+
+resource "google_storage_bucket_iam_member" "role" {
+  for_each = { for b in local.bucket_bindings : "${b.sa}-${b.bucket}" => b }
+  bucket   = google_storage_bucket.this[each.value.bucket].name
+  role     = each.value.role
+  member   = "serviceAccount:${google_service_account.role[each.value.sa].email}"
+}
+
+# V4 signed URLs are signed through IAM signBlob as the API's own account.
+resource "google_service_account_iam_member" "api_signs_as_itself" {
+  service_account_id = google_service_account.role["api"].name
+  role               = "roles/iam.serviceAccountTokenCreator"
+  member             = "serviceAccount:${google_service_account.role["api"].email}"
+}
+
+# The API creates tasks that Cloud Tasks sends with the tasks account's OIDC token.
+resource "google_service_account_iam_member" "api_uses_tasks_identity" {
+  service_account_id = google_service_account.role["tasks"].name
+  role               = "roles/iam.serviceAccountUser"
+  member             = "serviceAccount:${google_service_account.role["api"].email}"
+}
+
+# The launcher starts Batch jobs that run as the trainer account.
+resource "google_service_account_iam_member" "launcher_runs_trainer" {
+  service_account_id = google_service_account.role["trainer"].name
+  role               = "roles/iam.serviceAccountUser"
+  member             = "serviceAccount:${google_service_account.role["launcher"].email}"
+}
+
+resource "google_artifact_registry_repository_iam_member" "trainer_pulls" {
+  location   = google_artifact_registry_repository.trainer.location
+  repository = google_artifact_registry_repository.trainer.name
+  role       = "roles/artifactregistry.reader"
+  member     = "serviceAccount:${google_service_account.role["trainer"].email}"
+}
+
+resource "google_secret_manager_secret_iam_member" "stripe_key" {
+  for_each  = toset(["api", "charger", "webhook"])
+  secret_id = google_secret_manager_secret.stripe["stripe-secret-key"].id
+  role      = "roles/secretmanager.secretAccessor"
+  member    = "serviceAccount:${google_service_account.role[each.value].email}"
+}
+
+resource "google_secret_manager_secret_iam_member" "stripe_webhook_secrets" {
+  secret_id = google_secret_manager_secret.stripe["stripe-webhook-secrets"].id
+  role      = "roles/secretmanager.secretAccessor"
+  member    = "serviceAccount:${google_service_account.role["webhook"].email}"
+}
+
+# Storage's service agent publishes the finalize events of the dataset trigger.
+resource "google_project_iam_member" "gcs_publishes_events" {
+  project = var.project_id
+  role    = "roles/pubsub.publisher"
+  member  = "serviceAccount:service-${data.google_project.this.number}@gs-project-accounts.iam.gserviceaccount.com"
+}

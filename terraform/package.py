@@ -1,0 +1,36 @@
+"""Builds one source folder per function for Terraform to zip and deploy:
+build/functions/<name>/ = functions/<name>/main.py + shared/ + requirements.txt.
+
+Terraform names each archive by its hash, so a change to a function or to shared/ redeploys it.
+
+    python terraform/package.py [BUILD_DIR]
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def package(build: Path) -> list[str]:
+    out = build / "functions"
+    shutil.rmtree(out, ignore_errors=True)
+    names = []
+    for main in sorted((ROOT / "functions").glob("*/main.py")):
+        name = main.parent.name
+        dest = out / name
+        shutil.copytree(main.parent, dest, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(
+            ROOT / "shared", dest / "shared", ignore=shutil.ignore_patterns("__pycache__")
+        )
+        shutil.copy(ROOT / "functions" / "requirements.txt", dest / "requirements.txt")
+        names.append(name)
+    return names
+
+
+if __name__ == "__main__":
+    build = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "build"
+    print("packaged:", ", ".join(package(build)))

@@ -1,0 +1,113 @@
+locals {
+  services = [
+    "apigateway.googleapis.com",
+    "artifactregistry.googleapis.com",
+    "batch.googleapis.com",
+    "cloudbuild.googleapis.com",
+    "cloudfunctions.googleapis.com",
+    "cloudtasks.googleapis.com",
+    "compute.googleapis.com",
+    "eventarc.googleapis.com",
+    "firebase.googleapis.com",
+    "firestore.googleapis.com",
+    "iam.googleapis.com",
+    "identitytoolkit.googleapis.com",
+    "logging.googleapis.com",
+    "pubsub.googleapis.com",
+    "run.googleapis.com",
+    "secretmanager.googleapis.com",
+    "servicecontrol.googleapis.com",
+    "servicemanagement.googleapis.com",
+    "storage.googleapis.com",
+  ]
+}
+
+resource "google_project_service" "enabled" {
+  for_each           = toset(local.services)
+  service            = each.value
+  disable_on_destroy = false
+}
+
+data "google_project" "this" {}
+
+resource "google_firestore_database" "default" {
+  name        = "(default)"
+  location_id = var.region
+  type        = "FIRESTORE_NATIVE"
+  depends_on  = [google_project_service.enabled]
+}
+
+# Every composite index our queries need (store.list_owned: newest first, optionally by status).
+locals {
+  firestore_indexes = {
+    jobs_by_user           = { collection = "jobs", fields = ["uid"] }
+    jobs_by_user_status    = { collection = "jobs", fields = ["uid", "status"] }
+    datasets_by_user       = { collection = "datasets", fields = ["uid"] }
+    charges_by_user_status = { collection = "charges", fields = ["uid", "status"] }
+  }
+}
+
+resource "google_firestore_index" "listing" {
+  for_each   = local.firestore_indexes
+  database   = google_firestore_database.default.name
+  collection = each.value.collection
+
+  dynamic "fields" {
+    for_each = each.value.fields
+    content {
+      field_path = fields.value
+      order      = "ASCENDING"
+    }
+  }
+  fields {
+    field_path = "created_at"
+    order      = "DESCENDING"
+  }
+  fields {
+    field_path = "__name__"
+    order      = "DESCENDING"
+  }
+}
+
+resource "google_artifact_registry_repository" "trainer" {
+  # checkov:skip=CKV_GCP_84:Google-managed encryption; the image holds our code only, no customer data.
+  location      = var.region
+  repository_id = "trainer"
+  format        = "DOCKER"
+  description   = "The trainer container that Cloud Batch runs."
+  depends_on    = [google_project_service.enabled]
+}
+
+# Secret values are added outside Terraform (`gcloud secrets versions add`), never in state.
+resource "google_secret_manager_secret" "stripe" {
+  for_each  = toset(["stripe-secret-key", "stripe-webhook-secrets"])
+  secret_id = each.value
+  replication {
+    auto {}
+  }
+  depends_on = [google_project_service.enabled]
+}
+
+resource "google_pubsub_topic" "batch_states" {
+  # checkov:skip=CKV_GCP_83:Google-managed encryption; messages carry only Batch job names and states.
+  name       = "batch-job-states"
+  depends_on = [google_project_service.enabled]
+}
+
+resource "google_cloud_tasks_queue" "launch" {
+  name     = "launch-jobs"
+  location = var.region
+
+  rate_limits {
+    max_dispatches_per_second = 10
+    max_concurrent_dispatches = 20
+  }
+  retry_config {
+    max_attempts       = 20
+    max_retry_duration = "3600s"
+    min_backoff        = "5s"
+    max_backoff        = "300s"
+    max_doublings      = 5
+  }
+  depends_on = [google_project_service.enabled]
+}

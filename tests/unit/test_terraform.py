@@ -1,0 +1,146 @@
+"""Structural checks of terraform/ (offline: no provider registry here). terraform fmt and
+checkov run in `make lint`; these check that the deployment matches the code."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import hcl2
+
+from shared import openapi, routes
+
+ROOT = Path(__file__).resolve().parents[2]
+TF = ROOT / "terraform"
+
+
+def unquote(value: Any) -> Any:
+    """python-hcl2 keeps string literals quoted; strip that, recursively."""
+    if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] == '"':
+        return value[1:-1]
+    if isinstance(value, dict):
+        return {k: unquote(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [unquote(v) for v in value]
+    return value
+
+
+def local(name: str) -> Any:
+    for path in sorted(TF.glob("*.tf")):
+        for block in hcl2.load(path.open()).get("locals", []):
+            if name in block:
+                return unquote(block[name])
+    raise KeyError(name)
+
+
+def test_every_function_is_deployed_and_every_deployed_function_exists() -> None:
+    deployed = set(local("functions"))
+    on_disk = {p.parent.name for p in (ROOT / "functions").glob("*/main.py")}
+    assert deployed == on_disk
+    assert set(routes.functions()) <= deployed
+
+
+def test_every_public_route_has_a_gateway_operation_and_a_public_function() -> None:
+    functions = local("functions")
+    doc = json.loads(openapi.render_gateway_config())
+    for r in routes.ROUTES:
+        kind = functions[r.function]["kind"]
+        if r.internal:
+            assert kind != "public" and r.path not in doc["paths"]
+        else:
+            assert kind == "public", r
+            assert r.method.lower() in doc["paths"][r.path]
+    gateway = (TF / "gateway.tf").read_text()
+    assert 'templatefile("${path.module}/openapi.json.tftpl"' in gateway
+    assert "create_before_destroy = true" in gateway
+
+
+# Read by shared/config.py but never set in production: emulators and local-only stand-ins
+# (config refuses them there), secrets (set from Secret Manager), and test-only overrides.
+NOT_IN_PRODUCTION_ENV = {
+    "YACHAY_TASKS_EMULATOR_HOST",
+    "YACHAY_STRIPE_API_BASE",
+    "YACHAY_SIGNING_KEY_FILE",
+    "YACHAY_CATALOG_PATH",
+    "YACHAY_API_BASE_URL",
+    "YACHAY_STRIPE_SECRET_KEY",
+    "YACHAY_STRIPE_WEBHOOK_SECRETS",
+}
+SECRETS = {"YACHAY_STRIPE_SECRET_KEY", "YACHAY_STRIPE_WEBHOOK_SECRETS"}
+
+
+def test_every_variable_the_functions_read_is_set_by_terraform() -> None:
+    source = (ROOT / "shared" / "config.py").read_text()
+    read = set(re.findall(r'"(YACHAY_[A-Z_]+)"', source)) | {"GOOGLE_CLOUD_PROJECT"}
+    env = set(local("common_env"))
+    missing = read - env - NOT_IN_PRODUCTION_ENV
+    assert not missing, f"set these in terraform/functions.tf common_env: {missing}"
+    assert not env & {
+        "FIRESTORE_EMULATOR_HOST",
+        "FIREBASE_AUTH_EMULATOR_HOST",
+        "STORAGE_EMULATOR_HOST",
+        "PUBSUB_EMULATOR_HOST",
+    }
+    functions_tf = (TF / "functions.tf").read_text()
+    for secret in SECRETS:
+        assert f'key        = "{secret}"' in functions_tf
+
+
+def test_every_listing_query_has_its_composite_index() -> None:
+    # shared/store.list_owned: uid == X [and status == Y], newest first.
+    needed = {("jobs", ("uid",)), ("jobs", ("uid", "status")), ("datasets", ("uid",))}
+    declared = {(i["collection"], tuple(i["fields"])) for i in local("firestore_indexes").values()}
+    assert needed <= declared
+    project_tf = (TF / "project.tf").read_text()
+    assert 'field_path = "created_at"\n    order      = "DESCENDING"' in project_tf
+
+
+EXPECTED_ROLES = {
+    "api": {
+        "roles/datastore.user",
+        "roles/cloudtasks.enqueuer",
+        "roles/batch.jobsEditor",
+        "roles/firebaseauth.viewer",
+        "roles/eventarc.eventReceiver",
+    },
+    "launcher": {"roles/datastore.user", "roles/batch.jobsEditor"},
+    "trainer": {"roles/datastore.user", "roles/batch.agentReporter", "roles/logging.logWriter"},
+    "charger": {"roles/datastore.user", "roles/eventarc.eventReceiver"},
+    "webhook": {"roles/datastore.user"},
+    "notifier": {"roles/datastore.user", "roles/eventarc.eventReceiver"},
+    "tasks": set(),
+    "gateway": set(),
+}
+EXPECTED_BUCKETS = {
+    "api": {"models": "viewer", "datasets": "admin", "adapters": "admin"},
+    "trainer": {
+        "models": "viewer",
+        "datasets": "viewer",
+        "adapters": "admin",
+        "checkpoints": "admin",
+    },
+    "notifier": {"adapters": "admin"},
+}
+
+
+def test_service_accounts_have_exactly_the_roles_their_code_needs() -> None:
+    roles = {sa: set(r) for sa, r in local("project_roles").items()}
+    assert roles == EXPECTED_ROLES
+    buckets = {
+        sa: {b: r.removeprefix("roles/storage.object").lower() for b, r in m.items()}
+        for sa, m in local("bucket_roles").items()
+        if m
+    }
+    assert buckets == EXPECTED_BUCKETS
+    assert not any("roles/owner" in r or "roles/editor" in r for r in roles.values())
+    everything = "".join(p.read_text() for p in TF.glob("*.tf"))
+    assert not re.search(r"member\s*=\s*\"all(Authenticated)?Users\"", everything)
+
+
+def test_internal_functions_are_not_reachable_from_the_internet() -> None:
+    functions_tf = (TF / "functions.tf").read_text()
+    assert 'each.value.kind == "public" ? "ALLOW_ALL" : "ALLOW_INTERNAL_ONLY"' in functions_tf
+    kinds = {name: f["kind"] for name, f in local("functions").items()}
+    assert kinds["launch_job"] == "tasks" and kinds["charge_job"] == "firestore"
