@@ -29,8 +29,18 @@ SDKS: dict[str, tuple[str, ...]] = {
     "healthz": (),
     "models": ("firebase_admin.auth", "google.cloud.storage"),
     "me": ("firebase_admin.auth", "google.cloud.firestore"),
+    "datasets": ("firebase_admin.auth", "google.cloud.firestore"),
+    "jobs": ("firebase_admin.auth", "google.cloud.firestore"),
+    "billing": ("firebase_admin.auth", "google.cloud.firestore"),
 }
-PATHS = {"healthz": "/v1/healthz", "models": "/v1/models", "me": "/v1/me"}
+PATHS = {
+    "healthz": "/v1/healthz",
+    "models": "/v1/models",
+    "me": "/v1/me",
+    "datasets": "/v1/datasets",
+    "jobs": "/v1/jobs",
+    "billing": "/v1/billing/summary",
+}
 
 
 def time_to_first_ok(

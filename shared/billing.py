@@ -42,6 +42,8 @@ def handle_event(event: dict[str, Any], cfg: Settings) -> str:
         outcome = _save_card(obj["id"], cfg)
     elif kind == "checkout.session.completed" and obj.get("mode") == "setup":
         outcome = _save_card(obj["setup_intent"], cfg)
+    elif kind in ("payment_intent.succeeded", "payment_intent.payment_failed"):
+        outcome = _reconcile(obj)
     else:
         outcome = "ignored"
     store.mark_event(event_id, kind)
@@ -130,7 +132,6 @@ def charge_job(job_id: str, cfg: Settings) -> str:
 
 
 def _attempt(charge_id: str, charge: dict[str, Any], user: store.UserRecord, cfg: Settings) -> str:
-    job_id = charge.get("job_id")
     if user.payment_method is None or not user.stripe_customer_id:
         reason = "No card is saved; save one (POST /v1/jobs/setup-card) to pay."
         _fail(charge_id, charge, "no_payment_method", reason, user.uid)
@@ -150,11 +151,18 @@ def _attempt(charge_id: str, charge: dict[str, Any], user: store.UserRecord, cfg
     except Exception:
         store.finish_charge(charge_id, {"status": "retry"}, None)  # release the claim
         raise
+    _succeeded(charge_id, charge, user.uid, intent)
+    return f"charged {charge['amount_cents']} {charge['currency']}"
+
+
+def _succeeded(charge_id: str, charge: dict[str, Any], uid: str, intent: str) -> None:
+    """Records money that moved: the charge, its ledger entry, the job's payment; idempotent."""
+    job_id = charge.get("job_id")
     store.finish_charge(
         charge_id,
         {"status": "succeeded", "payment_intent": intent},
         {
-            "uid": user.uid,
+            "uid": uid,
             "kind": charge["kind"],
             "job_id": job_id,
             "amount_cents": charge["amount_cents"],
@@ -172,8 +180,30 @@ def _attempt(charge_id: str, charge: dict[str, Any], user: store.UserRecord, cfg
                 "charged_at": store.now(),
             },
         )
-    _unpause_if_settled(user.uid)
-    return f"charged {charge['amount_cents']} {charge['currency']}"
+    _unpause_if_settled(uid)
+
+
+def _reconcile(intent: dict[str, Any]) -> str:
+    """A payment_intent event for one of our charges: settles a charge whose attempt died
+    between Stripe's answer and our record of it (the only window our claim cannot close)."""
+    charge_id = (intent.get("metadata") or {}).get("charge_id")
+    charge = store.get_charge(charge_id) if charge_id else None
+    if charge is None:
+        return "not ours"
+    if charge["status"] in ("succeeded", "failed"):
+        return f"already {charge['status']}"
+    if intent.get("status") == "succeeded":
+        _succeeded(charge_id, charge, charge["uid"], intent["id"])
+        return "settled from the event"
+    error = intent.get("last_payment_error") or {}
+    _fail(
+        charge_id,
+        charge,
+        error.get("code") or "card_declined",
+        error.get("message") or "The payment failed.",
+        charge["uid"],
+    )
+    return "failure recorded from the event"
 
 
 def _fail(charge_id: str, charge: dict[str, Any], code: str, message: str, uid: str) -> None:

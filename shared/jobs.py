@@ -201,12 +201,10 @@ def _over_limit(spent: int, limit: int, price: int) -> str:
     )
 
 
-def _active_count(uid: str) -> int:
-    jobs, _ = store.list_owned(store.JOBS, uid, limit=100, cursor=None)
-    return sum(1 for j in jobs if j["status"] in ACTIVE)
-
-
-def estimate(uid: str, email: str | None, body: dict[str, Any], cfg: Settings) -> dict[str, Any]:
+def _priced_request(
+    uid: str, email: str | None, body: dict[str, Any], cfg: Settings
+) -> tuple[ModelSpec, dict[str, Any], Hyperparameters, Quote, store.UserRecord]:
+    """The checked request, its exact quote, and the user (shared by estimate and submit)."""
     spec, dataset, hp = _parse_request(uid, body)
     q = quote(
         spec,
@@ -216,8 +214,12 @@ def estimate(uid: str, email: str | None, body: dict[str, Any], cfg: Settings) -
         cfg.min_charge_cents,
         cfg.startup_overhead_s,
     )
-    user = store.get_or_create_user(uid, email)
-    reasons = _blockers(user, spec, q, _active_count(uid), cfg)
+    return spec, dataset, hp, q, store.get_or_create_user(uid, email)
+
+
+def estimate(uid: str, email: str | None, body: dict[str, Any], cfg: Settings) -> dict[str, Any]:
+    spec, dataset, hp, q, user = _priced_request(uid, email, body, cfg)
+    reasons = _blockers(user, spec, q, store.count_active_jobs(uid), cfg)
     return {
         "object": "estimate",
         "model": spec.id,
@@ -265,16 +267,7 @@ def create(
                 tasks.enqueue_launch(job["id"], cfg)  # named task: at most one launch
             return view(job), False
 
-    spec, dataset, hp = _parse_request(uid, body)
-    q = quote(
-        spec,
-        _count(spec, dataset, hp, cfg),
-        hp,
-        catalog().currency,
-        cfg.min_charge_cents,
-        cfg.startup_overhead_s,
-    )
-    user = store.get_or_create_user(uid, email)
+    spec, dataset, hp, q, user = _priced_request(uid, email, body, cfg)
     if user.payment_method is None:
         raise ApiError(
             Code.PAYMENT_METHOD_REQUIRED,

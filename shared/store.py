@@ -527,3 +527,15 @@ def clear_pause(uid: str, code: str) -> None:
     from google.cloud import firestore
 
     update_user(uid, {f"pauses.{code}": firestore.DELETE_FIELD})
+
+
+def count_active_jobs(uid: str) -> int:
+    from google.cloud.firestore_v1.base_query import FieldFilter
+
+    query = (
+        client()
+        .collection(JOBS)
+        .where(filter=FieldFilter("uid", "==", uid))
+        .where(filter=FieldFilter("status", "in", ["queued", "running"]))
+    )
+    return len(list(query.select([]).stream()))

@@ -359,3 +359,63 @@ def test_the_sweeper_deletes_expired_files(api, stack, tiny_in_store) -> None:
     assert artifacts.sweep_expired(settings()) == []  # not expired yet
     later = store.now() + timedelta(days=31)
     assert sorted(artifacts.sweep_expired(settings(), later)) == sorted(names)
+
+
+def test_a_charge_whose_attempt_died_is_settled_by_the_stripe_event(api, stack_env) -> None:
+    """The one window our claim cannot close: Stripe charged, then we died before recording it.
+    Stripe's payment_intent.succeeded event settles it, once."""
+    from tests.integration.test_jobs import running_job
+
+    user = api.new_user()
+    job_id = running_job(user.uid)
+    store.job_ref(job_id).update({"status": "completed"})
+    state, _ = store.claim_charge(
+        job_id,
+        {
+            "uid": user.uid,
+            "job_id": job_id,
+            "kind": "tuning",
+            "amount_cents": 70,
+            "currency": "usd",
+        },
+        120,
+    )
+    assert state == "claimed"  # ... and the process holding the claim dies here
+    payload = event(
+        "payment_intent.succeeded",
+        {
+            "id": "pi_dead",
+            "object": "payment_intent",
+            "status": "succeeded",
+            "metadata": {"charge_id": job_id},
+        },
+    )
+    headers = {"Content-Type": "application/json", "Stripe-Signature": signed(payload)}
+    resp = api.request("POST", "/v1/stripe/webhook", data=payload, headers=headers)
+    assert resp.json()["outcome"] == "settled from the event"
+    assert store.get_charge(job_id)["status"] == "succeeded"
+    assert store.get_job(job_id)["payment"]["status"] == "paid"
+    assert [e["amount_cents"] for e in store.ledger_entries(user.uid)] == [70]
+
+
+def test_billing_portal_request(monkeypatch, stack) -> None:
+    """Recorded, not sent: localstripe has no billing portal."""
+    from shared import payments
+    from shared.config import load
+
+    cfg = load({**stack.env(), "YACHAY_CHECKOUT_BACKEND": "stripe"})
+    calls = []
+
+    class Sessions:
+        def create(self, params, options=None):
+            calls.append(params)
+            return type("S", (), {"url": "https://billing.stripe.com/p/session/test_1"})()
+
+    fake = type(
+        "C",
+        (),
+        {"v1": type("V", (), {"billing_portal": type("P", (), {"sessions": Sessions()})()})()},
+    )()
+    monkeypatch.setattr(payments, "client", lambda cfg: fake)
+    assert payments.portal_url(cfg, "cus_9").startswith("https://billing.stripe.com/")
+    assert calls == [{"customer": "cus_9", "return_url": cfg.checkout_success_url}]

@@ -38,6 +38,9 @@ print(json.dumps({{"status": resp.status_code, "at_load": at_load, "after": load
         ("healthz", "/v1/healthz", []),
         ("models", "/v1/models", ["firebase_admin", "google.cloud.storage"]),
         ("me", "/v1/me", ["firebase_admin", "google.cloud.firestore"]),
+        ("datasets", "/v1/datasets", ["firebase_admin", "google.cloud.firestore"]),
+        ("jobs", "/v1/jobs", ["firebase_admin", "google.cloud.firestore"]),
+        ("billing", "/v1/billing/summary", ["firebase_admin", "google.cloud.firestore"]),
     ],
 )
 def test_function_loads_only_the_sdks_it_uses(api, target: str, path: str, needs: list) -> None:
