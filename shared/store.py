@@ -11,6 +11,7 @@ credentials); in production it uses the function's service account.
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -228,8 +229,16 @@ def create_dataset(doc: dict[str, Any]) -> None:
     dataset_ref(doc["id"]).create(doc)
 
 
+def valid_id(doc_id: Any) -> bool:
+    """Ids we hand out are short and URL-safe; anything else names no document of ours (and a
+    '/' would even address a different collection)."""
+    return isinstance(doc_id, str) and re.fullmatch(r"[A-Za-z0-9_-]{1,128}", doc_id) is not None
+
+
 def get_owned(collection: str, doc_id: str, uid: str) -> dict[str, Any] | None:
     """The document when it exists and belongs to `uid`; else None (so others' look absent)."""
+    if not valid_id(doc_id):
+        return None
     snap = client().collection(collection).document(doc_id).get()
     if not snap.exists:
         return None
@@ -267,6 +276,8 @@ def job_ref(job_id: str) -> Any:
 
 
 def get_job(job_id: str) -> dict[str, Any] | None:
+    if not valid_id(job_id):
+        return None
     snap = job_ref(job_id).get()
     return snap.to_dict() if snap.exists else None
 

@@ -12,6 +12,9 @@ def receive(req: ApiRequest) -> Reply:
         )
     except ValueError as exc:
         raise ApiError(Code.INVALID_SIGNATURE, f"Webhook refused: {exc}.") from None
+    if not isinstance((event.get("data") or {}).get("object"), dict) or "id" not in event:
+        raise ApiError(Code.INVALID_BODY, "The event has no id or no data.object.")
+    # Other errors (Stripe or Firestore unreachable) answer 5xx, so Stripe delivers it again.
     return Reply({"received": True, "outcome": billing.handle_event(event, req.settings)})
 
 

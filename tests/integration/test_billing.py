@@ -419,3 +419,10 @@ def test_billing_portal_request(monkeypatch, stack) -> None:
     monkeypatch.setattr(payments, "client", lambda cfg: fake)
     assert payments.portal_url(cfg, "cus_9").startswith("https://billing.stripe.com/")
     assert calls == [{"customer": "cus_9", "return_url": cfg.checkout_success_url}]
+
+
+def test_a_signed_but_malformed_event_is_a_clear_400(api) -> None:
+    payload = json.dumps({"id": "evt_bad", "type": "setup_intent.succeeded"}).encode()
+    headers = {"Content-Type": "application/json", "Stripe-Signature": signed(payload)}
+    resp = api.request("POST", "/v1/stripe/webhook", data=payload, headers=headers)
+    assert resp.status_code == 400 and resp.json()["error"]["code"] == "invalid_body"

@@ -280,6 +280,9 @@ def test_estimate_refusals(api, tiny_in_store) -> None:
     assert r.status_code == 409 and r.json()["error"]["code"] == "dataset_not_ready"
     r = estimate(bob, model="tiny-llama", dataset_id=good["id"])
     assert r.status_code == 404
+    for weird in ("a/b", "../x", "x" * 300, ""):
+        r = estimate(alice, model="tiny-llama", dataset_id=weird)
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found", weird
     r = estimate(alice, model="tiny-llama", dataset_id=good["id"])
     assert r.status_code == 200
     est = r.json()
