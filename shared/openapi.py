@@ -39,7 +39,7 @@ def gateway_config() -> dict[str, Any]:
             op: dict[str, Any] = {
                 "operationId": r.operation_id,
                 "summary": r.summary,
-                "x-google-backend": _backend(r.function),
+                "x-google-backend": _backend(r.function, r.backend_path),
                 "responses": {"default": {"description": "JSON; errors as {error: {...}}"}},
             }
             if params:
@@ -53,7 +53,7 @@ def gateway_config() -> dict[str, Any]:
         item["options"] = {
             "operationId": f"preflight{first.operation_id[0].upper()}{first.operation_id[1:]}",
             "summary": "CORS preflight",
-            "x-google-backend": _backend(first.function),
+            "x-google-backend": _backend(first.function, first.backend_path),
             "responses": {"204": {"description": "CORS preflight answer"}},
             **({"parameters": params} if params else {}),
         }
@@ -78,9 +78,16 @@ def gateway_config() -> dict[str, Any]:
     }
 
 
-def _backend(function: str) -> dict[str, Any]:
+def _backend(function: str, backend_path: str | None = None) -> dict[str, Any]:
+    address = "${" + backend_variable(function) + "}"
+    if backend_path is not None:  # a fixed path on the function (see Route.backend_path)
+        return {
+            "address": address + backend_path,
+            "path_translation": "CONSTANT_ADDRESS",
+            "deadline": BACKEND_DEADLINE_S,
+        }
     return {
-        "address": "${" + backend_variable(function) + "}",
+        "address": address,
         "path_translation": "APPEND_PATH_TO_ADDRESS",
         "deadline": BACKEND_DEADLINE_S,
     }

@@ -28,6 +28,9 @@ class Route:
     # Internal routes are called by our own infrastructure (Cloud Tasks), never through API
     # Gateway; in production only IAM-authorised callers reach them.
     internal: bool = False
+    # Where API Gateway sends it, when not the public path itself: Cloud Run reserves paths
+    # ending in "z" on its own URLs, so /v1/healthz reaches the function as /v1/health.
+    backend_path: str | None = None
 
     @cached_property
     def pattern(self) -> re.Pattern[str]:
@@ -35,7 +38,10 @@ class Route:
         return re.compile(f"^{regex}$")
 
     def match(self, path: str) -> dict[str, str] | None:
-        """The path parameters when `path` fits this route's template, else None."""
+        """The path parameters when `path` fits this route's template (or is its backend path),
+        else None."""
+        if self.backend_path is not None and path == self.backend_path:
+            return {}
         m = self.pattern.match(path)
         return m.groupdict() if m else None
 
@@ -43,7 +49,8 @@ class Route:
 # fmt: off
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/healthz", "healthz", "getHealth",
-          "Liveness; with ?ready=true also checks Firestore.", auth=False),
+          "Liveness; with ?ready=true also checks Firestore.", auth=False,
+          backend_path="/v1/health"),
     Route("GET", "/v1/models", "models", "listModels",
           "The model catalog, with each model's price, limits, LoRA defaults and availability."),
     Route("GET", "/v1/me", "me", "getMe",

@@ -38,6 +38,10 @@ def test_healthz_answers_without_auth(healthz) -> None:
     assert resp.headers["Content-Type"] == "application/json"
 
 
+def test_healthz_answers_on_its_backend_path_too(healthz) -> None:
+    assert healthz.get("/v1/health").get_json()["status"] == "ok"
+
+
 def test_wrong_method_is_405_with_allow(healthz) -> None:
     resp = healthz.post("/v1/healthz")
     assert resp.status_code == 405

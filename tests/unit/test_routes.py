@@ -31,6 +31,13 @@ def test_path_parameters_refuse_slashes_dots_and_overlong_values() -> None:
     assert route.match("/v1/jobs/" + "a" * 129) is None
 
 
+def test_no_backend_path_ends_in_z() -> None:
+    """Cloud Run reserves paths ending in "z" on its URLs; what reaches a function must not."""
+    for r in routes.ROUTES:
+        reaches = r.backend_path or r.path
+        assert not reaches.rstrip("/").endswith("z"), r
+
+
 def test_operation_ids_are_unique_and_method_path_pairs_unique() -> None:
     ids = [r.operation_id for r in routes.ROUTES]
     assert len(ids) == len(set(ids))
@@ -60,8 +67,13 @@ def test_gateway_config_secures_exactly_the_authenticated_routes() -> None:
         op = doc["paths"][r.path][r.method.lower()]
         assert op["operationId"] == r.operation_id
         assert (op.get("security") == [{"firebase": []}]) == r.auth
-        assert op["x-google-backend"]["address"] == "${backend_" + r.function + "}"
-        assert op["x-google-backend"]["path_translation"] == "APPEND_PATH_TO_ADDRESS"
+        backend = op["x-google-backend"]
+        if r.backend_path:
+            assert backend["address"] == "${backend_" + r.function + "}" + r.backend_path
+            assert backend["path_translation"] == "CONSTANT_ADDRESS"
+        else:
+            assert backend["address"] == "${backend_" + r.function + "}"
+            assert backend["path_translation"] == "APPEND_PATH_TO_ADDRESS"
     for path, item in doc["paths"].items():
         assert "security" not in item["options"], f"preflight on {path} must be unauthenticated"
     firebase = doc["securityDefinitions"]["firebase"]
