@@ -88,15 +88,18 @@ def create_app() -> flask.Flask:
 
 
 def _sweep_forever(every_s: float = 30.0) -> None:
-    from shared import artifacts, logs
+    """Stand-ins for the Storage lifecycle rule (expired files) and for Cloud Scheduler (the
+    relaunch of stale queued jobs), calling the same core functions."""
+    from shared import artifacts, jobs, logs
     from shared.config import settings
 
     while True:
         time.sleep(every_s)
         try:
             gone = artifacts.sweep_expired(settings())
-            if gone:
-                logs.info("swept expired files", count=len(gone))
+            relaunched = jobs.relaunch_stale(settings())
+            if gone or relaunched:
+                logs.info("swept", files=len(gone), relaunched=relaunched)
         except Exception as exc:  # keep sweeping; the next round retries
             logs.warning("sweep failed", error=repr(exc))
 

@@ -442,6 +442,19 @@ def launch(job_id: str, cfg: Settings) -> str:
     return f"launched {name}"
 
 
+STALE_AFTER = timedelta(minutes=10)
+
+
+def relaunch_stale(cfg: Settings) -> list[str]:
+    """Enqueues the launch task again for jobs queued long ago that never got a Batch job (their
+    first enqueue failed after the job was stored). Launching is idempotent, so a job whose task
+    is merely slow is not harmed."""
+    ids = store.stale_queued_jobs(store.now() - STALE_AFTER)
+    for job_id in ids:
+        tasks.enqueue_launch(job_id, cfg)
+    return ids
+
+
 def on_batch_state(batch_name: str, state: str, cfg: Settings) -> str:
     """The Batch state-notification handler: turns Batch's view into our state machine."""
     short = batch_name.rsplit("/", 1)[-1]

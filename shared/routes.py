@@ -91,6 +91,9 @@ ROUTES: tuple[Route, ...] = (
           "Stripe events (verified by Stripe-Signature, not Firebase).", auth=False),
     Route("POST", "/internal/tasks/launch-job", "launch_job", "launchJob",
           "Cloud Tasks target: launches a queued job's Batch job.", auth=False, internal=True),
+    Route("POST", "/internal/tasks/relaunch-stale", "launch_job", "relaunchStale",
+          "Cloud Scheduler target: enqueues again queued jobs that never launched.",
+          auth=False, internal=True),
 )
 # fmt: on
 

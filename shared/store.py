@@ -550,3 +550,16 @@ def count_active_jobs(uid: str) -> int:
         .where(filter=FieldFilter("status", "in", ["queued", "running"]))
     )
     return len(list(query.select([]).stream()))
+
+
+def stale_queued_jobs(before: datetime) -> list[str]:
+    """Ids of jobs still queued without a Batch job that were created before `before`."""
+    from google.cloud.firestore_v1.base_query import FieldFilter
+
+    query = (
+        client()
+        .collection(JOBS)
+        .where(filter=FieldFilter("status", "==", "queued"))
+        .where(filter=FieldFilter("created_at", "<", before))
+    )
+    return [s.id for s in query.stream() if not s.get("batch_job")]

@@ -5,6 +5,7 @@ locals {
     "batch.googleapis.com",
     "cloudbuild.googleapis.com",
     "cloudfunctions.googleapis.com",
+    "cloudscheduler.googleapis.com",
     "cloudtasks.googleapis.com",
     "compute.googleapis.com",
     "eventarc.googleapis.com",
@@ -45,6 +46,37 @@ locals {
     datasets_by_user       = { collection = "datasets", fields = ["uid"] }
     charges_by_user_status = { collection = "charges", fields = ["uid", "status"] }
   }
+}
+
+# jobs.relaunch_stale: status == queued and created_at < t.
+resource "google_firestore_index" "stale_queued" {
+  database   = google_firestore_database.default.name
+  collection = "jobs"
+  fields {
+    field_path = "status"
+    order      = "ASCENDING"
+  }
+  fields {
+    field_path = "created_at"
+    order      = "ASCENDING"
+  }
+}
+
+# Every 10 minutes, enqueue again the launch of jobs whose first enqueue failed.
+resource "google_cloud_scheduler_job" "relaunch_stale" {
+  name      = "relaunch-stale-jobs"
+  region    = var.region
+  schedule  = "*/10 * * * *"
+  time_zone = "Etc/UTC"
+
+  http_target {
+    http_method = "POST"
+    uri         = "https://${var.region}-${var.project_id}.cloudfunctions.net/launch-job/internal/tasks/relaunch-stale"
+    oidc_token {
+      service_account_email = google_service_account.role["tasks"].email
+    }
+  }
+  depends_on = [google_project_service.enabled]
 }
 
 resource "google_firestore_index" "listing" {

@@ -15,4 +15,8 @@ def launch(req: ApiRequest) -> Reply:
     return Reply({"job_id": job_id, "outcome": core.launch(job_id, req.settings)})
 
 
-launch_job = serve("launch_job", {"launchJob": launch})
+def relaunch_stale(req: ApiRequest) -> Reply:
+    return Reply({"relaunched": core.relaunch_stale(req.settings)})
+
+
+launch_job = serve("launch_job", {"launchJob": launch, "relaunchStale": relaunch_stale})

@@ -390,3 +390,37 @@ def test_list_filters_paginates_and_hides_others(api, stack_env) -> None:
     assert api.request("GET", f"/v1/jobs/{ids[1]}", bob).status_code == 404
     assert api.request("POST", f"/v1/jobs/{ids[1]}/cancel", bob).status_code == 404
     assert api.request("GET", "/v1/jobs", bob).json()["data"] == []
+
+
+def test_a_job_whose_launch_task_was_lost_is_relaunched(api, stack_env) -> None:
+    from datetime import timedelta
+
+    user = api.new_user()
+    old = store.now() - timedelta(minutes=30)
+    job_id = store.new_id("ft-")
+    store.job_ref(job_id).set(
+        {
+            "id": job_id,
+            "uid": user.uid,
+            "model": "tiny-llama",
+            "dataset_id": "ds-gone",
+            "dataset_object": "datasets/gone.jsonl",
+            "dataset_sha256": "0" * 64,
+            "hyperparameters": {},
+            "quote": {},
+            "status": "queued",
+            "created_at": old,
+            "updated_at": old,
+            "events": [],
+            "batch_job": None,
+        }
+    )
+    fresh = running_job(user.uid)
+    store.job_ref(fresh).update({"status": "queued"})  # queued just now: left alone
+    resp = api.request("POST", "/internal/tasks/relaunch-stale")
+    assert resp.status_code == 200 and resp.json()["relaunched"] == [job_id]
+    deadline = time.monotonic() + 30
+    while not (store.get_job(job_id) or {}).get("batch_job") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert store.get_job(job_id)["batch_job"].endswith(f"/jobs/yachay-{job_id}")
+    assert store.get_job(fresh)["batch_job"] is None

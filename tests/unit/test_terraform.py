@@ -95,6 +95,9 @@ def test_every_listing_query_has_its_composite_index() -> None:
     assert needed <= declared
     project_tf = (TF / "project.tf").read_text()
     assert 'field_path = "created_at"\n    order      = "DESCENDING"' in project_tf
+    # jobs.relaunch_stale: status == queued, created_at < t
+    assert 'resource "google_firestore_index" "stale_queued"' in project_tf
+    assert "relaunch-stale" in project_tf  # and Cloud Scheduler calls it
 
 
 EXPECTED_ROLES = {
