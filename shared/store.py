@@ -1,7 +1,17 @@
 """Firestore: the one module that knows the document shapes (the Firestore adapter).
 
-Collections:
-    users/{uid}   UserRecord: email, notification preferences, pause flags, Stripe references.
+Collections (the fields each holds are written only here):
+    users/{uid}            UserRecord: email, notification preferences, pause flags, Stripe
+                           customer and card, monthly spend limit.
+    datasets/{id}          uid, filename, object_name, status, report (validation), sha256.
+    jobs/{id}              uid, model, dataset, hyperparameters, quote, status, events,
+                           batch_job, payment, expires_at; the trainer adds progress,
+                           trainer_result and trainer_failure (shared.contract).
+    idempotency/{hash}     uid, job_id, request_hash: one per (user, Idempotency-Key).
+    charges/{id}           one per job or storage extension: the at-most-once charge claim.
+    ledger/{id}            one per charge that moved money.
+    stripe_events/{id}     Stripe event ids already handled.
+    mail/{job}-{status}    emails for the Firebase "Trigger Email" extension.
 
 The client is created lazily on first use, so functions that never touch Firestore never import
 it. Locally FIRESTORE_EMULATOR_HOST points the same client at the emulator (anonymous
