@@ -9,7 +9,9 @@ Local-only: never deployed.
 from __future__ import annotations
 
 import argparse
+import base64
 import importlib.util
+import json
 import threading
 import time
 from pathlib import Path
@@ -39,11 +41,8 @@ def load_function(name: str) -> View:
 
 # Pub/Sub push subscriptions (made by the local stack) that stand in for Eventarc triggers:
 # path -> the CloudEvent function they deliver to.
-PUSH_ENDPOINTS = {"/internal/pubsub/batch-events": "batch_events"}
-
-
-def push_to_cloudevent(envelope: dict) -> CloudEvent:
-    """A Pub/Sub push body as the CloudEvent Eventarc delivers for the same message."""
+def pubsub_event(envelope: dict) -> CloudEvent:
+    """A Pub/Sub push body as the CloudEvent Eventarc delivers for a Pub/Sub trigger."""
     subscription = envelope.get("subscription", "")
     project = subscription.split("/")[1] if subscription.count("/") >= 3 else "local"
     return CloudEvent(
@@ -55,18 +54,43 @@ def push_to_cloudevent(envelope: dict) -> CloudEvent:
     )
 
 
+def storage_event(envelope: dict) -> CloudEvent:
+    """A Storage notification (from the Storage emulator through Pub/Sub) as the CloudEvent
+    Eventarc delivers for a Storage trigger: the object's metadata as the data."""
+    message = envelope.get("message", {})
+    obj = json.loads(base64.b64decode(message.get("data", "")) or b"{}")
+    return CloudEvent(
+        {
+            "type": "google.cloud.storage.object.v1.finalized",
+            "source": f"//storage.googleapis.com/projects/_/buckets/{obj.get('bucket')}",
+            "subject": f"objects/{obj.get('name')}",
+        },
+        obj,
+    )
+
+
+# Pub/Sub push subscriptions (made by the local stack) that stand in for Eventarc triggers:
+# path -> (the CloudEvent function, how the push body becomes its event).
+PUSH_ENDPOINTS = {
+    "/internal/pubsub/batch-events": ("batch_events", pubsub_event),
+    "/internal/pubsub/dataset-uploads": ("dataset_events", storage_event),
+}
+
+
 def create_app() -> flask.Flask:
     views = {name: load_function(name) for name in routes.functions()}
-    events = {path: load_function(name) for path, name in PUSH_ENDPOINTS.items()}
+    events = {
+        path: (load_function(name), convert) for path, (name, convert) in PUSH_ENDPOINTS.items()
+    }
     app = flask.Flask("yachay-local-gateway")
     local_checkout.register(app)
 
     @app.post("/internal/pubsub/<name>")
     def push(name: str) -> tuple[str, int]:
-        handler = events.get(flask.request.path)
-        if handler is None:
+        if flask.request.path not in events:
             return "", 404
-        handler(push_to_cloudevent(flask.request.get_json(force=True)))
+        handler, convert = events[flask.request.path]
+        handler(convert(flask.request.get_json(force=True)))
         return "", 204  # an exception answers 500 instead, and Pub/Sub redelivers
 
     @app.route(

@@ -39,6 +39,7 @@ STRIPE_WEBHOOK_SECRET = "whsec_local_yachay_stack"
 REGION = "us-central1"
 TASKS_QUEUE = f"projects/{PROJECT_ID}/locations/{REGION}/queues/launch-jobs"
 BATCH_TOPIC = "batch-job-states"
+UPLOADS_TOPIC = "dataset-uploads"
 BUCKETS = tuple(
     f"{PROJECT_ID}-{kind}" for kind in ("models", "datasets", "adapters", "checkpoints")
 )
@@ -290,9 +291,10 @@ class Stack:
         return cmds
 
     def _provision(self) -> None:
-        """What Terraform creates in production: the buckets, and the Pub/Sub topic for Batch
-        state notifications with a push subscription to the local gateway (the Eventarc
-        trigger's stand-in). The Tasks queue is made by the emulator at start."""
+        """What Terraform creates in production: the buckets; the Pub/Sub topics for Batch state
+        notifications and for dataset uploads (the Storage emulator publishes finalize events),
+        each pushed to the local gateway as the Eventarc triggers' stand-in; and Stripe's
+        webhook. The Tasks queue is made by the emulator at start."""
         import requests
 
         storage = f"http://{self.host('storage')}/storage/v1/b?project={PROJECT_ID}"
@@ -302,20 +304,23 @@ class Stack:
                 resp.raise_for_status()
         self.register_stripe_webhook()
         pubsub = f"http://{self.host('pubsub')}/v1/projects/{PROJECT_ID}"
-        resp = requests.put(f"{pubsub}/topics/{BATCH_TOPIC}", json={}, timeout=10)
-        if resp.status_code not in (200, 409):
-            resp.raise_for_status()
-        resp = requests.put(
-            f"{pubsub}/subscriptions/{BATCH_TOPIC}-push",
-            json={
-                "topic": f"projects/{PROJECT_ID}/topics/{BATCH_TOPIC}",
-                "pushConfig": {"pushEndpoint": f"{self.api_base_url}/internal/pubsub/batch-events"},
-                "ackDeadlineSeconds": 60,
-            },
-            timeout=10,
-        )
-        if resp.status_code not in (200, 409):
-            resp.raise_for_status()
+        for topic, endpoint in ((BATCH_TOPIC, "batch-events"), (UPLOADS_TOPIC, "dataset-uploads")):
+            resp = requests.put(f"{pubsub}/topics/{topic}", json={}, timeout=10)
+            if resp.status_code not in (200, 409):
+                resp.raise_for_status()
+            resp = requests.put(
+                f"{pubsub}/subscriptions/{topic}-push",
+                json={
+                    "topic": f"projects/{PROJECT_ID}/topics/{topic}",
+                    "pushConfig": {
+                        "pushEndpoint": f"{self.api_base_url}/internal/pubsub/{endpoint}"
+                    },
+                    "ackDeadlineSeconds": 60,
+                },
+                timeout=10,
+            )
+            if resp.status_code not in (200, 409):
+                resp.raise_for_status()
 
     def register_stripe_webhook(self) -> None:
         """Points localstripe's webhooks at our receiver (Stripe's dashboard does this in
@@ -346,6 +351,16 @@ class Stack:
             f"127.0.0.1:{port}",
             "-log-level",
             "warn",
+            # Object-finalize notifications to Pub/Sub, pushed to the dataset validation
+            # function: the local stand-in for the Eventarc Storage trigger.
+            "-event.pubsub-project-id",
+            PROJECT_ID,
+            "-event.pubsub-topic",
+            UPLOADS_TOPIC,
+            "-event.bucket",
+            f"{PROJECT_ID}-datasets",
+            "-event.list",
+            "finalize",
         ]
         if self.gcs_root is None:
             argv += ["-backend", "memory"]

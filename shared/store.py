@@ -274,6 +274,23 @@ def update_dataset(dataset_id: str, fields: dict[str, Any]) -> dict[str, Any]:
     return ref.get().to_dict()
 
 
+def mark_validating(dataset_id: str) -> None:
+    """pending_upload -> validating, only if nobody wrote the dataset since we read it (so a
+    validation that finished meanwhile is never overwritten by this intermediate state)."""
+    from google.api_core.exceptions import FailedPrecondition
+
+    db = client()
+    ref = dataset_ref(dataset_id)
+    snap = ref.get()
+    if not snap.exists or snap.get("status") != "pending_upload":
+        return
+    with contextlib.suppress(FailedPrecondition):
+        ref.update(
+            {"status": "validating", "updated_at": now()},
+            option=db.write_option(last_update_time=snap.update_time),
+        )
+
+
 def delete_dataset(dataset_id: str) -> None:
     dataset_ref(dataset_id).delete()
 

@@ -1,7 +1,8 @@
 """Storage "object finalized" on the datasets bucket -> validate the dataset it belongs to.
 
-A CloudEvent function (Eventarc). Locally the same validation runs through
-POST /v1/datasets/{id}/validate, since the Storage emulator emits no events.
+A CloudEvent function (Eventarc). Locally the Storage emulator publishes the same finalize
+notifications to Pub/Sub and the local gateway delivers them here as the same CloudEvent.
+POST /v1/datasets/{id}/validate runs the same validation on request.
 """
 
 import functions_framework

@@ -182,3 +182,20 @@ def test_list_is_newest_first_with_a_cursor(api) -> None:
 def test_list_bad_query(api, query) -> None:
     resp = api.request("GET", f"/v1/datasets?{query}", api.new_user())
     assert resp.status_code == 400 and resp.json()["error"]["code"] == "invalid_query"
+
+
+def test_an_upload_is_validated_without_asking(api) -> None:
+    """The Storage trigger's local stand-in: the emulator's finalize notification reaches the
+    same validation function through Pub/Sub."""
+    import time
+
+    user = api.new_user()
+    ds = upload_dataset(api, user, GOOD * 2, validate=False)
+    deadline = time.monotonic() + 20
+    status = None
+    while time.monotonic() < deadline:
+        status = api.request("GET", f"/v1/datasets/{ds['id']}", user).json()["status"]
+        if status == "ready":
+            break
+        time.sleep(0.2)
+    assert status == "ready"
