@@ -18,7 +18,7 @@ import json
 from datetime import timedelta
 from typing import Any
 
-from shared import accounts, artifacts, batch, modelstore, storage, store, tasks
+from shared import accounts, artifacts, batch, logs, modelstore, storage, store, tasks
 from shared.catalog import ModelSpec, catalog
 from shared.config import Settings
 from shared.contract import Hyperparameters, TrainerConfig
@@ -264,7 +264,7 @@ def create(
             job = store.get_job(record["job_id"])
             assert job is not None
             if job["status"] == "queued":
-                tasks.enqueue_launch(job["id"], cfg)  # named task: at most one launch
+                _enqueue(job["id"], cfg)  # named task: at most one launch
             return view(job), False
 
     spec, dataset, hp, q, user = _priced_request(uid, email, body, cfg)
@@ -318,8 +318,19 @@ def create(
             Code.TOO_MANY_ACTIVE_JOBS,
             f"You have {exc.detail} active jobs; the limit is {cfg.max_active_jobs}.",
         ) from None
-    tasks.enqueue_launch(job["id"], cfg)
+    _enqueue(job["id"], cfg)
     return view(job), created
+
+
+def _enqueue(job_id: str, cfg: Settings) -> None:
+    """Enqueues the launch. The job is already stored, so a failure here must not fail the
+    request: relaunch_stale (Cloud Scheduler) enqueues it again within minutes."""
+    try:
+        tasks.enqueue_launch(job_id, cfg)
+    except Exception as exc:
+        logs.warning(
+            "launch not enqueued; the relaunch sweep will retry", job_id=job_id, error=repr(exc)
+        )
 
 
 # --- transitions -----------------------------------------------------------------------------

@@ -424,3 +424,18 @@ def test_a_job_whose_launch_task_was_lost_is_relaunched(api, stack_env) -> None:
         time.sleep(0.2)
     assert store.get_job(job_id)["batch_job"].endswith(f"/jobs/yachay-{job_id}")
     assert store.get_job(fresh)["batch_job"] is None
+
+
+def test_a_tasks_outage_does_not_fail_the_submission(api, tiny_in_store, monkeypatch) -> None:
+    from shared import tasks
+
+    user, ds = ready_user(api, n_records=4)
+
+    def unavailable(job_id, cfg):
+        raise ConnectionError("Cloud Tasks is down")
+
+    monkeypatch.setattr(tasks, "enqueue_launch", unavailable)
+    body = {"model": "tiny-llama", "dataset_id": ds["id"], "hyperparameters": {}}
+    job, created = jobs.create(user.uid, user.email, body, None, settings())
+    assert created and job["status"] == "queued"
+    assert store.get_job(job["id"])["batch_job"] is None  # relaunch_stale picks it up later
