@@ -122,6 +122,18 @@ class ApiRequest:
         return body
 
 
+def list_reply(data: list[Any], next_cursor: str | None) -> Reply:
+    """One page of a list endpoint, in the shape every list shares."""
+    return Reply(
+        {
+            "object": "list",
+            "data": data,
+            "has_more": next_cursor is not None,
+            "next_cursor": next_cursor,
+        }
+    )
+
+
 Handler = Callable[[ApiRequest], Reply]
 View = Callable[[flask.Request], flask.Response]
 

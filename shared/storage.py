@@ -55,11 +55,6 @@ def read_bytes(bucket: str, name: str, max_bytes: int) -> bytes | None:
         return None
 
 
-def read_text(bucket: str, name: str) -> str | None:
-    data = read_bytes(bucket, name, 16 << 20)
-    return None if data is None else data.decode("utf-8")
-
-
 def delete_prefix(bucket: str, prefix: str) -> int:
     """Deletes every object under `prefix`; returns how many."""
     from google.api_core.exceptions import NotFound
@@ -72,10 +67,6 @@ def delete_prefix(bucket: str, prefix: str) -> int:
         except NotFound:
             pass
     return count
-
-
-def download_file(bucket: str, name: str, dest: str) -> None:
-    client().bucket(bucket).blob(name).download_to_filename(dest)
 
 
 def signed_url(

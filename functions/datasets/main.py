@@ -2,7 +2,7 @@
 
 from shared import datasets as ds
 from shared import store
-from shared.http import ApiRequest, Reply, serve
+from shared.http import ApiRequest, Reply, list_reply, serve
 
 
 def create_dataset(req: ApiRequest) -> Reply:
@@ -12,14 +12,7 @@ def create_dataset(req: ApiRequest) -> Reply:
 def list_datasets(req: ApiRequest) -> Reply:
     limit, cursor = req.page()
     docs, next_cursor = store.list_owned(store.DATASETS, req.uid, limit, cursor)
-    return Reply(
-        {
-            "object": "list",
-            "data": [ds.view(d) for d in docs],
-            "has_more": next_cursor is not None,
-            "next_cursor": next_cursor,
-        }
-    )
+    return list_reply([ds.view(d) for d in docs], next_cursor)
 
 
 def get_dataset(req: ApiRequest) -> Reply:

@@ -3,7 +3,7 @@
 from shared import artifacts, billing, store
 from shared import jobs as core
 from shared.errors import ApiError, Code
-from shared.http import ApiRequest, Reply, serve
+from shared.http import ApiRequest, Reply, list_reply, serve
 
 
 def _email(req: ApiRequest) -> str | None:
@@ -32,14 +32,7 @@ def list_jobs(req: ApiRequest) -> Reply:
             param="status",
         )
     docs, next_cursor = store.list_owned(store.JOBS, req.uid, limit, cursor, status)
-    return Reply(
-        {
-            "object": "list",
-            "data": [core.view(d) for d in docs],
-            "has_more": next_cursor is not None,
-            "next_cursor": next_cursor,
-        }
-    )
+    return list_reply([core.view(d) for d in docs], next_cursor)
 
 
 def get_job(req: ApiRequest) -> Reply:
