@@ -82,8 +82,8 @@ def worker_ours(args: argparse.Namespace) -> dict[str, Any]:
         model = run.model.get_base_model()
         model.config._attn_implementation = "sdpa"
         return {
-            "tokens": result["trained_tokens"],
-            "seconds": result["train_seconds"],
+            "tokens": result.trained_tokens,
+            "seconds": result.train_seconds,
             "padding_fraction": 0.0,
             "eval_loss": eval_loss(
                 run.model, _examples(args.model, args.eval, cfg.hyperparameters.max_seq_length)
@@ -234,7 +234,7 @@ def main() -> None:
         print(json.dumps(result))
         return
 
-    from yachay_trainer.tiny import build_tiny_model, chat_records, write_jsonl
+    from tests.support.tiny import build_tiny_model, chat_records, write_jsonl
 
     hp = {
         "epochs": 1,

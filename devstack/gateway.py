@@ -114,14 +114,14 @@ def create_app() -> flask.Flask:
 def _sweep_forever(every_s: float = 30.0) -> None:
     """Stand-ins for the Storage lifecycle rule (expired files) and for Cloud Scheduler (the
     relaunch of stale queued jobs), calling the same core functions."""
-    from shared import artifacts, jobs, logs
+    from shared import artifacts, lifecycle, logs
     from shared.config import settings
 
     while True:
         time.sleep(every_s)
         try:
             gone = artifacts.sweep_expired(settings())
-            relaunched = jobs.relaunch_stale(settings())
+            relaunched = lifecycle.relaunch_stale(settings())
             if gone or relaunched:
                 logs.info("swept", files=len(gone), relaunched=relaunched)
         except Exception as exc:  # keep sweeping; the next round retries

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from shared import store
 from shared.config import Settings
 from shared.errors import ApiError, Code
-from shared.store import NOTIFICATION_EVENTS, Pause, UserRecord
+from shared.records import NOTIFICATION_EVENTS, Pause, UserRecord
 
 PATCHABLE = ("notifications", "monthly_spend_limit_cents")
 MAX_SPEND_LIMIT_CENTS = 100_000_00
@@ -22,9 +23,7 @@ def month_key(t: datetime) -> str:
 def spent_this_month(uid: str, now: datetime | None = None) -> int:
     """Cents charged to the user in the current calendar month (UTC), from the ledger."""
     key = month_key(now or store.now())
-    return sum(
-        e["amount_cents"] for e in store.ledger_entries(uid) if month_key(e["created_at"]) == key
-    )
+    return sum(e.amount_cents for e in store.ledger_entries(uid) if e.month == key)
 
 
 def pauses(user: UserRecord, spent: int) -> dict[str, Pause]:
@@ -63,8 +62,15 @@ def account_view(user: UserRecord, spent: int, portal_url: str | None = None) ->
     }
 
 
-def parse_update(body: dict[str, Any]) -> tuple[dict[str, bool], dict[str, Any]]:
-    """Validates a PATCH /v1/me body: (notification changes, account field changes).
+@dataclass(frozen=True)
+class AccountUpdate:
+    notifications: dict[str, bool]
+    set_spend_limit: bool  # whether the body named monthly_spend_limit_cents
+    monthly_spend_limit_cents: int | None  # None: no limit
+
+
+def parse_update(body: dict[str, Any]) -> AccountUpdate:
+    """Validates a PATCH /v1/me body.
 
     Raises:
         ApiError: an unknown field (named in `param`), a wrong type, or nothing to change.
@@ -104,7 +110,7 @@ def parse_update(body: dict[str, Any]) -> tuple[dict[str, bool], dict[str, Any]]
             if not isinstance(value, bool):
                 raise ApiError(Code.INVALID_VALUE, f"'{param}' must be true or false.", param=param)
             changes[event] = value
-    fields: dict[str, Any] = {}
+    limit = None
     if "monthly_spend_limit_cents" in body:
         limit = body["monthly_spend_limit_cents"]
         ok = limit is None or (
@@ -120,8 +126,7 @@ def parse_update(body: dict[str, Any]) -> tuple[dict[str, bool], dict[str, Any]]
                 "limit.",
                 param="monthly_spend_limit_cents",
             )
-        fields["monthly_spend_limit_cents"] = limit
-    return changes, fields
+    return AccountUpdate(changes, "monthly_spend_limit_cents" in body, limit)
 
 
 def _portal(user: UserRecord, cfg: Settings) -> str | None:
@@ -140,6 +145,11 @@ def get_account(uid: str, email: str | None, cfg: Settings) -> dict[str, Any]:
 def update_account(
     uid: str, email: str | None, body: dict[str, Any], cfg: Settings
 ) -> dict[str, Any]:
-    notifications, fields = parse_update(body)
-    user = store.update_account(uid, email, notifications, fields)
+    update = parse_update(body)
+    if update.set_spend_limit:
+        user = store.update_account(
+            uid, email, update.notifications, update.monthly_spend_limit_cents
+        )
+    else:
+        user = store.update_account(uid, email, update.notifications)
     return account_view(user, spent_this_month(uid), _portal(user, cfg))

@@ -16,51 +16,61 @@ from shared import storage, store
 from shared.config import Settings
 from shared.contract import MANIFEST
 from shared.errors import ApiError, Code
+from shared.records import Job, JobStatus
 
 
 def prefix(job_id: str) -> str:
     return f"jobs/{job_id}/"
 
 
-def download_links(job: dict[str, Any], cfg: Settings, now: datetime | None = None) -> dict:
-    if job["status"] != "completed":
+def download_links(job: Job, cfg: Settings, now: datetime | None = None) -> dict[str, Any]:
+    """One-hour signed URLs for each file of a completed, paid, unexpired job.
+
+    Raises:
+        ApiError: job_not_completed (409), payment_required (402), artifacts_expired (410).
+    """
+    if job.status != JobStatus.COMPLETED:
         raise ApiError(
             Code.JOB_NOT_COMPLETED,
-            f"Job {job['id']} is {job['status']}; only a completed job has files to download.",
+            f"Job {job.id} is {job.status.value}; only a completed job has files to download.",
         )
-    payment = job.get("payment") or {}
-    if payment.get("status") not in ("paid", "not_charged"):
+    payment = job.payment
+    if payment is None or not payment.settled:
+        reason = payment.reason if payment is not None else None
         raise ApiError(
             Code.PAYMENT_REQUIRED,
             "The job's payment is not settled yet"
-            + (f": {payment['reason']}" if payment.get("reason") else "; try again in a moment.")
+            + (f": {reason}" if reason else "; try again in a moment.")
             + " Downloads open once it is paid.",
         )
     now = now or store.now()
-    expires_at = job.get("expires_at")
+    expires_at = job.expires_at
     if expires_at is not None and expires_at <= now:
         raise ApiError(
             Code.ARTIFACTS_EXPIRED,
             f"This job's files were kept until {expires_at.isoformat()} and are gone.",
         )
-    files = list((job.get("trainer_result") or {}).get("artifacts", []))
-    names = [f["name"] for f in files] + [MANIFEST]
-    sizes = {f["name"]: f for f in files}
+    files = {a.name: a for a in (job.trainer_result.artifacts if job.trainer_result else ())}
     out = []
     link_expiry = None
-    for name in names:
+    for name in [*files, MANIFEST]:
         if "/" in name:  # names come from the trainer's manifest: never leave the job's prefix
             continue
         url, link_expiry = storage.signed_url(
-            cfg.artifacts_bucket, prefix(job["id"]) + name, "GET", now=now
+            cfg.artifacts_bucket, prefix(job.id) + name, "GET", now=now
         )
-        meta = sizes.get(name, {})
+        meta = files.get(name)
         out.append(
-            {"name": name, "url": url, "size": meta.get("size"), "sha256": meta.get("sha256")}
+            {
+                "name": name,
+                "url": url,
+                "size": None if meta is None else meta.size,
+                "sha256": None if meta is None else meta.sha256,
+            }
         )
     return {
         "object": "download",
-        "job_id": job["id"],
+        "job_id": job.id,
         "files": out,
         "urls_expire_at": link_expiry.isoformat() if link_expiry else None,
         "files_kept_until": expires_at.isoformat() if expires_at else None,

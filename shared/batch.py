@@ -26,12 +26,23 @@ from typing import Any, Protocol
 
 from shared.catalog import ModelSpec
 from shared.config import Settings
-from shared.contract import EXIT_OK, RETRYABLE_EXIT_CODES, TrainerConfig
+from shared.contract import EXIT_OK, FAIL_EXIT_CODES, RETRYABLE_EXIT_CODES, TrainerConfig
 
 MAX_RETRIES = 3
-# Exit codes that must not be retried: our user-error code, a crash, a kill (OOM killer).
-FAIL_EXIT_CODES = (1, 2, 65, 137, 139)
+# Catalog gpu_type -> Batch accelerator type (a test checks every catalog model's is here).
 GPU_TYPES = {"nvidia-a100-80gb": "nvidia-a100-80gb", "nvidia-l4": "nvidia-l4"}
+JOB_PREFIX = "yachay-"  # our Batch jobs' ids: the prefix and our job id
+
+
+def job_id_for(job_id: str) -> str:
+    """The Batch job id of our job: derived, so a second launch finds the first."""
+    return JOB_PREFIX + job_id
+
+
+def our_job_id(batch_name: str) -> str | None:
+    """Our job id from a Batch job name (or None for a Batch job that is not ours)."""
+    short = batch_name.rsplit("/", 1)[-1]
+    return short.removeprefix(JOB_PREFIX) if short.startswith(JOB_PREFIX) else None
 
 
 class BatchBackend(Protocol):

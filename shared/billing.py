@@ -6,17 +6,29 @@ the event id is recorded once handled, so a replay is acknowledged without actin
 
 from __future__ import annotations
 
-import hashlib
-import math
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
-from shared import artifacts, logs, payments, store
+from shared import artifacts, idempotency, logs, payments, pricing, store
 from shared.catalog import catalog
 from shared.config import Settings
 from shared.errors import ApiError, Code
-from shared.jobs import CHARGE_POLICY, owned, view
-from shared.pricing import price_cents
+from shared.jobs import owned, view
+from shared.records import (
+    Charge,
+    ChargeKind,
+    ChargeStatus,
+    Job,
+    JobStatus,
+    LedgerEntry,
+    Mail,
+    Pause,
+    Payment,
+    PaymentMethod,
+    PaymentStatus,
+    UserRecord,
+)
 
 
 def setup_card(uid: str, email: str | None, cfg: Settings) -> dict[str, Any]:
@@ -25,7 +37,7 @@ def setup_card(uid: str, email: str | None, cfg: Settings) -> dict[str, Any]:
     customer = user.stripe_customer_id
     if not customer:
         ours = payments.create_customer(cfg, uid, email)
-        customer = store.set_user_field_once(uid, "stripe_customer_id", ours)
+        customer = store.set_stripe_customer_once(uid, ours)
         if customer != ours:  # a concurrent call won: ours is an orphan, remove it
             payments.delete_customer(cfg, ours)
     url, expires = payments.setup_session(cfg, customer, uid)
@@ -59,7 +71,7 @@ def _save_card(setup_intent_id: str, cfg: Settings) -> str:
     if uid is None:
         return "unknown customer"
     payments.make_default(cfg, card["customer"], card["id"])
-    store.update_user(uid, {"payment_method": {k: card[k] for k in ("id", "brand", "last4")}})
+    store.set_payment_method(uid, PaymentMethod(card["id"], card["brand"], card["last4"]))
     retried = retry_failed_charges(uid, cfg)  # a new card settles what the old one could not
     return f"saved {card['brand']} {card['last4']} for {uid}; retried: {retried}"
 
@@ -74,207 +86,179 @@ class ChargeInProgress(Exception):
     """Another delivery is charging this job right now; retry later."""
 
 
-def amount_due(job: dict[str, Any], cfg: Settings) -> tuple[int, int]:
-    """(billable tokens, cents) under CHARGE_POLICY."""
-    spec = catalog().get(job["model"])
-    if spec is None:
-        return 0, 0
-    if job["status"] == "completed":
-        tokens = int((job.get("trainer_result") or {}).get("trained_tokens", 0))
-        return tokens, price_cents(tokens, spec, cfg.min_charge_cents)
-    if job["status"] == "cancelled" and job.get("started_at"):
-        tokens = int((job.get("progress") or {}).get("trained_tokens", 0))
-        cents = price_cents(tokens, spec, 0)
-        return tokens, cents if cents >= cfg.min_charge_cents else 0
-    return 0, 0
-
-
 def charge_job(job_id: str, cfg: Settings) -> str:
-    """Charges an ended job exactly once; idempotent under any number of deliveries.
+    """Charges an ended job exactly once what pricing.amount_due says; idempotent under any
+    number of deliveries.
 
     Raises:
         ChargeInProgress: a concurrent delivery holds the charge; the trigger should retry.
         Exception: a transient Stripe error; the claim is released and the trigger retries.
     """
     job = store.get_job(job_id)
-    if job is None or job["status"] not in ("completed", "cancelled"):
+    if job is None or job.status not in (JobStatus.COMPLETED, JobStatus.CANCELLED):
         return "not chargeable"
-    tokens, cents = amount_due(job, cfg)
-    if cents == 0:
-        _set_payment(
-            job_id,
-            {
-                "status": "not_charged",
-                "amount_cents": 0,
-                "currency": cfg.currency,
-                "policy": CHARGE_POLICY,
-            },
-        )
+    due = pricing.amount_due(job, catalog().get(job.model))
+    if due.cents == 0:
+        if job.payment is None:
+            store.set_job_payment(job_id, Payment(PaymentStatus.NOT_CHARGED, 0, cfg.currency))
         return "nothing to charge"
-    user = store.get_or_create_user(job["uid"], job.get("email"))
     state, charge = store.claim_charge(
-        job_id,
-        {
-            "uid": job["uid"],
-            "job_id": job_id,
-            "kind": "tuning",
-            "amount_cents": cents,
-            "currency": cfg.currency,
-            "billable_tokens": tokens,
-        },
+        Charge(
+            id=job_id,
+            uid=job.uid,
+            job_id=job_id,
+            kind=ChargeKind.TUNING,
+            amount_cents=due.cents,
+            currency=cfg.currency,
+            billable_tokens=due.tokens,
+        ),
         CHARGE_LEASE_S,
     )
     if state == "done":
-        return f"already {charge['status']}"
+        _repair_payment(job, charge)
+        return f"already {charge.status.value}"
     if state == "busy":
         raise ChargeInProgress(job_id)
-    return _attempt(job_id, charge, user, cfg)
+    return _attempt(charge, store.get_or_create_user(job.uid, job.email), cfg)
 
 
-def _attempt(charge_id: str, charge: dict[str, Any], user: store.UserRecord, cfg: Settings) -> str:
+def _payment_of(charge: Charge) -> Payment:
+    """The job's payment record for a finished tuning charge."""
+    if charge.status == ChargeStatus.SUCCEEDED:
+        return Payment(
+            PaymentStatus.PAID, charge.amount_cents, charge.currency, charged_at=charge.finished_at
+        )
+    return Payment(
+        PaymentStatus.FAILED, charge.amount_cents, charge.currency, reason=charge.failure_message
+    )
+
+
+def _repair_payment(job: Job, charge: Charge) -> None:
+    """A finished charge whose job lacks the matching payment (written before charge and
+    payment were one commit): record it now, so the downloads do not stay locked."""
+    payment = _payment_of(charge)
+    if job.payment is None or job.payment.status != payment.status:
+        store.set_job_payment(job.id, payment)
+        logs.warning("job payment repaired from its charge", job_id=job.id)
+
+
+def _attempt(charge: Charge, user: UserRecord, cfg: Settings) -> str:
     if user.payment_method is None or not user.stripe_customer_id:
         reason = "No card is saved; save one (POST /v1/jobs/setup-card) to pay."
-        _fail(charge_id, charge, "no_payment_method", reason, user.uid)
+        _fail(charge, "no_payment_method", reason)
         return "no card"
     try:
         intent = payments.charge(
             cfg,
             user.stripe_customer_id,
             user.payment_method.id,
-            charge["amount_cents"],
-            idempotency_key=f"{charge_id}-{charge['attempt']}",
-            metadata={"uid": user.uid, "charge_id": charge_id, "kind": charge["kind"]},
+            charge.amount_cents,
+            idempotency_key=charge.idempotency_key,
+            metadata={"uid": user.uid, "charge_id": charge.id, "kind": charge.kind.value},
         )
     except payments.Declined as exc:
-        _fail(charge_id, charge, exc.code, exc.message, user.uid)
+        _fail(charge, exc.code, exc.message)
         return f"declined ({exc.code})"
     except Exception:
-        store.finish_charge(charge_id, {"status": "retry"}, None)  # release the claim
+        store.release_charge(charge.id)
         raise
-    _succeeded(charge_id, charge, user.uid, intent)
-    return f"charged {charge['amount_cents']} {charge['currency']}"
+    _succeeded(charge, intent)
+    return f"charged {charge.amount_cents} {charge.currency}"
 
 
-def _succeeded(charge_id: str, charge: dict[str, Any], uid: str, intent: str) -> None:
-    """Records money that moved: the charge, its ledger entry, the job's payment; idempotent."""
-    job_id = charge.get("job_id")
-    store.finish_charge(
-        charge_id,
-        {"status": "succeeded", "payment_intent": intent},
-        {
-            "uid": uid,
-            "kind": charge["kind"],
-            "job_id": job_id,
-            "amount_cents": charge["amount_cents"],
-            "currency": charge["currency"],
-            "payment_intent": intent,
-        },
+def _succeeded(charge: Charge, intent: str) -> None:
+    """Records money that moved, in one commit: the charge, its ledger entry, the job's payment,
+    and the end of the payment pause when nothing else is outstanding. Idempotent."""
+    done = replace(charge, status=ChargeStatus.SUCCEEDED, payment_intent=intent)
+    t = store.now()
+    ledger = LedgerEntry(
+        id=charge.id,
+        uid=charge.uid,
+        kind=charge.kind,
+        job_id=charge.job_id,
+        amount_cents=charge.amount_cents,
+        currency=charge.currency,
+        payment_intent=intent,
+        created_at=t,
     )
-    if job_id and charge["kind"] == "tuning":
-        _set_payment(
-            job_id,
-            {
-                "status": "paid",
-                "amount_cents": charge["amount_cents"],
-                "currency": charge["currency"],
-                "charged_at": store.now(),
-            },
+    payment = None
+    if charge.kind == ChargeKind.TUNING:
+        payment = Payment(PaymentStatus.PAID, charge.amount_cents, charge.currency, charged_at=t)
+    unpause = None
+    if PAUSE_PAYMENT in store.get_or_create_user(charge.uid, None).pauses:
+        failed = store.charges_of(charge.uid, ChargeStatus.FAILED)
+        if not [c for c in failed if c.id != charge.id]:
+            unpause = (PAUSE_PAYMENT, None)
+    store.settle_charge(done, ledger, payment, unpause)
+
+
+def _fail(charge: Charge, code: str, message: str) -> None:
+    """Records a declined charge in one commit: the charge, the job's payment, and the pause of
+    the account until a working card is saved."""
+    failed = replace(charge, status=ChargeStatus.FAILED, failure_code=code, failure_message=message)
+    payment = None
+    if charge.kind == ChargeKind.TUNING:
+        payment = Payment(
+            PaymentStatus.FAILED, charge.amount_cents, charge.currency, reason=message
         )
-    _unpause_if_settled(uid)
+    pause = Pause(
+        reason=f"A payment failed ({code}): {message} Save a working card to go on; we retry "
+        "the payment when you do.",
+        since=store.now(),
+    )
+    store.settle_charge(failed, None, payment, (PAUSE_PAYMENT, pause))
 
 
 def _reconcile(intent: dict[str, Any]) -> str:
     """A payment_intent event for one of our charges: settles a charge whose attempt died
     between Stripe's answer and our record of it (the only window our claim cannot close)."""
     charge_id = (intent.get("metadata") or {}).get("charge_id")
-    charge = store.get_charge(charge_id) if charge_id else None
+    charge = store.get_charge(charge_id) if isinstance(charge_id, str) else None
     if charge is None:
         return "not ours"
-    if charge["status"] in ("succeeded", "failed"):
-        return f"already {charge['status']}"
+    if charge.finished:
+        return f"already {charge.status.value}"
     if intent.get("status") == "succeeded":
-        _succeeded(charge_id, charge, charge["uid"], intent["id"])
+        _succeeded(charge, intent["id"])
         return "settled from the event"
     error = intent.get("last_payment_error") or {}
     _fail(
-        charge_id,
         charge,
         error.get("code") or "card_declined",
         error.get("message") or "The payment failed.",
-        charge["uid"],
     )
     return "failure recorded from the event"
 
 
-def _fail(charge_id: str, charge: dict[str, Any], code: str, message: str, uid: str) -> None:
-    store.finish_charge(
-        charge_id, {"status": "failed", "failure_code": code, "failure_message": message}, None
-    )
-    if charge.get("job_id") and charge["kind"] == "tuning":
-        _set_payment(
-            charge["job_id"],
-            {
-                "status": "failed",
-                "amount_cents": charge["amount_cents"],
-                "currency": charge["currency"],
-                "reason": message,
-            },
-        )
-    store.update_user(
-        uid,
-        {
-            f"pauses.{PAUSE_PAYMENT}": {
-                "reason": f"A payment failed ({code}): {message} Save a working card to go on; we "
-                "retry the payment when you do.",
-                "since": store.now(),
-            }
-        },
-    )
-
-
-def _unpause_if_settled(uid: str) -> None:
-    if not store.charges_of(uid, "failed"):
-        store.clear_pause(uid, PAUSE_PAYMENT)
-
-
-def _set_payment(job_id: str, payment: dict[str, Any]) -> None:
-    store.update_job(job_id, lambda job: ({"payment": payment}, []))
+def _retry(charge_id: str, user: UserRecord, cfg: Settings) -> str | None:
+    """Attempts a failed charge again; None when it was not failed (or another caller has it)."""
+    if not store.reopen_charge(charge_id):
+        return None
+    charge = store.get_charge(charge_id)
+    if charge is None:
+        return None
+    state, claimed = store.claim_charge(charge, CHARGE_LEASE_S)
+    return _attempt(claimed, user, cfg) if state == "claimed" else None
 
 
 def retry_failed_charges(uid: str, cfg: Settings) -> list[str]:
     """Tries every failed charge of the user again (after a new card, or on request)."""
-    outcomes = []
     user = store.get_or_create_user(uid, None)
-    for failed in store.charges_of(uid, "failed"):
-        if store.reopen_charge(failed["id"]):
-            state, charge = store.claim_charge(failed["id"], {}, CHARGE_LEASE_S)
-            if state == "claimed":
-                outcomes.append(_attempt(failed["id"], charge, user, cfg))
-    return outcomes
+    outcomes = (_retry(c.id, user, cfg) for c in store.charges_of(uid, ChargeStatus.FAILED))
+    return [o for o in outcomes if o is not None]
 
 
 def retry_payment(uid: str, job_id: str, cfg: Settings) -> dict[str, Any]:
     """POST /v1/jobs/{id}/retry-payment."""
     job = owned(uid, job_id)
     charge = store.get_charge(job_id)
-    if charge is None or charge["status"] != "failed":
+    if charge is None or charge.status != ChargeStatus.FAILED:
         raise ApiError(Code.NOTHING_TO_RETRY, "This job has no failed payment to retry.")
-    if store.reopen_charge(job_id):
-        state, charge = store.claim_charge(job_id, {}, CHARGE_LEASE_S)
-        if state == "claimed":
-            _attempt(job_id, charge, store.get_or_create_user(uid, None), cfg)
+    _retry(job_id, store.get_or_create_user(uid, None), cfg)
     return view(store.get_job(job_id) or job)
 
 
 # --- storage extensions and the summary --------------------------------------------------------
-
-MAX_EXTENSION_DAYS = 365
-STORAGE_CENTS_PER_GB_MONTH = 10
-
-
-def extension_price(total_bytes: int, days: int, cfg: Settings) -> int:
-    exact = math.ceil(total_bytes / 1e9 * days / 30 * STORAGE_CENTS_PER_GB_MONTH)
-    return max(exact, cfg.min_charge_cents)
 
 
 def extend_storage(
@@ -282,47 +266,40 @@ def extend_storage(
 ) -> dict[str, Any]:
     """Charges for `days` more of storage at once and moves the job's expiry; one charge per
     Idempotency-Key, however often the request is sent."""
-    if not idempotency_key or len(idempotency_key) > 255:
-        raise ApiError(
-            Code.MISSING_FIELD,
-            "Send an Idempotency-Key header (1-255 characters): this request charges your card.",
-            param="Idempotency-Key",
-        )
-    for key in body:
-        if key != "days":
-            raise ApiError(Code.UNKNOWN_FIELD, f"Unknown field '{key}'.", param=key)
+    key = idempotency.key_id(
+        uid, idempotency_key, required=True, why=": this request charges your card"
+    )
+    assert key is not None
+    for name in body:
+        if name != "days":
+            raise ApiError(Code.UNKNOWN_FIELD, f"Unknown field '{name}'.", param=name)
     days = body.get("days")
-    if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= MAX_EXTENSION_DAYS:
+    max_days = pricing.MAX_EXTENSION_DAYS
+    if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= max_days:
         raise ApiError(
-            Code.INVALID_VALUE,
-            f"'days' must be a whole number from 1 to {MAX_EXTENSION_DAYS}.",
-            param="days",
+            Code.INVALID_VALUE, f"'days' must be a whole number from 1 to {max_days}.", param="days"
         )
     job = owned(uid, job_id)
-    charge_id = "ext-" + hashlib.sha256(f"{uid}\n{idempotency_key}".encode()).hexdigest()[:40]
+    request_hash = idempotency.request_hash(f"POST /v1/jobs/{job_id}/extend-storage", body)
+    charge_id = "ext-" + key[:40]
     existing = store.get_charge(charge_id)
     if existing is None:
         artifacts.download_links(job, cfg)  # the same gates: completed, paid, not expired
-    elif existing.get("job_id") != job_id or existing.get("days") != days:
-        raise ApiError(
-            Code.IDEMPOTENCY_CONFLICT,
-            "This Idempotency-Key was used with a different request; use a new key.",
-            param="Idempotency-Key",
-        )
-    size = sum(
-        int(f.get("size") or 0) for f in (job.get("trainer_result") or {}).get("artifacts", [])
-    )
+    else:
+        idempotency.check_same_request(existing.request_hash, request_hash)
+    size = job.trainer_result.total_bytes if job.trainer_result else 0
     state, charge = store.claim_charge(
-        charge_id,
-        {
-            "uid": uid,
-            "job_id": job_id,
-            "kind": "storage_extension",
-            "days": days,
-            "amount_cents": extension_price(size, days, cfg),
-            "currency": cfg.currency,
-            "extends_from": job.get("expires_at"),
-        },
+        Charge(
+            id=charge_id,
+            uid=uid,
+            job_id=job_id,
+            kind=ChargeKind.STORAGE_EXTENSION,
+            amount_cents=pricing.extension_price(size, days),
+            currency=cfg.currency,
+            days=days,
+            extends_from=job.expires_at,
+            request_hash=request_hash,
+        ),
         CHARGE_LEASE_S,
     )
     if state == "busy":
@@ -330,69 +307,68 @@ def extend_storage(
             Code.SERVICE_UNAVAILABLE,
             "This extension is being charged right now; "
             "retry in a moment with the same Idempotency-Key.",
+            retry_after_s=2,
         )
     if state == "claimed":
-        _attempt(charge_id, charge, store.get_or_create_user(uid, None), cfg)
+        _attempt(charge, store.get_or_create_user(uid, None), cfg)
         charge = store.get_charge(charge_id) or charge
-    if charge["status"] == "failed":
+    if charge.status == ChargeStatus.FAILED:
         raise ApiError(
-            Code.PAYMENT_REQUIRED, f"The extension was not paid: {charge.get('failure_message')}"
+            Code.PAYMENT_REQUIRED, f"The extension was not paid: {charge.failure_message}"
         )
-    if charge["status"] != "succeeded":
+    if charge.status != ChargeStatus.SUCCEEDED or charge.extends_from is None:
         raise ApiError(
             Code.SERVICE_UNAVAILABLE,
             "The payment could not be made just now; retry with the same Idempotency-Key.",
+            retry_after_s=5,
         )
-    new_expiry = charge["extends_from"] + timedelta(days=days)
+    new_expiry = charge.extends_from + timedelta(days=days)
 
-    def move(j: dict[str, Any]) -> Any:  # idempotent: the expiry only ever moves later
-        if j.get("expires_at") and j["expires_at"] >= new_expiry:
+    def move(j: Job) -> tuple[Job, Mail | None] | None:  # idempotent: only ever moves later
+        if j.expires_at and j.expires_at >= new_expiry:
             return None
-        return {"expires_at": new_expiry}, []
+        return replace(j, expires_at=new_expiry), None
 
     after = store.update_job(job_id, move)
-    artifacts.set_retention(job_id, after["expires_at"], cfg)
+    if after.expires_at is not None:
+        artifacts.set_retention(job_id, after.expires_at, cfg)
     return {
         **view(after),
         "extension": {
             "days": days,
-            "amount_cents": charge["amount_cents"],
-            "currency": charge["currency"],
+            "amount_cents": charge.amount_cents,
+            "currency": charge.currency,
         },
     }
 
 
 def summary(uid: str, cfg: Settings) -> dict[str, Any]:
+    """GET /v1/billing/summary."""
     entries = store.ledger_entries(uid)
     months: dict[str, dict[str, int]] = {}
     for e in entries:
-        key = f"{e['created_at'].year:04d}-{e['created_at'].month:02d}"
         m = months.setdefault(
-            key, {"total_cents": 0, "tuning_cents": 0, "storage_extension_cents": 0, "charges": 0}
+            e.month,
+            {"total_cents": 0, "tuning_cents": 0, "storage_extension_cents": 0, "charges": 0},
         )
-        m["total_cents"] += e["amount_cents"]
-        m[f"{e['kind']}_cents"] += e["amount_cents"]
+        m["total_cents"] += e.amount_cents
+        m[f"{e.kind.value}_cents"] += e.amount_cents
         m["charges"] += 1
-    failed = store.charges_of(uid, "failed")
+    failed = store.charges_of(uid, ChargeStatus.FAILED)
+
+    def total(kind: ChargeKind) -> int:
+        return sum(e.amount_cents for e in entries if e.kind == kind)
+
     return {
         "object": "billing_summary",
         "currency": cfg.currency,
-        "lifetime_cents": sum(e["amount_cents"] for e in entries),
-        "tuning_cents": sum(e["amount_cents"] for e in entries if e["kind"] == "tuning"),
-        "storage_extension_cents": sum(
-            e["amount_cents"] for e in entries if e["kind"] == "storage_extension"
-        ),
-        "counts": {
-            "tuning": sum(e["kind"] == "tuning" for e in entries),
-            "storage_extension": sum(e["kind"] == "storage_extension" for e in entries),
-        },
-        "outstanding_cents": sum(c["amount_cents"] for c in failed),
+        "lifetime_cents": sum(e.amount_cents for e in entries),
+        "tuning_cents": total(ChargeKind.TUNING),
+        "storage_extension_cents": total(ChargeKind.STORAGE_EXTENSION),
+        "counts": {kind.value: sum(e.kind == kind for e in entries) for kind in ChargeKind},
+        "outstanding_cents": sum(c.amount_cents for c in failed),
         "outstanding_charges": [
-            {
-                "job_id": c.get("job_id"),
-                "amount_cents": c["amount_cents"],
-                "reason": c.get("failure_message"),
-            }
+            {"job_id": c.job_id, "amount_cents": c.amount_cents, "reason": c.failure_message}
             for c in failed
         ],
         "months": [{"month": k, **v} for k, v in sorted(months.items(), reverse=True)],

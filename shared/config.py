@@ -49,7 +49,6 @@ class Settings:
     catalog_path: str | None
     dataset_max_bytes: int
     max_active_jobs: int
-    min_charge_cents: int
     startup_overhead_s: int
     signing_key_file: str | None  # local only: a locally made service-account key for V4 URLs
     tasks_emulator_host: str | None
@@ -134,7 +133,6 @@ def load(environ: Mapping[str, str]) -> Settings:
         catalog_path=environ.get("YACHAY_CATALOG_PATH") or None,
         dataset_max_bytes=int(environ.get("YACHAY_DATASET_MAX_BYTES", 100 << 20)),
         max_active_jobs=int(environ.get("YACHAY_MAX_ACTIVE_JOBS", 3)),
-        min_charge_cents=int(environ.get("YACHAY_MIN_CHARGE_CENTS", 50)),
         startup_overhead_s=int(environ.get("YACHAY_STARTUP_OVERHEAD_S", 180)),
         signing_key_file=environ.get("YACHAY_SIGNING_KEY_FILE") or None,
         tasks_emulator_host=environ.get("YACHAY_TASKS_EMULATOR_HOST") or None,

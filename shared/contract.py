@@ -12,26 +12,130 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-# Exit codes. Batch retries EXIT_RETRYABLE and Spot preemption; anything else fails the task.
+# Exit codes. Batch retries RETRYABLE_EXIT_CODES; FAIL_EXIT_CODES fail the task at once.
 EXIT_OK = 0
+EXIT_PLATFORM_FAILURE = 1  # an unexpected error of ours (Python's own exit code for a crash)
+EXIT_USAGE = 2  # the interpreter refused to start the module
 EXIT_USER_ERROR = 65  # the data cannot be trained on (EX_DATAERR): not retried, reason recorded
 EXIT_RETRYABLE = 75  # a transient failure (EX_TEMPFAIL): Batch retries the task
+EXIT_KILLED = 137  # SIGKILL, e.g. the kernel's OOM killer
+EXIT_SEGFAULT = 139  # SIGSEGV in a native library
 EXIT_SPOT_PREEMPTED = 50001  # what Batch reports for a Spot VM taken back
 RETRYABLE_EXIT_CODES = (EXIT_RETRYABLE, EXIT_SPOT_PREEMPTED)
+FAIL_EXIT_CODES = (EXIT_PLATFORM_FAILURE, EXIT_USAGE, EXIT_USER_ERROR, EXIT_KILLED, EXIT_SEGFAULT)
 
-# Files the trainer leaves in the output folder.
+# Files the trainer leaves in the output folder (MANIFEST also names a base model's manifest in
+# the model store: the same format, written last, so its presence means "complete").
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 MANIFEST = "manifest.json"
 
-# Job document fields the trainer writes (the API owns every other field).
-PROGRESS_FIELD = "progress"  # step, total_steps, trained_tokens, loss, learning_rate, eta_s
-RESULT_FIELD = "trainer_result"  # trained_tokens, final_loss, artifacts (the manifest)
-FAILURE_FIELD = "trainer_failure"  # kind (user_error, out_of_memory, ...) and message
+# Job document fields the trainer writes (the API owns every other field). The trainer writes
+# them into the document TrainerConfig.job_document names, so it knows no collection name.
+PROGRESS_FIELD = "progress"  # Progress
+RESULT_FIELD = "trainer_result"  # TrainerResult
+FAILURE_FIELD = "trainer_failure"  # TrainerFailure
 
 ENV_PREFIX = "YACHAY_TRAINER_"
+
+
+class FailureKind(StrEnum):
+    """Why a run failed, as the trainer reports it (the API turns it into the user's reason)."""
+
+    USER_ERROR = "user_error"  # the data cannot be trained on
+    OUT_OF_MEMORY = "out_of_memory"
+    PLATFORM = "platform"  # anything else: ours to fix
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One progress report (PROGRESS_FIELD), written at a bounded rate while training."""
+
+    step: int
+    total_steps: int
+    epoch: int
+    trained_tokens: int
+    total_tokens: int
+    loss: float
+    learning_rate: float
+    eta_s: float
+
+    def to_doc(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_doc(doc: Mapping[str, Any]) -> Progress:
+        return Progress(**{f.name: doc[f.name] for f in fields(Progress)})
+
+
+@dataclass(frozen=True)
+class ArtifactFile:
+    """One file of a finished run's output folder, as the manifest lists it."""
+
+    name: str
+    size: int
+    sha256: str
+
+    def to_doc(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_doc(doc: Mapping[str, Any]) -> ArtifactFile:
+        return ArtifactFile(name=doc["name"], size=int(doc["size"]), sha256=doc["sha256"])
+
+
+@dataclass(frozen=True)
+class TrainerResult:
+    """What a finished run reports (RESULT_FIELD); its presence means the outputs are uploaded."""
+
+    steps: int
+    trained_tokens: int
+    examples: int
+    final_loss: float | None
+    last_epoch_mean_loss: float | None
+    train_seconds: float
+    artifacts: tuple[ArtifactFile, ...] = ()
+
+    def to_doc(self) -> dict[str, Any]:
+        return {**asdict(self), "artifacts": [a.to_doc() for a in self.artifacts]}
+
+    @staticmethod
+    def from_doc(doc: Mapping[str, Any]) -> TrainerResult:
+        return TrainerResult(
+            steps=int(doc.get("steps", 0)),
+            trained_tokens=int(doc.get("trained_tokens", 0)),
+            examples=int(doc.get("examples", 0)),
+            final_loss=doc.get("final_loss"),
+            last_epoch_mean_loss=doc.get("last_epoch_mean_loss"),
+            train_seconds=float(doc.get("train_seconds", 0.0)),
+            artifacts=tuple(ArtifactFile.from_doc(a) for a in doc.get("artifacts") or ()),
+        )
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(a.size for a in self.artifacts)
+
+
+@dataclass(frozen=True)
+class TrainerFailure:
+    """Why a run failed (FAILURE_FIELD), written before the trainer exits non-zero."""
+
+    kind: FailureKind
+    message: str
+
+    def to_doc(self) -> dict[str, Any]:
+        return {"kind": self.kind.value, "message": self.message}
+
+    @staticmethod
+    def from_doc(doc: Mapping[str, Any]) -> TrainerFailure:
+        try:
+            kind = FailureKind(doc.get("kind"))
+        except ValueError:
+            kind = FailureKind.PLATFORM
+        return TrainerFailure(kind=kind, message=str(doc.get("message", "")))
 
 
 @dataclass(frozen=True)
@@ -78,6 +182,7 @@ class TrainerConfig:
     checkpoint_every_steps: int = 50
     progress_interval_s: float = 10.0  # at most one progress write per interval
     progress_sink: str = "log"  # "log" (stdout only) or "firestore" (the job document too)
+    job_document: str = ""  # the Firestore document path the "firestore" sink writes to
     project_id: str = "demo-yachay"
 
     def to_env(self) -> dict[str, str]:

@@ -13,31 +13,38 @@ from typing import Any
 from shared import storage, store
 from shared.config import Settings
 from shared.errors import ApiError, Code
+from shared.records import Dataset, DatasetStatus, LineError, ValidationReport
 from shared.tokenization import RecordError, check_messages, parse_line, record_format, split_lines
 
 MAX_REPORTED = 20
 
 
 @dataclass
-class Report:
-    status: str  # "ready" or "invalid"
-    rows: int
+class _Findings:
+    """What validation has found so far (the report is built from it at the end)."""
+
     bytes: int
-    format: str | None  # "chat" or "prompt_completion"
-    errors: list[dict[str, object]] = field(default_factory=list)
+    rows: int = 0
+    format: str | None = None
+    errors: list[LineError] = field(default_factory=list)
     error_count: int = 0
     blank_lines: int = 0
 
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "status": self.status,
-            "rows": self.rows,
-            "bytes": self.bytes,
-            "format": self.format,
-            "errors": self.errors,
-            "error_count": self.error_count,
-            "blank_lines": self.blank_lines,
-        }
+    def error(self, line: int | None, message: str) -> None:
+        self.error_count += 1
+        if len(self.errors) < MAX_REPORTED:
+            self.errors.append(LineError(line, message))
+
+    def report(self) -> ValidationReport:
+        return ValidationReport(
+            status=DatasetStatus.INVALID if self.error_count else DatasetStatus.READY,
+            rows=self.rows,
+            bytes=self.bytes,
+            format=self.format,
+            errors=tuple(self.errors),
+            error_count=self.error_count,
+            blank_lines=self.blank_lines,
+        )
 
 
 def _line_of(message: str) -> int | None:
@@ -45,26 +52,21 @@ def _line_of(message: str) -> int | None:
     return int(head[5:]) if head.startswith("line ") and head[5:].isdigit() else None
 
 
-def validate(data: bytes, max_bytes: int) -> Report:
+def validate(data: bytes, max_bytes: int) -> ValidationReport:
     """Checks every line; `status` is ready only when there is no error at all."""
-    report = Report(status="invalid", rows=0, bytes=len(data), format=None)
-
-    def error(line: int | None, message: str) -> None:
-        report.error_count += 1
-        if len(report.errors) < MAX_REPORTED:
-            report.errors.append({"line": line, "message": message})
-
+    report = _Findings(bytes=len(data))
+    error = report.error
     if not data:
         error(None, "the file is empty")
-        return report
+        return report.report()
     if len(data) > max_bytes:
         error(None, f"the file is {len(data)} bytes; the limit is {max_bytes} bytes")
-        return report
+        return report.report()
     try:
         raw_lines = split_lines(data)
     except RecordError as exc:
         error(1, str(exc))
-        return report
+        return report.report()
     for number, raw in enumerate(raw_lines, start=1):
         try:
             line = parse_line(number, raw)
@@ -96,9 +98,7 @@ def validate(data: bytes, max_bytes: int) -> Report:
             error(line_no or number, message if line_no else f"line {number}: {message}")
     if report.rows == 0 and report.error_count == 0:
         error(None, "the file has no records, only blank lines")
-    if report.error_count == 0:
-        report.status = "ready"
-    return report
+    return report.report()
 
 
 # --- the dataset resource --------------------------------------------------------------------
@@ -111,20 +111,21 @@ def object_name(uid: str, dataset_id: str) -> str:
     return f"datasets/{uid}/{dataset_id}.jsonl"
 
 
-def view(doc: dict[str, Any]) -> dict[str, Any]:
-    report = doc.get("report") or {}
+def view(dataset: Dataset) -> dict[str, Any]:
+    """The public JSON shape of a dataset."""
+    report = dataset.report
     return {
         "object": "dataset",
-        "id": doc["id"],
-        "filename": doc["filename"],
-        "status": doc["status"],
-        "bytes": report.get("bytes"),
-        "rows": report.get("rows"),
-        "format": report.get("format"),
-        "errors": report.get("errors", []),
-        "error_count": report.get("error_count", 0),
-        "created_at": doc["created_at"].isoformat(),
-        "validated_at": doc["validated_at"].isoformat() if doc.get("validated_at") else None,
+        "id": dataset.id,
+        "filename": dataset.filename,
+        "status": dataset.status.value,
+        "bytes": None if report is None else report.bytes,
+        "rows": None if report is None else report.rows,
+        "format": None if report is None else report.format,
+        "errors": [] if report is None else [e.to_doc() for e in report.errors],
+        "error_count": 0 if report is None else report.error_count,
+        "created_at": dataset.created_at.isoformat(),
+        "validated_at": dataset.validated_at.isoformat() if dataset.validated_at else None,
     }
 
 
@@ -168,24 +169,22 @@ def create(uid: str, body: dict[str, Any], cfg: Settings) -> dict[str, Any]:
     filename, size = parse_create(body, cfg.dataset_max_bytes)
     dataset_id = store.new_id("ds-")
     t = store.now()
-    doc = {
-        "id": dataset_id,
-        "uid": uid,
-        "filename": filename,
-        "declared_bytes": size,
-        "object_name": object_name(uid, dataset_id),
-        "status": "pending_upload",
-        "created_at": t,
-        "updated_at": t,
-        "report": None,
-        "sha256": None,
-    }
-    store.create_dataset(doc)
+    dataset = Dataset(
+        id=dataset_id,
+        uid=uid,
+        filename=filename,
+        declared_bytes=size,
+        object_name=object_name(uid, dataset_id),
+        status=DatasetStatus.PENDING_UPLOAD,
+        created_at=t,
+        updated_at=t,
+    )
+    store.new_dataset(dataset)
     url, expires = storage.signed_url(
-        cfg.datasets_bucket, doc["object_name"], "PUT", content_type=UPLOAD_CONTENT_TYPE
+        cfg.datasets_bucket, dataset.object_name, "PUT", content_type=UPLOAD_CONTENT_TYPE
     )
     return {
-        **view(doc),
+        **view(dataset),
         "upload": {
             "url": url,
             "method": "PUT",
@@ -195,51 +194,50 @@ def create(uid: str, body: dict[str, Any], cfg: Settings) -> dict[str, Any]:
     }
 
 
-def owned(uid: str, dataset_id: str) -> dict[str, Any]:
-    doc = store.get_owned(store.DATASETS, dataset_id, uid)
-    if doc is None:
+def owned(uid: str, dataset_id: str) -> Dataset:
+    """The user's dataset; not_found for anyone else's (as if it did not exist)."""
+    dataset = store.get_dataset(uid, dataset_id)
+    if dataset is None:
         raise ApiError(Code.NOT_FOUND, f"No dataset '{dataset_id}'.", param="dataset_id")
-    return doc
+    return dataset
 
 
-def validate_dataset(doc: dict[str, Any], cfg: Settings) -> dict[str, Any]:
+def list_page(uid: str, limit: int, cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of the user's datasets (views), newest first, and the next page's cursor."""
+    found, next_cursor = store.list_datasets(uid, limit, cursor)
+    return [view(d) for d in found], next_cursor
+
+
+def validate_dataset(dataset: Dataset, cfg: Settings) -> Dataset:
     """Reads the uploaded object and records the validation report; idempotent."""
-    data = storage.read_bytes(cfg.datasets_bucket, doc["object_name"], cfg.dataset_max_bytes)
+    data = storage.read_bytes(cfg.datasets_bucket, dataset.object_name, cfg.dataset_max_bytes)
     if data is None:
         raise ApiError(
             Code.UPLOAD_MISSING,
             "Nothing was uploaded yet: PUT the file to the dataset's upload URL, then validate.",
         )
     digest = hashlib.sha256(data).hexdigest()
-    if doc.get("sha256") == digest and doc["status"] in ("ready", "invalid"):
-        return doc  # this very file was validated already (the trigger and a request may race)
-    store.mark_validating(doc["id"])
-    report = validate(data, cfg.dataset_max_bytes)
-    return store.update_dataset(
-        doc["id"],
-        {
-            "status": report.status,
-            "report": report.as_dict(),
-            "validated_at": store.now(),
-            "sha256": digest,
-        },
-    )
+    done = (DatasetStatus.READY, DatasetStatus.INVALID)
+    if dataset.sha256 == digest and dataset.status in done:
+        return dataset  # this very file was validated already (the trigger and a request race)
+    store.mark_validating(dataset.id)
+    return store.record_validation(dataset.id, validate(data, cfg.dataset_max_bytes), digest)
 
 
-def validate_uploaded_object(bucket: str, name: str, cfg: Settings) -> dict[str, Any] | None:
+def validate_uploaded_object(bucket: str, name: str, cfg: Settings) -> Dataset | None:
     """The Storage finalize trigger's entry: validates the dataset an object belongs to, or
     ignores objects that are not dataset uploads."""
     parts = name.split("/")
     if bucket != cfg.datasets_bucket or len(parts) != 3 or parts[0] != "datasets":
         return None
     dataset_id = parts[2].removesuffix(".jsonl")
-    doc = store.get_owned(store.DATASETS, dataset_id, parts[1])
-    if doc is None or doc["object_name"] != name:
+    dataset = store.get_dataset(parts[1], dataset_id)
+    if dataset is None or dataset.object_name != name:
         return None
-    return validate_dataset(doc, cfg)
+    return validate_dataset(dataset, cfg)
 
 
 def delete(uid: str, dataset_id: str, cfg: Settings) -> None:
-    doc = owned(uid, dataset_id)
-    storage.delete_prefix(cfg.datasets_bucket, doc["object_name"])
+    dataset = owned(uid, dataset_id)
+    storage.delete_prefix(cfg.datasets_bucket, dataset.object_name)
     store.delete_dataset(dataset_id)

@@ -55,6 +55,7 @@ class Code(StrEnum):
     ACCOUNT_PAUSED = ("account_paused", 403)
     SPEND_LIMIT_REACHED = ("spend_limit_reached", 403)
     TOO_MANY_ACTIVE_JOBS = ("too_many_active_jobs", 429)
+    DATASET_TOO_LARGE = ("dataset_too_large", 400)
     NOTHING_TO_RETRY = ("nothing_to_retry", 409)
     JOB_NOT_COMPLETED = ("job_not_completed", 409)
     PAYMENT_REQUIRED = ("payment_required", 402)
@@ -68,11 +69,18 @@ class Code(StrEnum):
 class ApiError(Exception):
     """An error the API answers with; the only exception type handlers raise on purpose."""
 
-    def __init__(self, code: Code, message: str, param: str | None = None) -> None:
+    def __init__(
+        self,
+        code: Code,
+        message: str,
+        param: str | None = None,
+        retry_after_s: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.param = param
+        self.retry_after_s = retry_after_s  # sent as Retry-After when set
 
     @property
     def status(self) -> int:
@@ -87,3 +95,17 @@ class ApiError(Exception):
                 "request_id": request_id,
             }
         }
+
+
+class Contended(ApiError):
+    """A state write lost every attempt to concurrent writers. Nothing was stored, so the
+    client may simply retry (with the same Idempotency-Key where it sent one); event handlers
+    let it propagate so their trigger retries."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(
+            Code.SERVICE_UNAVAILABLE,
+            f"The {what} is being changed by another request right now; nothing was changed. "
+            "Retry in a second.",
+            retry_after_s=1,
+        )

@@ -177,6 +177,8 @@ def serve(function: str, handlers: Mapping[str, Handler]) -> View:
             except ApiError as exc:
                 code = exc.code.value
                 headers = {"Allow": exc.allow} if isinstance(exc, _MethodNotAllowed) else {}
+                if exc.retry_after_s is not None:
+                    headers["Retry-After"] = str(exc.retry_after_s)
                 response = _json_response(exc.body(request_id), exc.status, headers)
             except Exception as exc:  # the one place an unexpected error becomes a response
                 code = Code.INTERNAL.value

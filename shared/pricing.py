@@ -1,9 +1,11 @@
-"""Hyperparameters resolved against the catalog, and the exact price quote (typed core).
+"""The price of everything we sell, and the charge policy (typed core): the one module that
+knows the rates, the minimum charge and what is due when a job ends.
 
 Billing is per trained token: every token of every kept example, once per epoch, exactly as
 `shared.tokenization` counts it and the trainer trains it. The price is that count times the
 model's rate per 1M tokens, rounded up to a whole cent, with a minimum charge (card networks
-refuse smaller charges).
+refuse smaller charges). Also here: hyperparameters resolved against the catalog (they decide the
+count), and the price of keeping a job's files longer.
 """
 
 from __future__ import annotations
@@ -15,7 +17,17 @@ from typing import Any
 from shared.catalog import ModelSpec
 from shared.contract import Hyperparameters
 from shared.errors import ApiError, Code
+from shared.records import Job, JobStatus, Quote
 from shared.tokenization import TokenCount
+
+MIN_CHARGE_CENTS = 50  # Stripe's smallest card charge in USD
+STORAGE_CENTS_PER_GB_MONTH = 10
+MAX_EXTENSION_DAYS = 365
+CHARGE_POLICY = (
+    "Completed: the tokens trained (equal to the quote), at least the minimum charge. "
+    "Cancelled while running: the tokens trained so far (free below the minimum charge). "
+    "Cancelled while queued, or failed (bad data or our side): free."
+)
 
 INT_FIELDS = ("epochs", "batch_size", "seed", "max_seq_length")
 FLOAT_FIELDS = ("learning_rate", "warmup_ratio")
@@ -36,7 +48,11 @@ def _number(name: str, value: Any, integer: bool) -> float | int:
 
 def resolve_hyperparameters(spec: ModelSpec, raw: Any) -> Hyperparameters:
     """The catalog's defaults overlaid with the caller's values, each checked against the
-    model's bounds. Raises ApiError naming the field (param `hyperparameters.<name>`)."""
+    model's bounds.
+
+    Raises:
+        ApiError: naming the field (param `hyperparameters.<name>`).
+    """
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -83,25 +99,8 @@ def resolve_hyperparameters(spec: ModelSpec, raw: Any) -> Hyperparameters:
     return Hyperparameters(**values)
 
 
-@dataclass(frozen=True)
-class Quote:
-    examples: int
-    dropped_examples: int
-    truncated_examples: int
-    tokens_per_epoch: int
-    trained_tokens_per_epoch: int
-    epochs: int
-    billable_tokens: int
-    price_cents: int
-    currency: str
-    estimated_seconds: int
-    gpu_type: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
 def price_cents(billable_tokens: int, spec: ModelSpec, min_charge_cents: int) -> int:
+    """`billable_tokens` at the model's rate, rounded up to a cent, at least `min_charge_cents`."""
     exact = math.ceil(billable_tokens * spec.price_per_million_tokens_cents / 1_000_000)
     return max(exact, min_charge_cents)
 
@@ -111,9 +110,9 @@ def quote(
     count: TokenCount,
     hp: Hyperparameters,
     currency: str,
-    min_charge_cents: int,
     startup_overhead_s: int,
 ) -> Quote:
+    """The exact price of training `count` for `hp.epochs` epochs."""
     billable = count.tokens * hp.epochs
     return Quote(
         examples=count.examples,
@@ -123,8 +122,39 @@ def quote(
         trained_tokens_per_epoch=count.trained_tokens,
         epochs=hp.epochs,
         billable_tokens=billable,
-        price_cents=price_cents(billable, spec, min_charge_cents),
+        price_cents=price_cents(billable, spec, MIN_CHARGE_CENTS),
         currency=currency,
         estimated_seconds=startup_overhead_s + math.ceil(billable / spec.throughput_tokens_per_s),
         gpu_type=spec.gpu_type,
     )
+
+
+@dataclass(frozen=True)
+class Due:
+    """What an ended job owes under CHARGE_POLICY."""
+
+    tokens: int
+    cents: int
+
+
+NOTHING_DUE = Due(0, 0)
+
+
+def amount_due(job: Job, spec: ModelSpec | None) -> Due:
+    """The amount due for `job` under CHARGE_POLICY (`spec`: its model in the catalog)."""
+    if spec is None:
+        return NOTHING_DUE
+    if job.status == JobStatus.COMPLETED:
+        tokens = job.trainer_result.trained_tokens if job.trainer_result else 0
+        return Due(tokens, price_cents(tokens, spec, MIN_CHARGE_CENTS))
+    if job.status == JobStatus.CANCELLED and job.started_at is not None:
+        tokens = job.progress.trained_tokens if job.progress else 0
+        cents = price_cents(tokens, spec, 0)
+        return Due(tokens, cents) if cents >= MIN_CHARGE_CENTS else Due(tokens, 0)
+    return NOTHING_DUE
+
+
+def extension_price(total_bytes: int, days: int) -> int:
+    """Keeping `total_bytes` for `days` more days, at least the minimum charge."""
+    exact = math.ceil(total_bytes / 1e9 * days / 30 * STORAGE_CENTS_PER_GB_MONTH)
+    return max(exact, MIN_CHARGE_CENTS)

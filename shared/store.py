@@ -1,17 +1,21 @@
-"""Firestore: the one module that knows the document shapes (the Firestore adapter).
+"""Firestore: the one module that reads and writes documents (the Firestore adapter).
 
-Collections (the fields each holds are written only here):
-    users/{uid}            UserRecord: email, notification preferences, pause flags, Stripe
-                           customer and card, monthly spend limit.
-    datasets/{id}          uid, filename, object_name, status, report (validation), sha256.
-    jobs/{id}              uid, model, dataset, hyperparameters, quote, status, events,
-                           batch_job, payment, expires_at; the trainer adds progress,
-                           trainer_result and trainer_failure (shared.contract).
-    idempotency/{hash}     uid, job_id, request_hash: one per (user, Idempotency-Key).
-    charges/{id}           one per job or storage extension: the at-most-once charge claim.
-    ledger/{id}            one per charge that moved money.
+Collections, each holding one record type of `shared.records` (its `to_doc`/`from_doc` is the
+document shape; nothing outside this module sees a document, a collection or the client):
+    users/{uid}            UserRecord
+    datasets/{id}          Dataset
+    jobs/{id}              Job; the trainer adds progress, trainer_result and trainer_failure
+                           (shared.contract) to the document `job_document(id)` names.
+    idempotency/{hash}     IdempotencyRecord: one per (user, Idempotency-Key) of a submission.
+    charges/{id}           Charge: the at-most-once claim of one charge (a job's or an extension's).
+    ledger/{id}            LedgerEntry: one per charge that moved money (the charge's id).
     stripe_events/{id}     Stripe event ids already handled.
-    mail/{job}-{status}    emails for the Firebase "Trigger Email" extension.
+    mail/{job}-{status}    Mail for the Firebase "Trigger Email" extension.
+
+Writes that must happen together are one commit here (a transition and its email; a charge's
+outcome, its ledger entry, the job's payment and the account's pause flag), so a crash between
+two writes cannot lose one of them. A write that loses every attempt to concurrent writers raises
+`errors.Contended` (a retryable 503), never anything else.
 
 The client is created lazily on first use, so functions that never touch Firestore never import
 it. Locally FIRESTORE_EMULATOR_HOST points the same client at the emulator (anonymous
@@ -24,17 +28,42 @@ import contextlib
 import re
 import threading
 import time
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from shared.config import settings
+from shared.errors import Contended
+from shared.records import (
+    ACTIVE_STATUSES,
+    Charge,
+    ChargeStatus,
+    Dataset,
+    DatasetStatus,
+    IdempotencyRecord,
+    Job,
+    JobStatus,
+    LedgerEntry,
+    Mail,
+    Pause,
+    Payment,
+    PaymentMethod,
+    UserRecord,
+    ValidationReport,
+)
 
 if TYPE_CHECKING:
     from google.cloud import firestore
 
 USERS = "users"
-NOTIFICATION_EVENTS = ("job_completed", "job_failed", "job_cancelled")
+DATASETS = "datasets"
+JOBS = "jobs"
+IDEMPOTENCY = "idempotency"
+CHARGES = "charges"
+LEDGER = "ledger"
+STRIPE_EVENTS = "stripe_events"
+MAIL = "mail"
 
 _lock = threading.Lock()
 _client: firestore.Client | None = None
@@ -51,6 +80,8 @@ def client() -> firestore.Client:
 
 
 def now() -> datetime:
+    from datetime import UTC
+
     return datetime.now(UTC)
 
 
@@ -59,127 +90,23 @@ def ping(timeout_s: float = 2.0) -> None:
     client().collection("_health").document("ping").get(timeout=timeout_s, retry=None)
 
 
-@dataclass(frozen=True)
-class Pause:
-    """Why an account's submissions are paused (set by billing; one entry per flag)."""
-
-    reason: str
-    since: datetime
+def _ref(collection: str, doc_id: str) -> Any:
+    return client().collection(collection).document(doc_id)
 
 
-@dataclass(frozen=True)
-class PaymentMethod:
-    id: str
-    brand: str
-    last4: str
+def _retrying(attempts: int, what: str) -> Iterator[int]:
+    """Attempt numbers with a short jittered backoff between them; raises Contended after the
+    last one (the caller `continue`s on a lost compare-and-set and returns on success)."""
+    import random
 
-
-@dataclass(frozen=True)
-class UserRecord:
-    uid: str
-    email: str | None
-    created_at: datetime
-    updated_at: datetime
-    notifications: dict[str, bool] = field(default_factory=dict)
-    pauses: dict[str, Pause] = field(default_factory=dict)
-    stripe_customer_id: str | None = None
-    payment_method: PaymentMethod | None = None
-    monthly_spend_limit_cents: int | None = None
-
-    @staticmethod
-    def new(uid: str, email: str | None) -> UserRecord:
-        t = now()
-        return UserRecord(
-            uid=uid,
-            email=email,
-            created_at=t,
-            updated_at=t,
-            notifications={event: True for event in NOTIFICATION_EVENTS},
-        )
-
-    def to_doc(self) -> dict[str, Any]:
-        return {
-            "uid": self.uid,
-            "email": self.email,
-            "created_at": self.created_at,
-            "updated_at": self.updated_at,
-            "notifications": dict(self.notifications),
-            "pauses": {k: {"reason": p.reason, "since": p.since} for k, p in self.pauses.items()},
-            "stripe_customer_id": self.stripe_customer_id,
-            "monthly_spend_limit_cents": self.monthly_spend_limit_cents,
-            "payment_method": (
-                None
-                if self.payment_method is None
-                else {
-                    "id": self.payment_method.id,
-                    "brand": self.payment_method.brand,
-                    "last4": self.payment_method.last4,
-                }
-            ),
-        }
-
-    @staticmethod
-    def from_doc(doc: dict[str, Any]) -> UserRecord:
-        pm = doc.get("payment_method")
-        defaults = {event: True for event in NOTIFICATION_EVENTS}
-        return UserRecord(
-            uid=doc["uid"],
-            email=doc.get("email"),
-            created_at=doc["created_at"],
-            updated_at=doc.get("updated_at", doc["created_at"]),
-            notifications={**defaults, **(doc.get("notifications") or {})},
-            pauses={
-                k: Pause(reason=v["reason"], since=v["since"])
-                for k, v in (doc.get("pauses") or {}).items()
-            },
-            stripe_customer_id=doc.get("stripe_customer_id"),
-            monthly_spend_limit_cents=doc.get("monthly_spend_limit_cents"),
-            payment_method=(
-                None if not pm else PaymentMethod(id=pm["id"], brand=pm["brand"], last4=pm["last4"])
-            ),
-        )
-
-
-def get_or_create_user(uid: str, email: str | None) -> UserRecord:
-    """The user's record, created on first call.
-
-    Race-safe without a transaction: `create()` succeeds for exactly one of any number of
-    concurrent first calls (a precondition that the document does not exist); the others get
-    AlreadyExists and read what the winner wrote.
-    """
-    from google.api_core.exceptions import AlreadyExists
-
-    ref = client().collection(USERS).document(uid)
-    snap = ref.get()
-    if snap.exists:
-        return UserRecord.from_doc(snap.to_dict())
-    record = UserRecord.new(uid, email)
-    try:
-        ref.create(record.to_doc())
-        return record
-    except AlreadyExists:
-        return UserRecord.from_doc(ref.get().to_dict())
-
-
-def update_account(
-    uid: str, email: str | None, notifications: dict[str, bool], fields: dict[str, Any]
-) -> UserRecord:
-    """Sets some notification preferences and account fields; everything else stays."""
-    get_or_create_user(uid, email)
-    ref = client().collection(USERS).document(uid)
-    update: dict[str, Any] = {f"notifications.{k}": v for k, v in notifications.items()}
-    update.update(fields)
-    update["updated_at"] = now()
-    ref.update(update)
-    return UserRecord.from_doc(ref.get().to_dict())
+    for attempt in range(attempts):
+        if attempt:
+            time.sleep(random.uniform(0, min(0.5, 0.01 * 2**attempt)))
+        yield attempt
+    raise Contended(what)
 
 
 # --- ids and cursors -------------------------------------------------------------------------
-
-DATASETS = "datasets"
-JOBS = "jobs"
-IDEMPOTENCY = "idempotency"
-MAIL = "mail"
 
 
 def new_id(prefix: str) -> str:
@@ -191,6 +118,12 @@ def new_id(prefix: str) -> str:
     return prefix + "".join(secrets.choice(alphabet) for _ in range(20))
 
 
+def valid_id(doc_id: Any) -> bool:
+    """Ids we hand out are short and URL-safe; anything else names no document of ours (and a
+    '/' would even address a different collection)."""
+    return isinstance(doc_id, str) and re.fullmatch(r"[A-Za-z0-9_-]{1,128}", doc_id) is not None
+
+
 def encode_cursor(created_at: datetime, doc_id: str) -> str:
     import base64
     import json
@@ -200,7 +133,7 @@ def encode_cursor(created_at: datetime, doc_id: str) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    """Raises ValueError for a cursor we did not make."""
+    """Raises ValueError (or KeyError, TypeError) for a cursor we did not make."""
     import base64
     import json
 
@@ -209,235 +142,121 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 
 def _page(
-    collection: str, query: Any, limit: int, cursor: str | None
-) -> tuple[list[Any], str | None]:
-    """Newest first (created_at, then id, both descending); returns snapshots and next cursor."""
+    collection: str, uid: str, limit: int, cursor: str | None, status: str | None = None
+) -> tuple[list[dict[str, Any]], str | None]:
+    """The user's documents, newest first (created_at, then id, both descending), and the
+    cursor of the next page."""
     from google.cloud import firestore
+    from google.cloud.firestore_v1.base_query import FieldFilter
 
-    q = query.order_by("created_at", direction=firestore.Query.DESCENDING).order_by(
+    q = client().collection(collection).where(filter=FieldFilter("uid", "==", uid))
+    if status:
+        q = q.where(filter=FieldFilter("status", "==", status))
+    q = q.order_by("created_at", direction=firestore.Query.DESCENDING).order_by(
         "__name__", direction=firestore.Query.DESCENDING
     )
     if cursor:
         t, doc_id = decode_cursor(cursor)
-        ref = client().collection(collection).document(doc_id)
-        q = q.start_after({"created_at": t, "__name__": ref})
+        q = q.start_after({"created_at": t, "__name__": _ref(collection, doc_id)})
     snaps = list(q.limit(limit + 1).stream())
     more = len(snaps) > limit
     snaps = snaps[:limit]
     next_cursor = encode_cursor(snaps[-1].get("created_at"), snaps[-1].id) if more else None
-    return snaps, next_cursor
-
-
-# --- datasets --------------------------------------------------------------------------------
-
-
-def dataset_ref(dataset_id: str) -> Any:
-    return client().collection(DATASETS).document(dataset_id)
-
-
-def create_dataset(doc: dict[str, Any]) -> None:
-    dataset_ref(doc["id"]).create(doc)
-
-
-def valid_id(doc_id: Any) -> bool:
-    """Ids we hand out are short and URL-safe; anything else names no document of ours (and a
-    '/' would even address a different collection)."""
-    return isinstance(doc_id, str) and re.fullmatch(r"[A-Za-z0-9_-]{1,128}", doc_id) is not None
-
-
-def get_owned(collection: str, doc_id: str, uid: str) -> dict[str, Any] | None:
-    """The document when it exists and belongs to `uid`; else None (so others' look absent)."""
-    if not valid_id(doc_id):
-        return None
-    snap = client().collection(collection).document(doc_id).get()
-    if not snap.exists:
-        return None
-    doc = snap.to_dict()
-    return doc if doc.get("uid") == uid else None
-
-
-def list_owned(
-    collection: str, uid: str, limit: int, cursor: str | None, status: str | None = None
-) -> tuple[list[dict[str, Any]], str | None]:
-    from google.cloud.firestore_v1.base_query import FieldFilter
-
-    query = client().collection(collection).where(filter=FieldFilter("uid", "==", uid))
-    if status:
-        query = query.where(filter=FieldFilter("status", "==", status))
-    snaps, next_cursor = _page(collection, query, limit, cursor)
     return [s.to_dict() for s in snaps], next_cursor
 
 
-def update_dataset(dataset_id: str, fields: dict[str, Any]) -> dict[str, Any]:
-    ref = dataset_ref(dataset_id)
-    ref.update({**fields, "updated_at": now()})
-    return ref.get().to_dict()
-
-
-def mark_validating(dataset_id: str) -> None:
-    """pending_upload -> validating, only if nobody wrote the dataset since we read it (so a
-    validation that finished meanwhile is never overwritten by this intermediate state)."""
-    from google.api_core.exceptions import FailedPrecondition
-
-    db = client()
-    ref = dataset_ref(dataset_id)
-    snap = ref.get()
-    if not snap.exists or snap.get("status") != "pending_upload":
-        return
-    with contextlib.suppress(FailedPrecondition):
-        ref.update(
-            {"status": "validating", "updated_at": now()},
-            option=db.write_option(last_update_time=snap.update_time),
-        )
-
-
-def delete_dataset(dataset_id: str) -> None:
-    dataset_ref(dataset_id).delete()
-
-
-# --- jobs ------------------------------------------------------------------------------------
-
-
-def job_ref(job_id: str) -> Any:
-    return client().collection(JOBS).document(job_id)
-
-
-def get_job(job_id: str) -> dict[str, Any] | None:
-    if not valid_id(job_id):
+def _owned(collection: str, doc_id: str, uid: str) -> dict[str, Any] | None:
+    """The document when it exists and belongs to `uid`; else None (so others' look absent)."""
+    if not valid_id(doc_id):
         return None
-    snap = job_ref(job_id).get()
-    return snap.to_dict() if snap.exists else None
+    snap = _ref(collection, doc_id).get()
+    if not snap.exists:
+        return None
+    doc: dict[str, Any] = snap.to_dict()
+    return doc if doc.get("uid") == uid else None
 
 
-class Conflict(Exception):
-    """A precondition checked inside a transaction failed; `code` says which."""
-
-    def __init__(self, code: str, detail: Any = None) -> None:
-        super().__init__(code)
-        self.code = code
-        self.detail = detail
+# --- users -----------------------------------------------------------------------------------
 
 
-def create_job(
-    job: dict[str, Any], idempotency_id: str | None, request_hash: str, max_active: int
-) -> tuple[dict[str, Any], bool]:
-    """Creates the job in one transaction with its idempotency record and the user's active-job
-    limit; returns (job, created). A replay of the same key and body returns the first job.
+def get_or_create_user(uid: str, email: str | None) -> UserRecord:
+    """The user's record, created on first call.
 
-    Raises:
-        Conflict: "idempotency_conflict" (same key, different body) or "too_many_active_jobs".
+    Race-safe without a transaction: `create()` succeeds for exactly one of any number of
+    concurrent first calls (a precondition that the document does not exist); the others get
+    AlreadyExists and read what the winner wrote.
     """
-    from google.cloud import firestore
-    from google.cloud.firestore_v1.base_query import FieldFilter
+    from google.api_core.exceptions import AlreadyExists
 
-    db = client()
-    idem_ref = db.collection(IDEMPOTENCY).document(idempotency_id) if idempotency_id else None
-    active_query = (
-        db.collection(JOBS)
-        .where(filter=FieldFilter("uid", "==", job["uid"]))
-        .where(filter=FieldFilter("status", "in", ["queued", "running"]))
-    )
-
-    @firestore.transactional
-    def run(tx: Any) -> tuple[dict[str, Any], bool]:
-        if idem_ref is not None:
-            seen = idem_ref.get(transaction=tx)
-            if seen.exists:
-                record = seen.to_dict()
-                if record["request_hash"] != request_hash:
-                    raise Conflict("idempotency_conflict")
-                return job_ref(record["job_id"]).get(transaction=tx).to_dict(), False
-        active = list(tx.get(active_query))
-        if len(active) >= max_active:
-            raise Conflict("too_many_active_jobs", len(active))
-        tx.create(job_ref(job["id"]), job)
-        if idem_ref is not None:
-            tx.create(
-                idem_ref,
-                {
-                    "uid": job["uid"],
-                    "job_id": job["id"],
-                    "request_hash": request_hash,
-                    "created_at": job["created_at"],
-                },
-            )
-        return job, True
-
-    return run(db.transaction(max_attempts=10))
+    ref = _ref(USERS, uid)
+    snap = ref.get()
+    if snap.exists:
+        return UserRecord.from_doc(snap.to_dict())
+    record = UserRecord.new(uid, email, now())
+    try:
+        ref.create(record.to_doc())
+        return record
+    except AlreadyExists:
+        return UserRecord.from_doc(ref.get().to_dict())
 
 
-def update_job(job_id: str, mutate: Any, attempts: int = 20) -> dict[str, Any]:
-    """Applies `mutate(job) -> (fields, extra_writes) | None` to a job atomically.
-
-    An optimistic transaction: read the job, let `mutate` decide, then commit the job's fields
-    together with `extra_writes` ((collection, id, doc) sets, e.g. the email) in one batch whose
-    precondition is that the job has not changed since the read (its update time). If another
-    writer got there first the batch fails as a whole and we read again, so a decision is never
-    made on stale state. Unlike a locking transaction, nothing waits on a lock, so the trainer's
-    progress writes to the same document are never blocked (the Firestore emulator holds locks
-    of contended transactions for seconds).
-
-    `mutate` returns None for "nothing to do" and raises to refuse. Returns the job as stored.
-    """
-    from google.api_core.exceptions import FailedPrecondition, NotFound
-
-    db = client()
-    ref = job_ref(job_id)
-    for attempt in range(attempts):
-        snap = ref.get()
-        if not snap.exists:
-            raise Conflict("not_found")
-        job = snap.to_dict()
-        result = mutate(job)
-        if result is None:
-            return job
-        fields, extra_writes = result
-        fields = {**fields, "updated_at": now()}
-        batch = db.batch()
-        batch.update(ref, fields, option=db.write_option(last_update_time=snap.update_time))
-        for collection, doc_id, doc in extra_writes:
-            batch.set(db.collection(collection).document(doc_id), doc)
-        try:
-            batch.commit()
-        except (FailedPrecondition, NotFound):
-            time.sleep(min(0.5, 0.01 * 2**attempt))
-            continue
-        job.update(fields)
-        return job
-    raise Conflict("contended")
+_KEEP: Any = object()
 
 
-# --- users: fields set once ------------------------------------------------------------------
+def update_account(
+    uid: str,
+    email: str | None,
+    notifications: dict[str, bool],
+    monthly_spend_limit_cents: int | None = _KEEP,
+) -> UserRecord:
+    """Sets some notification preferences and, when given, the monthly spend limit (None: no
+    limit); everything else stays."""
+    get_or_create_user(uid, email)
+    update: dict[str, Any] = {f"notifications.{k}": v for k, v in notifications.items()}
+    if monthly_spend_limit_cents is not _KEEP:
+        update["monthly_spend_limit_cents"] = monthly_spend_limit_cents
+    update["updated_at"] = now()
+    ref = _ref(USERS, uid)
+    ref.update(update)
+    return UserRecord.from_doc(ref.get().to_dict())
 
-STRIPE_EVENTS = "stripe_events"
 
-
-def set_user_field_once(uid: str, field: str, value: Any, attempts: int = 20) -> Any:
-    """Sets users/{uid}.field to `value` unless it already has a value; returns the value that
-    stands (ours or the one that was there). A compare-and-set on the document's update time,
-    so of any number of concurrent callers exactly one value is ever recorded."""
+def set_stripe_customer_once(uid: str, customer_id: str) -> str:
+    """Records `customer_id` as the user's Stripe customer unless one is recorded already;
+    returns the one that stands. A compare-and-set on the document's update time, so of any
+    number of concurrent callers exactly one customer is ever recorded."""
     from google.api_core.exceptions import FailedPrecondition
 
     db = client()
-    ref = db.collection(USERS).document(uid)
-    for attempt in range(attempts):
+    ref = _ref(USERS, uid)
+    for _ in _retrying(20, "account"):
         snap = ref.get()
-        current = (snap.to_dict() or {}).get(field)
+        current = (snap.to_dict() or {}).get("stripe_customer_id")
         if current:
-            return current
+            return str(current)
         try:
             ref.update(
-                {field: value, "updated_at": now()},
+                {"stripe_customer_id": customer_id, "updated_at": now()},
                 option=db.write_option(last_update_time=snap.update_time),
             )
-            return value
+            return customer_id
         except FailedPrecondition:
-            time.sleep(min(0.5, 0.01 * 2**attempt))
-    raise Conflict("contended")
+            continue
+    raise AssertionError("unreachable")
 
 
-def update_user(uid: str, fields: dict[str, Any]) -> None:
-    client().collection(USERS).document(uid).update({**fields, "updated_at": now()})
+def set_payment_method(uid: str, card: PaymentMethod) -> None:
+    _ref(USERS, uid).update({"payment_method": card.to_doc(), "updated_at": now()})
+
+
+def pause_user(uid: str, code: str, pause: Pause) -> None:
+    _ref(USERS, uid).update({f"pauses.{code}": pause.to_doc(), "updated_at": now()})
+
+
+def clear_pause(uid: str, code: str) -> None:
+    from google.cloud import firestore
+
+    _ref(USERS, uid).update({f"pauses.{code}": firestore.DELETE_FIELD, "updated_at": now()})
 
 
 def user_by_customer(customer_id: str) -> str | None:
@@ -452,119 +271,208 @@ def user_by_customer(customer_id: str) -> str | None:
     return next((snap.id for snap in query.stream()), None)
 
 
-def event_seen(event_id: str) -> bool:
-    return client().collection(STRIPE_EVENTS).document(event_id).get().exists
+# --- datasets --------------------------------------------------------------------------------
 
 
-def mark_event(event_id: str, event_type: str) -> None:
-    from google.api_core.exceptions import AlreadyExists
-
-    with contextlib.suppress(AlreadyExists):
-        client().collection(STRIPE_EVENTS).document(event_id).create(
-            {"type": event_type, "processed_at": now()}
-        )
+def new_dataset(dataset: Dataset) -> None:
+    _ref(DATASETS, dataset.id).create(dataset.to_doc())
 
 
-# --- charges and the ledger ------------------------------------------------------------------
-
-CHARGES = "charges"
-LEDGER = "ledger"
-
-
-def claim_charge(charge_id: str, doc: dict[str, Any], lease_s: float) -> tuple[str, dict[str, Any]]:
-    """Claims the right to charge `charge_id` (one charge per job or per extension request).
-
-    Returns ("claimed", doc) for the caller that may now call Stripe, ("done", doc) when the
-    charge already succeeded or failed for good, or ("busy", doc) while another caller's claim
-    (younger than `lease_s`) is in flight. A claim whose holder died is taken over after the
-    lease, keeping its attempt number, so the Stripe idempotency key stays the same.
-    """
-    from google.api_core.exceptions import AlreadyExists, FailedPrecondition
-
-    db = client()
-    ref = db.collection(CHARGES).document(charge_id)
-    t = now()
-    try:
-        ref.create({**doc, "status": "pending", "attempt": 1, "claimed_at": t, "created_at": t})
-        return "claimed", ref.get().to_dict()
-    except AlreadyExists:
-        pass
-    for _ in range(10):
-        snap = ref.get()
-        current = snap.to_dict()
-        if current["status"] in ("succeeded", "failed"):
-            return "done", current
-        if current["status"] == "pending" and (t - current["claimed_at"]).total_seconds() < lease_s:
-            return "busy", current
-        try:  # "retry" (released after a transient error) or a stale pending claim
-            ref.update(
-                {"status": "pending", "claimed_at": t},
-                option=db.write_option(last_update_time=snap.update_time),
-            )
-            return "claimed", {**current, "status": "pending", "claimed_at": t}
-        except FailedPrecondition:
-            continue
-    return "busy", current
+def get_dataset(uid: str, dataset_id: str) -> Dataset | None:
+    """The user's dataset, or None (also for another user's)."""
+    doc = _owned(DATASETS, dataset_id, uid)
+    return None if doc is None else Dataset.from_doc(doc)
 
 
-def finish_charge(charge_id: str, fields: dict[str, Any], ledger: dict[str, Any] | None) -> None:
-    """Records the charge's outcome and, for money that moved, its ledger entry, atomically."""
-    db = client()
-    batch = db.batch()
-    batch.update(db.collection(CHARGES).document(charge_id), {**fields, "finished_at": now()})
-    if ledger is not None:
-        batch.set(db.collection(LEDGER).document(charge_id), {**ledger, "created_at": now()})
-    batch.commit()
+def list_datasets(uid: str, limit: int, cursor: str | None) -> tuple[list[Dataset], str | None]:
+    docs, next_cursor = _page(DATASETS, uid, limit, cursor)
+    return [Dataset.from_doc(d) for d in docs], next_cursor
 
 
-def get_charge(charge_id: str) -> dict[str, Any] | None:
-    snap = client().collection(CHARGES).document(charge_id).get()
-    return snap.to_dict() if snap.exists else None
-
-
-def reopen_charge(charge_id: str) -> bool:
-    """Lets a failed charge be attempted again (a new card, or the user's retry); the attempt
-    number moves on, so Stripe sees a new idempotency key."""
+def mark_validating(dataset_id: str) -> None:
+    """pending_upload -> validating, only if nobody wrote the dataset since we read it (so a
+    validation that finished meanwhile is never overwritten by this intermediate state)."""
     from google.api_core.exceptions import FailedPrecondition
 
     db = client()
-    ref = db.collection(CHARGES).document(charge_id)
+    ref = _ref(DATASETS, dataset_id)
     snap = ref.get()
-    if not snap.exists or snap.get("status") != "failed":
-        return False
-    try:
+    if not snap.exists or snap.get("status") != DatasetStatus.PENDING_UPLOAD:
+        return
+    with contextlib.suppress(FailedPrecondition):
         ref.update(
-            {"status": "retry", "attempt": snap.get("attempt") + 1},
+            {"status": DatasetStatus.VALIDATING.value, "updated_at": now()},
             option=db.write_option(last_update_time=snap.update_time),
         )
-        return True
-    except FailedPrecondition:
-        return False
 
 
-def ledger_entries(uid: str) -> list[dict[str, Any]]:
-    from google.cloud.firestore_v1.base_query import FieldFilter
-
-    query = client().collection(LEDGER).where(filter=FieldFilter("uid", "==", uid))
-    return [s.to_dict() for s in query.stream()]
-
-
-def charges_of(uid: str, status: str) -> list[dict[str, Any]]:
-    from google.cloud.firestore_v1.base_query import FieldFilter
-
-    query = (
-        client()
-        .collection(CHARGES)
-        .where(filter=FieldFilter("uid", "==", uid))
-        .where(filter=FieldFilter("status", "==", status))
+def record_validation(dataset_id: str, report: ValidationReport, sha256: str) -> Dataset:
+    """Stores the report about the file with hash `sha256`; returns the dataset as stored."""
+    ref = _ref(DATASETS, dataset_id)
+    t = now()
+    ref.update(
+        {
+            "status": report.status.value,
+            "report": report.to_doc(),
+            "sha256": sha256,
+            "validated_at": t,
+            "updated_at": t,
+        }
     )
-    return [{**s.to_dict(), "id": s.id} for s in query.stream()]
+    return Dataset.from_doc(ref.get().to_dict())
 
 
-def clear_pause(uid: str, code: str) -> None:
+def delete_dataset(dataset_id: str) -> None:
+    _ref(DATASETS, dataset_id).delete()
+
+
+# --- jobs ------------------------------------------------------------------------------------
+
+
+def job_document(job_id: str) -> str:
+    """The path of the job's document: where the trainer writes its progress and result."""
+    return f"{JOBS}/{job_id}"
+
+
+def get_job(job_id: str) -> Job | None:
+    if not valid_id(job_id):
+        return None
+    snap = _ref(JOBS, job_id).get()
+    return Job.from_doc(snap.to_dict()) if snap.exists else None
+
+
+def get_owned_job(uid: str, job_id: str) -> Job | None:
+    """The user's job, or None (also for another user's)."""
+    doc = _owned(JOBS, job_id, uid)
+    return None if doc is None else Job.from_doc(doc)
+
+
+def list_jobs(
+    uid: str, limit: int, cursor: str | None, status: JobStatus | None = None
+) -> tuple[list[Job], str | None]:
+    docs, next_cursor = _page(JOBS, uid, limit, cursor, None if status is None else status.value)
+    return [Job.from_doc(d) for d in docs], next_cursor
+
+
+def find_idempotent_job(idempotency_id: str) -> tuple[IdempotencyRecord, Job] | None:
+    """The submission an Idempotency-Key (hashed with its user) made, with its job."""
+    snap = _ref(IDEMPOTENCY, idempotency_id).get()
+    if not snap.exists:
+        return None
+    record = IdempotencyRecord.from_doc(snap.to_dict())
+    job = get_job(record.job_id)
+    return None if job is None else (record, job)
+
+
+class Conflict(Exception):
+    """A precondition checked inside a transaction failed; `code` says which."""
+
+    def __init__(self, code: str, detail: Any = None) -> None:
+        super().__init__(code)
+        self.code = code
+        self.detail = detail
+
+
+def new_job(
+    job: Job, idempotency_id: str | None, request_hash: str, max_active: int
+) -> tuple[Job, bool]:
+    """Creates the job in one transaction with its idempotency record and the user's active-job
+    limit; returns (job, created). A replay of the same key and body returns the first job.
+
+    Raises:
+        Conflict: "idempotency_conflict" (same key, different body) or "too_many_active_jobs"
+            (detail: the active count).
+        Contended: the transaction lost every attempt to concurrent writers.
+    """
+    from google.api_core.exceptions import Aborted
     from google.cloud import firestore
+    from google.cloud.firestore_v1.base_query import FieldFilter
 
-    update_user(uid, {f"pauses.{code}": firestore.DELETE_FIELD})
+    db = client()
+    idem_ref = _ref(IDEMPOTENCY, idempotency_id) if idempotency_id else None
+    active_query = (
+        db.collection(JOBS)
+        .where(filter=FieldFilter("uid", "==", job.uid))
+        .where(filter=FieldFilter("status", "in", [s.value for s in ACTIVE_STATUSES]))
+    )
+    record = IdempotencyRecord(job.uid, job.id, request_hash, job.created_at)
+
+    @firestore.transactional
+    def run(tx: Any) -> tuple[Job, bool]:
+        if idem_ref is not None:
+            seen = idem_ref.get(transaction=tx)
+            if seen.exists:
+                first = IdempotencyRecord.from_doc(seen.to_dict())
+                if first.request_hash != request_hash:
+                    raise Conflict("idempotency_conflict")
+                return Job.from_doc(_ref(JOBS, first.job_id).get(transaction=tx).to_dict()), False
+        active = list(tx.get(active_query))
+        if len(active) >= max_active:
+            raise Conflict("too_many_active_jobs", len(active))
+        tx.create(_ref(JOBS, job.id), job.to_doc())
+        if idem_ref is not None:
+            tx.create(idem_ref, record.to_doc())
+        return job, True
+
+    try:
+        return run(db.transaction(max_attempts=10))
+    except (Aborted, ValueError) as exc:  # ValueError: the client's "too many attempts"
+        if isinstance(exc, ValueError) and "attempts" not in str(exc):
+            raise
+        raise Contended("account") from exc
+
+
+JobDecision = Callable[[Job], "tuple[Job, Mail | None] | None"]
+
+
+def update_job(job_id: str, decide: JobDecision, attempts: int = 20) -> Job:
+    """Applies `decide(job) -> (new job, mail) | None` to a job atomically; returns the job as
+    stored.
+
+    An optimistic transaction: read the job, let `decide` choose, then commit the new job's
+    fields together with the email in one batch whose precondition is that the job has not
+    changed since the read (its update time). If another writer got there first the batch fails
+    as a whole and we read again, so a decision is never made on stale state. Unlike a locking
+    transaction, nothing waits on a lock, so the trainer's progress writes to the same document
+    are never blocked (the Firestore emulator holds locks of contended transactions for
+    seconds).
+
+    `decide` returns None for "nothing to do" and raises to refuse.
+
+    Raises:
+        LookupError: there is no such job.
+        Contended: every attempt lost to a concurrent writer.
+    """
+    from google.api_core.exceptions import FailedPrecondition, NotFound
+
+    db = client()
+    ref = _ref(JOBS, job_id)
+    for _ in _retrying(attempts, "job"):
+        snap = ref.get()
+        if not snap.exists:
+            raise LookupError(job_id)
+        job = Job.from_doc(snap.to_dict())
+        decision = decide(job)
+        if decision is None:
+            return job
+        new, mail = decision
+        new = replace(new, updated_at=now())
+        batch = db.batch()
+        batch.update(ref, new.to_doc(), option=db.write_option(last_update_time=snap.update_time))
+        if mail is not None:
+            batch.set(_ref(MAIL, f"{job_id}-{new.status.value}"), mail.to_doc())
+        try:
+            batch.commit()
+        except (FailedPrecondition, NotFound):
+            continue
+        return new
+    raise AssertionError("unreachable")
+
+
+def set_job_payment(job_id: str, payment: Payment) -> None:
+    """Records the job's payment on its own (only where no charge moved: nothing due, or a
+    repair of a payment whose charge is already recorded)."""
+    _ref(JOBS, job_id).update({"payment": payment.to_doc(), "updated_at": now()})
 
 
 def count_active_jobs(uid: str) -> int:
@@ -574,7 +482,7 @@ def count_active_jobs(uid: str) -> int:
         client()
         .collection(JOBS)
         .where(filter=FieldFilter("uid", "==", uid))
-        .where(filter=FieldFilter("status", "in", ["queued", "running"]))
+        .where(filter=FieldFilter("status", "in", [s.value for s in ACTIVE_STATUSES]))
     )
     return len(list(query.select([]).stream()))
 
@@ -586,7 +494,137 @@ def stale_queued_jobs(before: datetime) -> list[str]:
     query = (
         client()
         .collection(JOBS)
-        .where(filter=FieldFilter("status", "==", "queued"))
+        .where(filter=FieldFilter("status", "==", JobStatus.QUEUED.value))
         .where(filter=FieldFilter("created_at", "<", before))
     )
     return [s.id for s in query.stream() if not s.get("batch_job")]
+
+
+# --- Stripe events ---------------------------------------------------------------------------
+
+
+def event_seen(event_id: str) -> bool:
+    return bool(_ref(STRIPE_EVENTS, event_id).get().exists)
+
+
+def mark_event(event_id: str, event_type: str) -> None:
+    from google.api_core.exceptions import AlreadyExists
+
+    with contextlib.suppress(AlreadyExists):
+        _ref(STRIPE_EVENTS, event_id).create({"type": event_type, "processed_at": now()})
+
+
+# --- charges and the ledger ------------------------------------------------------------------
+
+
+def claim_charge(new: Charge, lease_s: float) -> tuple[str, Charge]:
+    """Claims the right to charge `new.id` (one charge per job or per extension request).
+
+    Returns ("claimed", charge) for the caller that may now call Stripe, ("done", charge) when
+    the charge already succeeded or failed for good, or ("busy", charge) while another caller's
+    claim (younger than `lease_s`) is in flight. A claim whose holder died is taken over after
+    the lease, keeping its attempt number, so the Stripe idempotency key stays the same.
+    """
+    from google.api_core.exceptions import AlreadyExists, FailedPrecondition
+
+    db = client()
+    ref = _ref(CHARGES, new.id)
+    t = now()
+    claimed = replace(new, status=ChargeStatus.PENDING, attempt=1, claimed_at=t, created_at=t)
+    try:
+        ref.create(claimed.to_doc())
+        return "claimed", claimed
+    except AlreadyExists:
+        pass
+    for _ in _retrying(10, "charge"):
+        snap = ref.get()
+        current = Charge.from_doc(new.id, snap.to_dict())
+        if current.finished:
+            return "done", current
+        age = None if current.claimed_at is None else (t - current.claimed_at).total_seconds()
+        if current.status == ChargeStatus.PENDING and age is not None and age < lease_s:
+            return "busy", current
+        try:  # "retry" (released after a transient error) or a stale pending claim
+            ref.update(
+                {"status": ChargeStatus.PENDING.value, "claimed_at": t},
+                option=db.write_option(last_update_time=snap.update_time),
+            )
+            return "claimed", replace(current, status=ChargeStatus.PENDING, claimed_at=t)
+        except FailedPrecondition:
+            continue
+    raise AssertionError("unreachable")
+
+
+def get_charge(charge_id: str) -> Charge | None:
+    snap = _ref(CHARGES, charge_id).get()
+    return Charge.from_doc(charge_id, snap.to_dict()) if snap.exists else None
+
+
+def release_charge(charge_id: str) -> None:
+    """Gives a claim back after a transient error; the next delivery claims it again."""
+    _ref(CHARGES, charge_id).update({"status": ChargeStatus.RETRY.value})
+
+
+def settle_charge(
+    charge: Charge,
+    ledger: LedgerEntry | None,
+    payment: Payment | None,
+    pause: tuple[str, Pause | None] | None,
+) -> None:
+    """Records a charge's outcome in one commit: the charge (`charge` as finished), the ledger
+    entry for money that moved, the job's payment (a job's charge), and the account's pause
+    flag (`(code, Pause)` sets it, `(code, None)` clears it)."""
+    from google.cloud import firestore
+
+    db = client()
+    batch = db.batch()
+    t = now()
+    batch.set(_ref(CHARGES, charge.id), replace(charge, finished_at=t).to_doc())
+    if ledger is not None:
+        batch.set(_ref(LEDGER, ledger.id), ledger.to_doc())
+    if payment is not None:
+        batch.update(_ref(JOBS, charge.job_id), {"payment": payment.to_doc(), "updated_at": t})
+    if pause is not None:
+        code, flag = pause
+        value = firestore.DELETE_FIELD if flag is None else flag.to_doc()
+        batch.update(_ref(USERS, charge.uid), {f"pauses.{code}": value, "updated_at": t})
+    batch.commit()
+
+
+def reopen_charge(charge_id: str) -> bool:
+    """Lets a failed charge be attempted again (a new card, or the user's retry); the attempt
+    number moves on, so Stripe sees a new idempotency key."""
+    from google.api_core.exceptions import FailedPrecondition
+
+    db = client()
+    ref = _ref(CHARGES, charge_id)
+    snap = ref.get()
+    if not snap.exists or snap.get("status") != ChargeStatus.FAILED:
+        return False
+    try:
+        ref.update(
+            {"status": ChargeStatus.RETRY.value, "attempt": snap.get("attempt") + 1},
+            option=db.write_option(last_update_time=snap.update_time),
+        )
+        return True
+    except FailedPrecondition:
+        return False
+
+
+def charges_of(uid: str, status: ChargeStatus) -> list[Charge]:
+    from google.cloud.firestore_v1.base_query import FieldFilter
+
+    query = (
+        client()
+        .collection(CHARGES)
+        .where(filter=FieldFilter("uid", "==", uid))
+        .where(filter=FieldFilter("status", "==", status.value))
+    )
+    return [Charge.from_doc(s.id, s.to_dict()) for s in query.stream()]
+
+
+def ledger_entries(uid: str) -> list[LedgerEntry]:
+    from google.cloud.firestore_v1.base_query import FieldFilter
+
+    query = client().collection(LEDGER).where(filter=FieldFilter("uid", "==", uid))
+    return [LedgerEntry.from_doc(s.id, s.to_dict()) for s in query.stream()]

@@ -35,7 +35,6 @@ locals {
     YACHAY_CHECKPOINTS_BUCKET    = google_storage_bucket.this["checkpoints"].name
     YACHAY_DATASET_MAX_BYTES     = tostring(var.dataset_max_bytes)
     YACHAY_MAX_ACTIVE_JOBS       = tostring(var.max_active_jobs)
-    YACHAY_MIN_CHARGE_CENTS      = "50"
     YACHAY_STARTUP_OVERHEAD_S    = "180"
     YACHAY_RETENTION_DAYS        = tostring(var.retention_days)
     YACHAY_TASKS_QUEUE           = google_cloud_tasks_queue.launch.id

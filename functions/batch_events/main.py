@@ -6,7 +6,7 @@ A CloudEvent function: errors propagate, so the trigger retries; repeats are har
 import functions_framework
 from cloudevents.http import CloudEvent
 
-from shared import jobs as core
+from shared import lifecycle as core
 from shared import logs
 from shared.config import settings
 

@@ -11,8 +11,9 @@ from google.events.cloud.firestore import DocumentEventData
 
 from shared import billing, logs
 from shared.config import settings
+from shared.records import JobStatus
 
-CHARGEABLE = ("completed", "cancelled")
+CHARGEABLE = (JobStatus.COMPLETED, JobStatus.CANCELLED)
 
 
 def _status(document) -> str | None:

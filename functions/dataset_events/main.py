@@ -26,5 +26,5 @@ def dataset_events(event: CloudEvent) -> None:
     logs.info(
         "dataset upload",
         object=data.get("name"),
-        status=None if result is None else result["status"],
+        status=None if result is None else result.status.value,
     )

@@ -1,7 +1,6 @@
 """/v1/datasets: register, upload (signed URL), validate, list, get, delete."""
 
 from shared import datasets as ds
-from shared import store
 from shared.http import ApiRequest, Reply, list_reply, serve
 
 
@@ -11,8 +10,7 @@ def create_dataset(req: ApiRequest) -> Reply:
 
 def list_datasets(req: ApiRequest) -> Reply:
     limit, cursor = req.page()
-    docs, next_cursor = store.list_owned(store.DATASETS, req.uid, limit, cursor)
-    return list_reply([ds.view(d) for d in docs], next_cursor)
+    return list_reply(*ds.list_page(req.uid, limit, cursor))
 
 
 def get_dataset(req: ApiRequest) -> Reply:

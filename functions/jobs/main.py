@@ -1,9 +1,9 @@
-"""/v1/jobs: estimate, submit, list, get, cancel."""
+"""/v1/jobs: estimate, submit, list, get, cancel, download, retry a payment, extend storage."""
 
-from shared import artifacts, billing, store
-from shared import jobs as core
-from shared.errors import ApiError, Code
+from shared import admission, artifacts, billing, lifecycle
 from shared.http import ApiRequest, Reply, list_reply, serve
+from shared.idempotency import HEADER as IDEMPOTENCY_KEY
+from shared.jobs import list_page, owned, parse_status, view
 
 
 def _email(req: ApiRequest) -> str | None:
@@ -11,12 +11,12 @@ def _email(req: ApiRequest) -> str | None:
 
 
 def estimate_job(req: ApiRequest) -> Reply:
-    return Reply(core.estimate(req.uid, _email(req), req.json_object(), req.settings))
+    return Reply(admission.estimate(req.uid, _email(req), req.json_object(), req.settings))
 
 
 def create_job(req: ApiRequest) -> Reply:
-    job, created = core.create(
-        req.uid, _email(req), req.json_object(), req.header("Idempotency-Key"), req.settings
+    job, created = admission.submit(
+        req.uid, _email(req), req.json_object(), req.header(IDEMPOTENCY_KEY), req.settings
     )
     headers = {} if created else {"Idempotent-Replayed": "true"}
     return Reply(job, status=201, headers=headers)
@@ -24,27 +24,20 @@ def create_job(req: ApiRequest) -> Reply:
 
 def list_jobs(req: ApiRequest) -> Reply:
     limit, cursor = req.page()
-    status = req.query.get("status") or None
-    if status is not None and status not in (*core.ACTIVE, *core.ENDED):
-        raise ApiError(
-            Code.INVALID_QUERY,
-            f"'status' must be one of: {', '.join((*core.ACTIVE, *core.ENDED))}.",
-            param="status",
-        )
-    docs, next_cursor = store.list_owned(store.JOBS, req.uid, limit, cursor, status)
-    return list_reply([core.view(d) for d in docs], next_cursor)
+    status = parse_status(req.query.get("status"))
+    return list_reply(*list_page(req.uid, limit, cursor, status))
 
 
 def get_job(req: ApiRequest) -> Reply:
-    return Reply(core.view(core.owned(req.uid, req.params["job_id"])))
+    return Reply(view(owned(req.uid, req.params["job_id"])))
 
 
 def cancel_job(req: ApiRequest) -> Reply:
-    return Reply(core.cancel(req.uid, req.params["job_id"], req.settings))
+    return Reply(lifecycle.cancel(req.uid, req.params["job_id"], req.settings))
 
 
 def download_job(req: ApiRequest) -> Reply:
-    job = core.owned(req.uid, req.params["job_id"])
+    job = owned(req.uid, req.params["job_id"])
     return Reply(artifacts.download_links(job, req.settings))
 
 
@@ -54,7 +47,7 @@ def extend_storage(req: ApiRequest) -> Reply:
             req.uid,
             req.params["job_id"],
             req.json_object(),
-            req.header("Idempotency-Key"),
+            req.header(IDEMPOTENCY_KEY),
             req.settings,
         )
     )

@@ -3,7 +3,7 @@
 Any error answers 5xx so Cloud Tasks retries; a job that needs nothing answers 200.
 """
 
-from shared import jobs as core
+from shared import lifecycle as core
 from shared.errors import ApiError, Code
 from shared.http import ApiRequest, Reply, serve
 

@@ -7,18 +7,16 @@ Each test starts from empty emulators.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
-import requests
 
-from devstack.emulators import reset_all, sign_up
+from devstack.emulators import reset_all
 from devstack.stack import Stack
 from shared import storage, store
-from tests.integration.support import TINY_ID, seed_model, tiny_catalog
+from tests.support.api import Api
+from tests.support.catalog import TINY_ID, seed_model, tiny_catalog
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -54,34 +52,6 @@ def stack_env(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Stack:
     return stack
 
 
-@dataclass
-class User:
-    uid: str
-    email: str
-    token: str
-
-
-@dataclass
-class Api:
-    base: str
-    auth_host: str
-
-    def new_user(self) -> User:
-        email = f"u-{uuid.uuid4().hex[:10]}@example.com"
-        data = sign_up(email, auth_host=self.auth_host)
-        return User(uid=data["localId"], email=email, token=data["idToken"])
-
-    def request(
-        self, method: str, path: str, user: User | None = None, token: str | None = None, **kw: Any
-    ) -> requests.Response:
-        headers = dict(kw.pop("headers", {}))
-        if user is not None:
-            headers["Authorization"] = f"Bearer {user.token}"
-        elif token is not None:
-            headers["Authorization"] = f"Bearer {token}"
-        return requests.request(method, self.base + path, headers=headers, timeout=30, **kw)
-
-
 @pytest.fixture
 def api(stack_env: Stack) -> Api:
     return Api(base=stack_env.api_base_url, auth_host=stack_env.host("auth"))
@@ -89,7 +59,7 @@ def api(stack_env: Stack) -> Api:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from yachay_trainer.tiny import build_tiny_model
+    from tests.support.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 
@@ -99,34 +69,3 @@ def tiny_in_store(stack_env: Stack, tiny_model_dir: Any) -> str:
     """The tiny test model, in the model store under the test catalog's `tiny-llama`."""
     seed_model(tiny_model_dir, TINY_ID)
     return TINY_ID
-
-
-def save_test_card(uid: str) -> None:
-    """Test shortcut: marks the user as having a saved card (the card-saving flow itself is
-    tested in test_billing; job tests need only its outcome)."""
-    store.get_or_create_user(uid, None)
-    store.client().collection("users").document(uid).update(
-        {"payment_method": {"id": "pm_test", "brand": "visa", "last4": "4242"}}
-    )
-
-
-def upload_dataset(
-    api: Api, user: User, content: bytes, filename: str = "train.jsonl", validate: bool = True
-) -> dict[str, Any]:
-    created = api.request(
-        "POST",
-        "/v1/datasets",
-        user,
-        json={"filename": filename, "size_bytes": max(1, len(content))},
-    )
-    assert created.status_code == 201, created.text
-    body = created.json()
-    put = requests.put(
-        body["upload"]["url"], data=content, headers=body["upload"]["headers"], timeout=30
-    )
-    assert put.status_code == 200, put.text
-    if not validate:
-        return body
-    resp = api.request("POST", f"/v1/datasets/{body['id']}/validate", user)
-    assert resp.status_code == 200, resp.text
-    return resp.json()

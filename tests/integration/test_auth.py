@@ -6,7 +6,7 @@ import pytest
 from functions_framework import create_app
 
 from devstack import emulators
-from tests.helpers import unsigned_token
+from tests.support.tokens import unsigned_token
 
 
 def code(resp) -> str:

@@ -9,7 +9,7 @@ import pytest
 
 from shared import storage
 from shared.config import settings
-from tests.integration.conftest import upload_dataset
+from tests.support.api import upload_dataset
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
 GOOD = (json.dumps(CHAT) + "\n").encode()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
@@ -11,16 +10,23 @@ from pathlib import Path
 
 import pytest
 
-from shared import jobs, store
+from shared import admission, errors, lifecycle, store
 from shared.config import settings
-from tests.integration.conftest import save_test_card, upload_dataset
-from yachay_trainer.tiny import chat_records
+from shared.contract import FailureKind, TrainerFailure
+from shared.pricing import MIN_CHARGE_CENTS
+from shared.records import JobStatus, Pause
+from tests.support.api import (
+    jsonl,
+    result_of,
+    save_test_card,
+    stored_job,
+    trainer_reports,
+    upload_dataset,
+    wait_for,
+)
+from tests.support.tiny import chat_records
 
 ENDED = ("completed", "failed", "cancelled")
-
-
-def jsonl(records: list[dict]) -> bytes:
-    return "".join(json.dumps(r) + "\n" for r in records).encode()
 
 
 def ready_user(api, n_records: int = 16, seed: int = 3):
@@ -29,16 +35,6 @@ def ready_user(api, n_records: int = 16, seed: int = 3):
     ds = upload_dataset(api, user, jsonl(chat_records(n_records, seed=seed, mean_words=20)))
     assert ds["status"] == "ready"
     return user, ds
-
-
-def wait_for(api, user, job_id: str, pred, timeout: float = 240.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = api.request("GET", f"/v1/jobs/{job_id}", user).json()
-        if pred(job):
-            return job
-        time.sleep(0.5)
-    raise AssertionError(f"timed out; last: {job}")
 
 
 def trainer_pids(job_id: str) -> list[int]:
@@ -190,13 +186,8 @@ def test_submission_needs_a_card_and_an_unpaused_account(api, tiny_in_store) -> 
     resp = submit(api, user, ds)
     assert resp.status_code == 402 and resp.json()["error"]["code"] == "payment_method_required"
     save_test_card(user.uid)
-    store.client().collection("users").document(user.uid).update(
-        {
-            "pauses.payment_failed": {
-                "reason": "Your last charge was declined.",
-                "since": store.now(),
-            }
-        }
+    store.pause_user(
+        user.uid, "payment_failed", Pause("Your last charge was declined.", store.now())
     )
     resp = submit(api, user, ds)
     assert resp.status_code == 403 and resp.json()["error"]["code"] == "account_paused"
@@ -205,22 +196,39 @@ def test_submission_needs_a_card_and_an_unpaused_account(api, tiny_in_store) -> 
 
 
 def test_active_job_limit_is_enforced_in_the_transaction(stack_env) -> None:
-    def job(i: int) -> dict:
-        return {
-            "id": f"ft-limit{i}",
-            "uid": "u-limit",
-            "status": "queued",
-            "created_at": store.now(),
-        }
+    from dataclasses import replace
+
+    from shared.contract import Hyperparameters
+    from shared.records import Job
+    from tests.support.api import TEST_QUOTE
+
+    def job(i: int) -> Job:
+        t = store.now()
+        return Job(
+            id=f"ft-limit{i}",
+            uid="u-limit",
+            email=None,
+            model="tiny-llama",
+            dataset_id="ds-x",
+            dataset_object="datasets/u-limit/ds-x.jsonl",
+            dataset_sha256="0" * 64,
+            hyperparameters=Hyperparameters(),
+            quote=replace(TEST_QUOTE),
+            status=JobStatus.QUEUED,
+            created_at=t,
+            updated_at=t,
+        )
 
     results = []
 
     def create(i: int) -> None:
         try:
-            store.create_job(job(i), None, "h", max_active=2)
+            store.new_job(job(i), None, "h", max_active=2)
             results.append("ok")
         except store.Conflict as exc:
             results.append(exc.code)
+        except errors.Contended:
+            results.append("contended")
 
     threads = [threading.Thread(target=create, args=(i,)) for i in range(5)]
     for t in threads:
@@ -288,7 +296,7 @@ def test_estimate_refusals(api, tiny_in_store) -> None:
     est = r.json()
     assert est["allowed_to_proceed"] is False
     assert [x["code"] for x in est["reasons"]] == ["payment_method_required"]
-    assert est["price_cents"] == settings().min_charge_cents  # tiny jobs pay the minimum
+    assert est["price_cents"] == MIN_CHARGE_CENTS  # tiny jobs pay the minimum
     assert est["billable_tokens"] == est["tokens_per_epoch"] * est["epochs"]
     assert est["hyperparameters"]["lora_rank"] == 16  # defaults filled in
 
@@ -296,45 +304,23 @@ def test_estimate_refusals(api, tiny_in_store) -> None:
 # --- the state machine under repeats and races ---------------------------------------------------
 
 
-def running_job(uid: str, **extra) -> str:
-    job_id = store.new_id("ft-")
-    t = store.now()
-    store.job_ref(job_id).set(
-        {
-            "id": job_id,
-            "uid": uid,
-            "email": f"{uid}@example.com",
-            "model": "tiny-llama",
-            "dataset_id": "ds-x",
-            "hyperparameters": {},
-            "quote": {},
-            "status": "running",
-            "created_at": t,
-            "updated_at": t,
-            "events": [],
-            "batch_job": None,
-            **extra,
-        }
-    )
-    return job_id
-
-
 def test_cancel_racing_completion_ends_once(api, stack_env) -> None:
     user = api.new_user()
     cfg = settings()
     for _ in range(5):
-        job_id = running_job(user.uid, trainer_result={"trained_tokens": 10})
+        job_id = stored_job(user.uid)
+        trainer_reports(job_id, result=result_of(10))
         outcomes = []
 
         def cancel(job_id: str = job_id, outcomes: list = outcomes) -> None:
             try:
-                jobs.cancel(user.uid, job_id, cfg)
+                lifecycle.cancel(user.uid, job_id, cfg)
                 outcomes.append("cancelled")
             except Exception as exc:  # the loser sees job_already_ended
                 outcomes.append(getattr(getattr(exc, "code", None), "value", repr(exc)))
 
         def complete(job_id: str = job_id, outcomes: list = outcomes) -> None:
-            outcomes.append(jobs.on_batch_state(f"x/jobs/yachay-{job_id}", "SUCCEEDED", cfg))
+            outcomes.append(lifecycle.on_batch_state(f"x/jobs/yachay-{job_id}", "SUCCEEDED", cfg))
 
         threads = [threading.Thread(target=cancel), threading.Thread(target=complete)]
         for t in threads:
@@ -342,44 +328,43 @@ def test_cancel_racing_completion_ends_once(api, stack_env) -> None:
         for t in threads:
             t.join()
         job = store.get_job(job_id)
-        terminal = [e["status"] for e in job["events"] if e["status"] in ENDED]
-        assert len(terminal) == 1 and job["status"] == terminal[0]
+        terminal = [e.status for e in job.events if e.status.ended]
+        assert len(terminal) == 1 and job.status == terminal[0]
         mails = [
             d.id for d in store.client().collection("mail").stream() if d.id.startswith(job_id)
         ]
-        assert mails == [f"{job_id}-{job['status']}"]
-        if job["status"] == "completed":
+        assert mails == [f"{job_id}-{job.status.value}"]
+        if job.status == JobStatus.COMPLETED:
             assert "job_already_ended" in outcomes
 
 
 def test_batch_failures_become_reasons_a_user_can_act_on(api, stack_env) -> None:
     user = api.new_user()
     cfg = settings()
-    bad = running_job(
-        user.uid, trainer_failure={"kind": "user_error", "message": "line 3: not valid JSON"}
-    )
-    jobs.on_batch_state(f"x/jobs/yachay-{bad}", "FAILED", cfg)
+    bad = stored_job(user.uid)
+    trainer_reports(bad, failure=TrainerFailure(FailureKind.USER_ERROR, "line 3: not valid JSON"))
+    lifecycle.on_batch_state(f"x/jobs/yachay-{bad}", "FAILED", cfg)
     job = store.get_job(bad)
-    assert job["status"] == "failed" and job["failure"]["code"] == "bad_data"
-    assert "line 3" in job["failure"]["message"]
-    silent = running_job(user.uid)
-    jobs.on_batch_state(f"x/jobs/yachay-{silent}", "SUCCEEDED", cfg)  # no result reported
-    assert store.get_job(silent)["failure"]["code"] == "platform_error"
-    assert jobs.on_batch_state(f"x/jobs/yachay-{silent}", "FAILED", cfg) == "already failed"
+    assert job.status == JobStatus.FAILED and job.failure.code == "bad_data"
+    assert "line 3" in job.failure.message
+    silent = stored_job(user.uid)
+    lifecycle.on_batch_state(f"x/jobs/yachay-{silent}", "SUCCEEDED", cfg)  # no result reported
+    assert store.get_job(silent).failure.code == "platform_error"
+    assert lifecycle.on_batch_state(f"x/jobs/yachay-{silent}", "FAILED", cfg) == "already failed"
 
 
 def test_notifications_follow_preferences(api, stack_env) -> None:
     user = api.new_user()
     api.request("PATCH", "/v1/me", user, json={"notifications": {"job_failed": False}})
-    job_id = running_job(user.uid)
-    jobs.on_batch_state(f"x/jobs/yachay-{job_id}", "FAILED", settings())
+    job_id = stored_job(user.uid)
+    lifecycle.on_batch_state(f"x/jobs/yachay-{job_id}", "FAILED", settings())
     assert not store.client().collection("mail").document(f"{job_id}-failed").get().exists
 
 
 def test_list_filters_paginates_and_hides_others(api, stack_env) -> None:
     alice, bob = api.new_user(), api.new_user()
-    ids = [running_job(alice.uid) for _ in range(3)]
-    jobs.on_batch_state(f"x/jobs/yachay-{ids[0]}", "FAILED", settings())
+    ids = [stored_job(alice.uid) for _ in range(3)]
+    lifecycle.on_batch_state(f"x/jobs/yachay-{ids[0]}", "FAILED", settings())
     page = api.request("GET", "/v1/jobs?limit=2", alice).json()
     assert [j["id"] for j in page["data"]] == ids[::-1][:2] and page["has_more"]
     rest = api.request("GET", f"/v1/jobs?limit=2&after={page['next_cursor']}", alice).json()
@@ -397,33 +382,15 @@ def test_a_job_whose_launch_task_was_lost_is_relaunched(api, stack_env) -> None:
 
     user = api.new_user()
     old = store.now() - timedelta(minutes=30)
-    job_id = store.new_id("ft-")
-    store.job_ref(job_id).set(
-        {
-            "id": job_id,
-            "uid": user.uid,
-            "model": "tiny-llama",
-            "dataset_id": "ds-gone",
-            "dataset_object": "datasets/gone.jsonl",
-            "dataset_sha256": "0" * 64,
-            "hyperparameters": {},
-            "quote": {},
-            "status": "queued",
-            "created_at": old,
-            "updated_at": old,
-            "events": [],
-            "batch_job": None,
-        }
-    )
-    fresh = running_job(user.uid)
-    store.job_ref(fresh).update({"status": "queued"})  # queued just now: left alone
+    job_id = stored_job(user.uid, JobStatus.QUEUED, created_at=old)  # its launch task was lost
+    fresh = stored_job(user.uid, JobStatus.QUEUED)  # queued just now: left alone
     resp = api.request("POST", "/internal/tasks/relaunch-stale")
     assert resp.status_code == 200 and resp.json()["relaunched"] == [job_id]
     deadline = time.monotonic() + 30
-    while not (store.get_job(job_id) or {}).get("batch_job") and time.monotonic() < deadline:
+    while not store.get_job(job_id).batch_job and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert store.get_job(job_id)["batch_job"].endswith(f"/jobs/yachay-{job_id}")
-    assert store.get_job(fresh)["batch_job"] is None
+    assert store.get_job(job_id).batch_job.endswith(f"/jobs/yachay-{job_id}")
+    assert store.get_job(fresh).batch_job is None
 
 
 def test_a_tasks_outage_does_not_fail_the_submission(api, tiny_in_store, monkeypatch) -> None:
@@ -436,6 +403,6 @@ def test_a_tasks_outage_does_not_fail_the_submission(api, tiny_in_store, monkeyp
 
     monkeypatch.setattr(tasks, "enqueue_launch", unavailable)
     body = {"model": "tiny-llama", "dataset_id": ds["id"], "hyperparameters": {}}
-    job, created = jobs.create(user.uid, user.email, body, None, settings())
+    job, created = admission.submit(user.uid, user.email, body, None, settings())
     assert created and job["status"] == "queued"
-    assert store.get_job(job["id"])["batch_job"] is None  # relaunch_stale picks it up later
+    assert store.get_job(job["id"]).batch_job is None  # relaunch_stale picks it up later

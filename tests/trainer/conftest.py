@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from shared.contract import Hyperparameters, TrainerConfig
-from yachay_trainer.tiny import build_tiny_model, chat_records, write_jsonl
+from tests.support.tiny import build_tiny_model, chat_records, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from shared.contract import EXIT_OK
+from tests.support.tiny import write_jsonl
 from tests.trainer.conftest import ROOT, make_config, trainer_process
-from yachay_trainer.tiny import write_jsonl
 
 pytestmark = pytest.mark.slow
 

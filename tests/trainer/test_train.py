@@ -19,8 +19,8 @@ from shared.contract import (
     sha256_file,
 )
 from shared.tokenization import ChatTokenizer
+from tests.support.tiny import chat_records, write_jsonl
 from tests.trainer.conftest import events, make_config, trainer_process
-from yachay_trainer.tiny import chat_records, write_jsonl
 from yachay_trainer.train import Run
 
 
@@ -57,7 +57,7 @@ def test_memorisation_loss_falls_below_threshold(tiny_model, tmp_path) -> None:
     ).setup()
     result = run.train()
     assert run.metrics[0]["loss"] > 8.5
-    assert result["last_epoch_mean_loss"] < 5.0
+    assert result.last_epoch_mean_loss < 5.0
 
 
 def test_trained_tokens_equal_the_estimate_count(tiny_model, tiny_data, tmp_path) -> None:
@@ -65,8 +65,8 @@ def test_trained_tokens_equal_the_estimate_count(tiny_model, tiny_data, tmp_path
     result = run.train()
     records = [json.loads(line) for line in tiny_data.read_text().splitlines()]
     counted = ChatTokenizer.from_dir(tiny_model).count(records, max_seq_length=512)
-    assert result["trained_tokens"] == counted.tokens * 3
-    assert result["examples"] == counted.examples
+    assert result.trained_tokens == counted.tokens * 3
+    assert result.examples == counted.examples
 
 
 def test_resumed_run_ends_like_an_uninterrupted_one(tiny_model, tiny_data, tmp_path) -> None:

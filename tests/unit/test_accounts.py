@@ -1,21 +1,16 @@
 import pytest
 
-from shared.accounts import parse_update
+from shared.accounts import AccountUpdate, parse_update
 from shared.errors import ApiError
 
 
 def test_valid_update() -> None:
-    assert parse_update({"notifications": {"job_failed": False, "job_completed": True}}) == (
-        {"job_failed": False, "job_completed": True},
-        {},
-    )
-    assert parse_update({"monthly_spend_limit_cents": 5000}) == (
-        {},
-        {"monthly_spend_limit_cents": 5000},
-    )
-    assert parse_update({"monthly_spend_limit_cents": None})[1] == {
-        "monthly_spend_limit_cents": None
-    }
+    assert parse_update(
+        {"notifications": {"job_failed": False, "job_completed": True}}
+    ) == AccountUpdate({"job_failed": False, "job_completed": True}, False, None)
+    assert parse_update({"monthly_spend_limit_cents": 5000}) == AccountUpdate({}, True, 5000)
+    # null removes the limit, which is not the same as leaving it alone
+    assert parse_update({"monthly_spend_limit_cents": None}) == AccountUpdate({}, True, None)
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ import pytest
 from shared.auth import authenticate, classify
 from shared.config import load
 from shared.errors import ApiError
-from tests.helpers import unsigned_token
+from tests.support.tokens import unsigned_token
 
 PROD_LIKE = load({})  # no Auth emulator configured
 EMULATED = load({"FIREBASE_AUTH_EMULATOR_HOST": "127.0.0.1:1"})

@@ -8,20 +8,22 @@ import signal
 import sys
 import tempfile
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 from shared.contract import (
     EXIT_OK,
+    EXIT_PLATFORM_FAILURE,
     EXIT_RETRYABLE,
     EXIT_USER_ERROR,
     MANIFEST,
+    ArtifactFile,
+    FailureKind,
     TrainerConfig,
 )
 from yachay_trainer import storage
 from yachay_trainer.data import DataError
 from yachay_trainer.progress import Reporter
-
-PLATFORM_FAILURE = 1
 
 
 def _transient(exc: BaseException) -> bool:
@@ -58,26 +60,27 @@ def main() -> int:
             out = workdir / "output"
             manifest = write_outputs(out, run.model, cfg, run.metrics, result)
             storage.upload_folder(out, cfg.output_uri, last=MANIFEST)
-            reporter.result({**result, "artifacts": manifest["files"]})
+            files = tuple(ArtifactFile.from_doc(f) for f in manifest["files"])
+            reporter.result(replace(result, artifacts=files))
             return EXIT_OK
         except DataError as exc:
-            reporter.failure("user_error", str(exc))
+            reporter.failure(FailureKind.USER_ERROR, str(exc))
             return EXIT_USER_ERROR
         except Preempted as exc:
             Reporter.log("preempted", message=str(exc))
             return EXIT_RETRYABLE
         except torch.OutOfMemoryError:
             reporter.failure(
-                "out_of_memory",
+                FailureKind.OUT_OF_MEMORY,
                 "The job ran out of GPU memory; lower "
                 "max_seq_length or batch_size and submit again.",
             )
-            return PLATFORM_FAILURE
+            return EXIT_PLATFORM_FAILURE
         except Exception as exc:
             if _transient(exc):
                 Reporter.log("transient_failure", error=repr(exc))
                 return EXIT_RETRYABLE
-            reporter.failure("platform", f"{type(exc).__name__}: {exc}")
+            reporter.failure(FailureKind.PLATFORM, f"{type(exc).__name__}: {exc}")
             raise
 
 

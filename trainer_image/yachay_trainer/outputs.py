@@ -11,11 +11,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from shared.contract import TrainerConfig, write_manifest
+from shared.contract import TrainerConfig, TrainerResult, write_manifest
 
 
 def write_outputs(
-    out: Path, model: Any, cfg: TrainerConfig, metrics: list[dict[str, Any]], result: dict[str, Any]
+    out: Path, model: Any, cfg: TrainerConfig, metrics: list[dict[str, Any]], result: TrainerResult
 ) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out), safe_serialization=True)
@@ -43,18 +43,19 @@ def plot_loss(metrics: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def model_card(cfg: TrainerConfig, result: dict[str, Any]) -> str:
+def model_card(cfg: TrainerConfig, result: TrainerResult) -> str:
     hp = cfg.hyperparameters.to_dict()
+    loss = float("nan") if result.final_loss is None else result.final_loss
     rows = "\n".join(f"| {k} | {v} |" for k, v in hp.items())
     return f"""# LoRA adapter for {cfg.base_model_name or cfg.model_id}
 
 Trained by Yachay (job `{cfg.job_id}`).
 
 - Base model: `{cfg.base_model_name or cfg.model_id}` (catalog id `{cfg.model_id}`)
-- Training examples: {result["examples"]}
-- Optimizer steps: {result["steps"]}
-- Trained tokens: {result["trained_tokens"]}
-- Final training loss: {result["final_loss"]:.4f}
+- Training examples: {result.examples}
+- Optimizer steps: {result.steps}
+- Trained tokens: {result.trained_tokens}
+- Final training loss: {loss:.4f}
 
 | hyperparameter | value |
 |---|---|

@@ -8,7 +8,16 @@ import time
 from functools import lru_cache
 from typing import Any
 
-from shared.contract import FAILURE_FIELD, PROGRESS_FIELD, RESULT_FIELD, TrainerConfig
+from shared.contract import (
+    FAILURE_FIELD,
+    PROGRESS_FIELD,
+    RESULT_FIELD,
+    FailureKind,
+    Progress,
+    TrainerConfig,
+    TrainerFailure,
+    TrainerResult,
+)
 
 
 @lru_cache(maxsize=1)
@@ -30,7 +39,7 @@ class Reporter:
             return
         from google.api_core import exceptions as gexc
 
-        doc = _firestore(self.cfg.project_id).collection("jobs").document(self.cfg.job_id)
+        doc = _firestore(self.cfg.project_id).document(self.cfg.job_document)
         for attempt in range(attempts):
             try:
                 doc.update(fields)
@@ -45,23 +54,24 @@ class Reporter:
         sys.stdout.write(json.dumps({"event": event, **fields}, default=str) + "\n")
         sys.stdout.flush()
 
-    def progress(self, report: dict[str, Any], force: bool = False) -> None:
-        self.log("progress", **report)
+    def progress(self, report: Progress, force: bool = False) -> None:
+        self.log("progress", **report.to_doc())
         now = time.monotonic()
         if force or now - self._last_write >= self.cfg.progress_interval_s:
             self._last_write = now
             try:  # progress is best effort: a missed update must never stop training
-                self._update({PROGRESS_FIELD: report})
+                self._update({PROGRESS_FIELD: report.to_doc()})
             except Exception as exc:
                 self.log("progress_not_recorded", error=repr(exc))
 
-    def result(self, result: dict[str, Any]) -> None:
-        self.log("result", **result)
-        self._update({RESULT_FIELD: result}, attempts=6)
+    def result(self, result: TrainerResult) -> None:
+        self.log("result", **result.to_doc())
+        self._update({RESULT_FIELD: result.to_doc()}, attempts=6)
 
-    def failure(self, kind: str, message: str) -> None:
-        self.log("failure", kind=kind, message=message)
+    def failure(self, kind: FailureKind, message: str) -> None:
+        failure = TrainerFailure(kind, message)
+        self.log("failure", **failure.to_doc())
         try:
-            self._update({FAILURE_FIELD: {"kind": kind, "message": message}}, attempts=6)
+            self._update({FAILURE_FIELD: failure.to_doc()}, attempts=6)
         except Exception as exc:  # the exit code still tells Batch; the log keeps the reason
             self.log("failure_not_recorded", error=repr(exc))

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from shared.contract import TrainerConfig, sha256_file
+from shared.contract import Progress, TrainerConfig, TrainerResult, sha256_file
 from shared.tokenization import ChatTokenizer, EncodedExample
 from yachay_trainer import attention, dropout, storage
 from yachay_trainer.data import IGNORE, DataError, Pack, StepPlan, pack_step, read_examples
@@ -142,7 +142,7 @@ class Run:
 
     # -- training ------------------------------------------------------------------------------
 
-    def train(self) -> dict[str, Any]:
+    def train(self) -> TrainerResult:
         """Trains to the end; returns the run's result. When `stop` is set (SIGTERM, see
         __main__) it checkpoints before the next step and raises Preempted; a stop during the
         last step lets the run finish, since only the outputs remain."""
@@ -187,29 +187,30 @@ class Run:
         done, total = self.step, self.plan.total_steps
         rate = self._train_seconds / max(1, len(self.metrics))
         self.reporter.progress(
-            {
-                "step": done,
-                "total_steps": total,
-                "epoch": min(self.hp.epochs, done // self.plan.steps_per_epoch + 1),
-                "trained_tokens": self.trained_tokens,
-                "total_tokens": self.tokens_per_epoch * self.hp.epochs,
-                "loss": round(loss, 5),
-                "learning_rate": lr,
-                "eta_s": round(rate * (total - done), 1),
-            },
+            Progress(
+                step=done,
+                total_steps=total,
+                epoch=min(self.hp.epochs, done // self.plan.steps_per_epoch + 1),
+                trained_tokens=self.trained_tokens,
+                total_tokens=self.tokens_per_epoch * self.hp.epochs,
+                loss=round(loss, 5),
+                learning_rate=lr,
+                eta_s=round(rate * (total - done), 1),
+            ),
             force=force,
         )
 
-    def result(self) -> dict[str, Any]:
+    def result(self) -> TrainerResult:
+        """The run's result; the artifacts are added once the outputs are uploaded."""
         tail = self.metrics[-max(1, self.plan.steps_per_epoch) :]
-        return {
-            "steps": self.step,
-            "trained_tokens": self.trained_tokens,
-            "examples": len(self.examples),
-            "final_loss": self.metrics[-1]["loss"] if self.metrics else None,
-            "last_epoch_mean_loss": sum(m["loss"] for m in tail) / len(tail) if tail else None,
-            "train_seconds": round(self._train_seconds, 3),
-        }
+        return TrainerResult(
+            steps=self.step,
+            trained_tokens=self.trained_tokens,
+            examples=len(self.examples),
+            final_loss=self.metrics[-1]["loss"] if self.metrics else None,
+            last_epoch_mean_loss=sum(m["loss"] for m in tail) / len(tail) if tail else None,
+            train_seconds=round(self._train_seconds, 3),
+        )
 
     # -- checkpoints ---------------------------------------------------------------------------
 

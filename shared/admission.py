@@ -1,0 +1,258 @@
+"""Admission: the exact estimate of a job and its submission (typed core).
+
+Estimate and submit read the same request, count the same tokens and check the same rules, from
+one list (RULES), each with one error code: the estimate lists every rule that would refuse the
+job (`allowed_to_proceed`, `reasons`); a submission is refused by the first. The active-job limit
+is checked again inside the transaction that creates the job, so concurrent submissions cannot
+pass it together.
+
+A submission honours Idempotency-Key (shared.idempotency): a replay of the same request returns
+the first job, even if the account changed since.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from shared import accounts, idempotency, modelstore, storage, store
+from shared.catalog import ModelSpec, catalog
+from shared.config import Settings
+from shared.contract import Hyperparameters
+from shared.datasets import owned as owned_dataset
+from shared.errors import ApiError, Code
+from shared.jobs import view
+from shared.lifecycle import enqueue_launch
+from shared.pricing import quote, resolve_hyperparameters
+from shared.records import Dataset, DatasetStatus, Job, JobEvent, JobStatus, Quote, UserRecord
+from shared.tokenization import RecordError, TokenCount, parse_jsonl
+
+SUBMIT_TARGET = "POST /v1/jobs"
+
+
+# --- the rules -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Applicant:
+    """What the admission rules look at."""
+
+    user: UserRecord
+    spent_this_month: int
+    quote: Quote
+    spec: ModelSpec
+    active_jobs: int | None  # None: checked in the creating transaction instead
+    max_active_jobs: int
+
+
+@dataclass(frozen=True)
+class Rule:
+    code: Code
+    refusals: Callable[[Applicant], list[str]]  # a message per reason to refuse; [] to admit
+
+
+def _card(a: Applicant) -> list[str]:
+    if a.user.payment_method is not None:
+        return []
+    return ["Save a card before submitting a job: POST /v1/jobs/setup-card."]
+
+
+def _paused(a: Applicant) -> list[str]:
+    flags = accounts.pauses(a.user, a.spent_this_month)
+    return [f"Submissions are paused ({code}): {p.reason}" for code, p in sorted(flags.items())]
+
+
+def _spend_limit(a: Applicant) -> list[str]:
+    limit, spent, price = a.user.monthly_spend_limit_cents, a.spent_this_month, a.quote.price_cents
+    if limit is None or spent >= limit or spent + price <= limit:
+        return []  # at or over the limit already: the spend-limit pause says so
+    return [
+        f"This job ({price} cents) would take this month's spend to {spent + price} cents, "
+        f"over your limit of {limit}; raise it (PATCH /v1/me) or wait for next month."
+    ]
+
+
+def _dataset_size(a: Applicant) -> list[str]:
+    if a.quote.tokens_per_epoch <= a.spec.max_dataset_tokens:
+        return []
+    return [
+        f"The dataset has {a.quote.tokens_per_epoch} tokens; {a.spec.id} takes at most "
+        f"{a.spec.max_dataset_tokens} per epoch. Split it or choose a larger model."
+    ]
+
+
+def too_many_active(active: int, limit: int) -> str:
+    return (
+        f"You have {active} active jobs; the limit is {limit}. Wait for one to end or cancel one."
+    )
+
+
+def _active_jobs(a: Applicant) -> list[str]:
+    if a.active_jobs is None or a.active_jobs < a.max_active_jobs:
+        return []
+    return [too_many_active(a.active_jobs, a.max_active_jobs)]
+
+
+RULES: tuple[Rule, ...] = (
+    Rule(Code.PAYMENT_METHOD_REQUIRED, _card),
+    Rule(Code.ACCOUNT_PAUSED, _paused),
+    Rule(Code.SPEND_LIMIT_REACHED, _spend_limit),
+    Rule(Code.DATASET_TOO_LARGE, _dataset_size),
+    Rule(Code.TOO_MANY_ACTIVE_JOBS, _active_jobs),
+)
+
+
+def refusals(applicant: Applicant) -> list[tuple[Code, str]]:
+    """Every (code, message) the rules give, in RULES order."""
+    return [(rule.code, m) for rule in RULES for m in rule.refusals(applicant)]
+
+
+# --- the request -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PricedRequest:
+    spec: ModelSpec
+    dataset: Dataset
+    hyperparameters: Hyperparameters
+    quote: Quote
+    user: UserRecord
+
+    def applicant(self, active_jobs: int | None, cfg: Settings) -> Applicant:
+        return Applicant(
+            user=self.user,
+            spent_this_month=accounts.spent_this_month(self.user.uid),
+            quote=self.quote,
+            spec=self.spec,
+            active_jobs=active_jobs,
+            max_active_jobs=cfg.max_active_jobs,
+        )
+
+
+def _parse(uid: str, body: dict[str, Any]) -> tuple[ModelSpec, Dataset, Hyperparameters]:
+    for key in body:
+        if key not in ("model", "dataset_id", "hyperparameters"):
+            raise ApiError(Code.UNKNOWN_FIELD, f"Unknown field '{key}'.", param=key)
+    model_id = body.get("model")
+    if not isinstance(model_id, str):
+        raise ApiError(
+            Code.MISSING_FIELD, "Send 'model', a model id from GET /v1/models.", param="model"
+        )
+    spec = catalog().get(model_id)
+    if spec is None:
+        raise ApiError(
+            Code.INVALID_VALUE, f"Unknown model '{model_id}'; see GET /v1/models.", param="model"
+        )
+    dataset_id = body.get("dataset_id")
+    if not isinstance(dataset_id, str):
+        raise ApiError(
+            Code.MISSING_FIELD, "Send 'dataset_id', from POST /v1/datasets.", param="dataset_id"
+        )
+    dataset = owned_dataset(uid, dataset_id)
+    if dataset.status != DatasetStatus.READY:
+        raise ApiError(
+            Code.DATASET_NOT_READY,
+            f"Dataset '{dataset_id}' is {dataset.status.value}; only a validated (ready) "
+            "dataset can be used.",
+            param="dataset_id",
+        )
+    return spec, dataset, resolve_hyperparameters(spec, body.get("hyperparameters"))
+
+
+def _count(spec: ModelSpec, dataset: Dataset, hp: Hyperparameters, cfg: Settings) -> TokenCount:
+    tok = modelstore.tokenizer_for(cfg, spec.id)
+    if tok is None:
+        raise ApiError(
+            Code.MODEL_UNAVAILABLE,
+            f"{spec.id} is not available right now; choose an available model from GET /v1/models.",
+            param="model",
+        )
+    data = storage.read_bytes(cfg.datasets_bucket, dataset.object_name, cfg.dataset_max_bytes)
+    if data is None or hashlib.sha256(data).hexdigest() != dataset.sha256:
+        raise ApiError(
+            Code.DATASET_NOT_READY,
+            "The dataset's file changed after validation; validate it again.",
+            param="dataset_id",
+        )
+    try:
+        return tok.count((line.record for line in parse_jsonl(data)), hp.max_seq_length)
+    except RecordError as exc:  # validation passed, so only the template can refuse a record
+        raise ApiError(
+            Code.INVALID_VALUE, f"{spec.id} cannot train on this dataset: {exc}", param="dataset_id"
+        ) from None
+
+
+def _priced(uid: str, email: str | None, body: dict[str, Any], cfg: Settings) -> PricedRequest:
+    """The checked request, its exact quote, and the user (shared by estimate and submit)."""
+    spec, dataset, hp = _parse(uid, body)
+    q = quote(spec, _count(spec, dataset, hp, cfg), hp, catalog().currency, cfg.startup_overhead_s)
+    return PricedRequest(spec, dataset, hp, q, store.get_or_create_user(uid, email))
+
+
+# --- estimate and submit ---------------------------------------------------------------------
+
+
+def estimate(uid: str, email: str | None, body: dict[str, Any], cfg: Settings) -> dict[str, Any]:
+    """POST /v1/jobs/estimate: the exact price, and whether a submission would be admitted."""
+    req = _priced(uid, email, body, cfg)
+    reasons = refusals(req.applicant(store.count_active_jobs(uid), cfg))
+    return {
+        "object": "estimate",
+        "model": req.spec.id,
+        "dataset_id": req.dataset.id,
+        "hyperparameters": req.hyperparameters.to_dict(),
+        **req.quote.to_doc(),
+        "allowed_to_proceed": not reasons,
+        "reasons": [{"code": code.value, "message": message} for code, message in reasons],
+        "active_job_limit": cfg.max_active_jobs,
+    }
+
+
+def submit(
+    uid: str, email: str | None, body: dict[str, Any], idempotency_key: str | None, cfg: Settings
+) -> tuple[dict[str, Any], bool]:
+    """POST /v1/jobs: stores the job and enqueues its launch; returns (job view, created)."""
+    idem_id = idempotency.key_id(uid, idempotency_key, required=False)
+    request_hash = idempotency.request_hash(SUBMIT_TARGET, body)
+    if idem_id:  # a replay answers with the first job even if the account changed since
+        found = store.find_idempotent_job(idem_id)
+        if found is not None:
+            record, job = found
+            idempotency.check_same_request(record.request_hash, request_hash)
+            if job.status == JobStatus.QUEUED:
+                enqueue_launch(job.id, cfg)  # named task: at most one launch
+            return view(job), False
+
+    req = _priced(uid, email, body, cfg)
+    refused = refusals(req.applicant(None, cfg))
+    if refused:
+        code, message = refused[0]
+        raise ApiError(code, message)
+    t = store.now()
+    job = Job(
+        id=store.new_id("ft-"),
+        uid=uid,
+        email=email,
+        model=req.spec.id,
+        dataset_id=req.dataset.id,
+        dataset_object=req.dataset.object_name,
+        dataset_sha256=req.dataset.sha256 or "",
+        hyperparameters=req.hyperparameters,
+        quote=req.quote,
+        status=JobStatus.QUEUED,
+        created_at=t,
+        updated_at=t,
+        events=(JobEvent(t, JobStatus.QUEUED, "submitted"),),
+    )
+    try:
+        job, created = store.new_job(job, idem_id, request_hash, cfg.max_active_jobs)
+    except store.Conflict as exc:
+        if exc.code == "idempotency_conflict":
+            idempotency.check_same_request(None, request_hash)
+        raise ApiError(
+            Code.TOO_MANY_ACTIVE_JOBS, too_many_active(exc.detail, cfg.max_active_jobs)
+        ) from None
+    enqueue_launch(job.id, cfg)
+    return view(job), created

@@ -1,0 +1,255 @@
+"""A job's life after submission: launch, the state machine, Batch notifications, cancel
+(typed core).
+
+One state machine: queued -> running -> completed | failed | cancelled (and queued -> cancelled
+or failed). Every transition is one atomic Firestore write conditioned on the state it read
+(store.update_job: an optimistic transaction), which appends a timestamped event and, when the
+job ends, queues the user's email in the same commit.
+
+Everything here may be delivered more than once (Cloud Tasks, Pub/Sub), so each entry point is
+idempotent: a redelivered launch finds the Batch job it already made (its name is derived from
+the job id), a repeated state notification finds the transition already done.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from shared import artifacts, batch, logs, modelstore, store, tasks
+from shared.catalog import catalog
+from shared.config import Settings
+from shared.contract import FailureKind, TrainerConfig
+from shared.errors import ApiError, Code
+from shared.jobs import owned, view
+from shared.records import FailureCode, Job, JobEvent, JobFailure, JobStatus, Mail
+
+TRANSITIONS = {
+    JobStatus.QUEUED: (JobStatus.RUNNING, JobStatus.CANCELLED, JobStatus.FAILED),
+    JobStatus.RUNNING: (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED),
+}
+CHECKPOINT_EVERY_STEPS = 50
+STALE_AFTER = timedelta(minutes=10)
+
+
+class InvalidTransition(Exception):
+    def __init__(self, current: JobStatus, wanted: JobStatus) -> None:
+        super().__init__(f"{current} -> {wanted}")
+        self.current = current
+        self.wanted = wanted
+
+
+def can_transition(current: JobStatus, wanted: JobStatus) -> bool:
+    return wanted in TRANSITIONS.get(current, ())
+
+
+def transition(
+    job_id: str,
+    wanted: JobStatus,
+    message: str,
+    change: Callable[[Job], Job] | None = None,
+    when: Callable[[Job], bool] | None = None,
+) -> Job:
+    """Moves a job to `wanted` in one conditional write, with `change` applied to it too.
+
+    Args:
+        when: a condition on the job as read; when false, nothing is written.
+
+    Raises:
+        InvalidTransition: the job's current state does not lead to `wanted` (including when
+            it is already there: callers that may repeat treat that as done).
+        LookupError: there is no such job.
+        Contended: concurrent writers won every attempt.
+    """
+    t = store.now()
+
+    def decide(job: Job) -> tuple[Job, Mail | None] | None:
+        if when is not None and not when(job):
+            return None
+        if not can_transition(job.status, wanted):
+            raise InvalidTransition(job.status, wanted)
+        new = replace(
+            change(job) if change else job,
+            status=wanted,
+            events=(*job.events, JobEvent(t, wanted, message)),
+        )
+        if wanted == JobStatus.RUNNING:
+            new = replace(new, started_at=t)
+        mail = None
+        if wanted.ended:
+            new = replace(new, ended_at=t)
+            mail = _mail(job, wanted, message)
+        return new, mail
+
+    return store.update_job(job_id, decide)
+
+
+def _mail(job: Job, status: JobStatus, message: str) -> Mail | None:
+    """The email for an ended job, when the user wants it."""
+    user = store.get_or_create_user(job.uid, job.email)
+    to = user.email or job.email
+    if not user.notifications.get(f"job_{status.value}", True) or not to:
+        return None
+    subject = {
+        JobStatus.COMPLETED: "Your fine-tune is ready",
+        JobStatus.FAILED: "Your fine-tune failed",
+        JobStatus.CANCELLED: "Your fine-tune was cancelled",
+    }[status]
+    text = f"Job {job.id} on {job.model}: {status.value}. {message}"
+    return Mail(
+        to=to, uid=job.uid, job_id=job.id, subject=subject, text=text, created_at=store.now()
+    )
+
+
+# --- launch ----------------------------------------------------------------------------------
+
+
+def trainer_config(job: Job, cfg: Settings) -> TrainerConfig:
+    spec = catalog().get(job.model)
+    if spec is None:
+        raise LookupError(f"model {job.model} left the catalog")
+    return TrainerConfig(
+        job_id=job.id,
+        model_id=spec.id,
+        model_uri=modelstore.model_uri(cfg, spec.id),
+        dataset_uri=f"gs://{cfg.datasets_bucket}/{job.dataset_object}",
+        output_uri=f"gs://{cfg.artifacts_bucket}/{artifacts.prefix(job.id).rstrip('/')}",
+        checkpoint_uri=f"gs://{cfg.checkpoints_bucket}/jobs/{job.id}",
+        hyperparameters=job.hyperparameters,
+        base_model_name=spec.source,
+        dataset_sha256=job.dataset_sha256,
+        checkpoint_every_steps=CHECKPOINT_EVERY_STEPS,
+        progress_interval_s=2.0 if cfg.is_local else 10.0,
+        progress_sink="firestore",
+        job_document=store.job_document(job.id),
+        project_id=cfg.project_id,
+    )
+
+
+def launch(job_id: str, cfg: Settings) -> str:
+    """The Cloud Tasks handler: makes the job's Batch job once; returns what it did."""
+    job = store.get_job(job_id)
+    if job is None:
+        return "no such job"
+    if job.status != JobStatus.QUEUED or job.batch_job:
+        return f"nothing to do ({job.status.value})"
+    spec = catalog().get(job.model)
+    if spec is None:
+        return f"model {job.model} left the catalog"
+    backend = batch.backend(cfg)
+    # The Batch job's id is derived from ours: a second create is refused by Batch (or by the
+    # local executor) as already existing, so a redelivered task cannot start a second job.
+    name = backend.submit(batch.job_id_for(job_id), trainer_config(job, cfg), spec)
+
+    def record(j: Job) -> tuple[Job, Mail | None] | None:
+        if j.status != JobStatus.QUEUED or j.batch_job:
+            return None
+        return replace(j, batch_job=name), None
+
+    after = store.update_job(job_id, record)
+    if after.status == JobStatus.CANCELLED:  # cancelled while we were launching: undo
+        backend.delete(name)
+        return "cancelled meanwhile; Batch job deleted"
+    return f"launched {name}"
+
+
+def enqueue_launch(job_id: str, cfg: Settings) -> None:
+    """Enqueues the launch. The job is already stored, so a failure here must not fail the
+    request: relaunch_stale (Cloud Scheduler) enqueues it again within minutes."""
+    try:
+        tasks.enqueue_launch(job_id, cfg)
+    except Exception as exc:
+        logs.warning(
+            "launch not enqueued; the relaunch sweep will retry", job_id=job_id, error=repr(exc)
+        )
+
+
+def relaunch_stale(cfg: Settings, now: datetime | None = None) -> list[str]:
+    """Enqueues the launch task again for jobs queued long ago that never got a Batch job (their
+    first enqueue failed after the job was stored). Launching is idempotent, so a job whose task
+    is merely slow is not harmed."""
+    ids = store.stale_queued_jobs((now or store.now()) - STALE_AFTER)
+    for job_id in ids:
+        tasks.enqueue_launch(job_id, cfg)
+    return ids
+
+
+# --- Batch notifications ---------------------------------------------------------------------
+
+NO_RESULT = JobFailure(
+    FailureCode.PLATFORM_ERROR,
+    "The training run ended without producing an adapter; you are not charged. Submit again.",
+)
+
+
+def on_batch_state(batch_name: str, state: str, cfg: Settings) -> str:
+    """The Batch state-notification handler: turns Batch's view into our state machine."""
+    job_id = batch.our_job_id(batch_name)
+    if job_id is None:
+        return "not ours"
+    job = store.get_job(job_id)
+    if job is None:
+        return "no such job"
+    try:
+        if state == "RUNNING":
+            transition(job_id, JobStatus.RUNNING, "the trainer started")
+        elif state == "SUCCEEDED" and job.trainer_result is not None:
+            if job.status == JobStatus.QUEUED:
+                transition(job_id, JobStatus.RUNNING, "the trainer started")
+            expires = store.now() + timedelta(days=cfg.retention_days)
+            transition(
+                job_id,
+                JobStatus.COMPLETED,
+                "the adapter is ready to download",
+                lambda j: replace(j, expires_at=expires),
+            )
+            artifacts.set_retention(job_id, expires, cfg)
+        elif state in ("SUCCEEDED", "FAILED"):
+            failure = NO_RESULT if state == "SUCCEEDED" else failure_of(job)
+            transition(
+                job_id, JobStatus.FAILED, failure.message, lambda j: replace(j, failure=failure)
+            )
+        else:
+            return f"ignored {state}"
+    except InvalidTransition as exc:
+        return f"already {exc.current.value}"
+    return f"{job_id}: {state}"
+
+
+def failure_of(job: Job) -> JobFailure:
+    """The user's reason for a failed run, from what the trainer reported (if anything)."""
+    reported = job.trainer_failure
+    if reported is not None and reported.kind == FailureKind.USER_ERROR:
+        return JobFailure(
+            FailureCode.BAD_DATA,
+            f"Your data could not be trained on: {reported.message}. Fix the dataset and "
+            "submit again; you are not charged.",
+        )
+    if reported is not None and reported.kind == FailureKind.OUT_OF_MEMORY:
+        return JobFailure(FailureCode.OUT_OF_MEMORY, reported.message)
+    return JobFailure(
+        FailureCode.PLATFORM_ERROR,
+        "The training run failed on our side (after retries); you are not charged. Submit "
+        "again, or contact support with the job id.",
+    )
+
+
+# --- cancel ----------------------------------------------------------------------------------
+
+
+def cancel(uid: str, job_id: str, cfg: Settings) -> dict[str, Any]:
+    """POST /v1/jobs/{id}/cancel: stops the compute first, then records the cancel."""
+    job = owned(uid, job_id)
+    if job.status.ended:
+        raise ApiError(Code.JOB_ALREADY_ENDED, f"Job {job_id} already {job.status.value}.")
+    if job.batch_job:
+        batch.backend(cfg).delete(job.batch_job)  # stop the GPU before we record it
+    try:
+        after = transition(job_id, JobStatus.CANCELLED, "cancelled by you")
+    except InvalidTransition as exc:  # it ended while we were cancelling
+        raise ApiError(
+            Code.JOB_ALREADY_ENDED, f"Job {job_id} already {exc.current.value}."
+        ) from None
+    return view(after)

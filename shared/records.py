@@ -1,0 +1,598 @@
+"""The typed records the store keeps: one frozen dataclass per document shape.
+
+Each record turns into its Firestore document with `to_doc()` and back with `from_doc()`; only
+`shared.store` calls either, so a field's name is written in exactly one place. The rest of the
+core reads and builds records, never documents. Pure data: no SDK is imported here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from shared.contract import Hyperparameters, Progress, TrainerFailure, TrainerResult
+
+NOTIFICATION_EVENTS = ("job_completed", "job_failed", "job_cancelled")
+
+
+# --- users -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pause:
+    """Why an account's submissions are paused (set by billing; one entry per flag)."""
+
+    reason: str
+    since: datetime
+
+    def to_doc(self) -> dict[str, Any]:
+        return {"reason": self.reason, "since": self.since}
+
+    @staticmethod
+    def from_doc(doc: Mapping[str, Any]) -> Pause:
+        return Pause(reason=doc["reason"], since=doc["since"])
+
+
+@dataclass(frozen=True)
+class PaymentMethod:
+    id: str
+    brand: str
+    last4: str
+
+    def to_doc(self) -> dict[str, Any]:
+        return {"id": self.id, "brand": self.brand, "last4": self.last4}
+
+    @staticmethod
+    def from_doc(doc: Mapping[str, Any]) -> PaymentMethod:
+        return PaymentMethod(id=doc["id"], brand=doc["brand"], last4=doc["last4"])
+
+
+@dataclass(frozen=True)
+class UserRecord:
+    uid: str
+    email: str | None
+    created_at: datetime
+    updated_at: datetime
+    notifications: dict[str, bool] = field(default_factory=dict)
+    pauses: dict[str, Pause] = field(default_factory=dict)
+    stripe_customer_id: str | None = None
+    payment_method: PaymentMethod | None = None
+    monthly_spend_limit_cents: int | None = None
+
+    @staticmethod
+    def new(uid: str, email: str | None, t: datetime) -> UserRecord:
+        return UserRecord(
+            uid=uid,
+            email=email,
+            created_at=t,
+            updated_at=t,
+            notifications={event: True for event in NOTIFICATION_EVENTS},
+        )
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "uid": self.uid,
+            "email": self.email,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "notifications": dict(self.notifications),
+            "pauses": {k: p.to_doc() for k, p in self.pauses.items()},
+            "stripe_customer_id": self.stripe_customer_id,
+            "monthly_spend_limit_cents": self.monthly_spend_limit_cents,
+            "payment_method": None if self.payment_method is None else self.payment_method.to_doc(),
+        }
+
+    @staticmethod
+    def from_doc(doc: Mapping[str, Any]) -> UserRecord:
+        pm = doc.get("payment_method")
+        defaults = {event: True for event in NOTIFICATION_EVENTS}
+        return UserRecord(
+            uid=doc["uid"],
+            email=doc.get("email"),
+            created_at=doc["created_at"],
+            updated_at=doc.get("updated_at", doc["created_at"]),
+            notifications={**defaults, **(doc.get("notifications") or {})},
+            pauses={k: Pause.from_doc(v) for k, v in (doc.get("pauses") or {}).items()},
+            stripe_customer_id=doc.get("stripe_customer_id"),
+            monthly_spend_limit_cents=doc.get("monthly_spend_limit_cents"),
+            payment_method=None if not pm else PaymentMethod.from_doc(pm),
+        )
+
+
+# --- datasets --------------------------------------------------------------------------------
+
+
+class DatasetStatus(StrEnum):
+    PENDING_UPLOAD = "pending_upload"
+    VALIDATING = "validating"
+    READY = "ready"
+    INVALID = "invalid"
+
+
+@dataclass(frozen=True)
+class LineError:
+    line: int | None  # 1-based; None for an error about the whole file
+    message: str
+
+    def to_doc(self) -> dict[str, Any]:
+        return {"line": self.line, "message": self.message}
+
+    @staticmethod
+    def from_doc(doc: Mapping[str, Any]) -> LineError:
+        return LineError(line=doc.get("line"), message=doc["message"])
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    """What validating a dataset file found: ready only when there is no error at all."""
+
+    status: DatasetStatus  # READY or INVALID
+    rows: int
+    bytes: int
+    format: str | None  # "chat" or "prompt_completion"
+    errors: tuple[LineError, ...] = ()  # the first few (datasets.MAX_REPORTED)
+    error_count: int = 0
+    blank_lines: int = 0
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "status": self.status.value,
+            "rows": self.rows,
+            "bytes": self.bytes,
+            "format": self.format,
+            "errors": [e.to_doc() for e in self.errors],
+            "error_count": self.error_count,
+            "blank_lines": self.blank_lines,
+        }
+
+    @staticmethod
+    def from_doc(doc: Mapping[str, Any]) -> ValidationReport:
+        return ValidationReport(
+            status=DatasetStatus(doc["status"]),
+            rows=doc["rows"],
+            bytes=doc["bytes"],
+            format=doc.get("format"),
+            errors=tuple(LineError.from_doc(e) for e in doc.get("errors") or ()),
+            error_count=doc.get("error_count", 0),
+            blank_lines=doc.get("blank_lines", 0),
+        )
+
+
+@dataclass(frozen=True)
+class Dataset:
+    id: str
+    uid: str
+    filename: str
+    declared_bytes: int
+    object_name: str
+    status: DatasetStatus
+    created_at: datetime
+    updated_at: datetime
+    report: ValidationReport | None = None
+    sha256: str | None = None  # of the file the report is about
+    validated_at: datetime | None = None
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "uid": self.uid,
+            "filename": self.filename,
+            "declared_bytes": self.declared_bytes,
+            "object_name": self.object_name,
+            "status": self.status.value,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "report": None if self.report is None else self.report.to_doc(),
+            "sha256": self.sha256,
+            "validated_at": self.validated_at,
+        }
+
+    @staticmethod
+    def from_doc(doc: Mapping[str, Any]) -> Dataset:
+        report = doc.get("report")
+        return Dataset(
+            id=doc["id"],
+            uid=doc["uid"],
+            filename=doc["filename"],
+            declared_bytes=doc.get("declared_bytes", 0),
+            object_name=doc["object_name"],
+            status=DatasetStatus(doc["status"]),
+            created_at=doc["created_at"],
+            updated_at=doc.get("updated_at", doc["created_at"]),
+            report=None if not report else ValidationReport.from_doc(report),
+            sha256=doc.get("sha256"),
+            validated_at=doc.get("validated_at"),
+        )
+
+
+# --- jobs ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Quote:
+    """The exact price of a job, computed before it runs (shared.pricing) and kept on it."""
+
+    examples: int
+    dropped_examples: int
+    truncated_examples: int
+    tokens_per_epoch: int
+    trained_tokens_per_epoch: int
+    epochs: int
+    billable_tokens: int
+    price_cents: int
+    currency: str
+    estimated_seconds: int
+    gpu_type: str
+
+    def to_doc(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @staticmethod
+    def from_doc(doc: Mapping[str, Any]) -> Quote:
+        return Quote(**{f.name: doc[f.name] for f in fields(Quote)})
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def active(self) -> bool:
+        return self in (JobStatus.QUEUED, JobStatus.RUNNING)
+
+    @property
+    def ended(self) -> bool:
+        return not self.active
+
+
+ACTIVE_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    at: datetime
+    status: JobStatus
+    message: str
+
+    def to_doc(self) -> dict[str, Any]:
+        return {"at": self.at, "status": self.status.value, "message": self.message}
+
+    @staticmethod
+    def from_doc(doc: Mapping[str, Any]) -> JobEvent:
+        return JobEvent(at=doc["at"], status=JobStatus(doc["status"]), message=doc["message"])
+
+
+class FailureCode(StrEnum):
+    """Why a job failed, as the user sees it."""
+
+    BAD_DATA = "bad_data"
+    OUT_OF_MEMORY = "out_of_memory"
+    PLATFORM_ERROR = "platform_error"
+
+
+@dataclass(frozen=True)
+class JobFailure:
+    code: FailureCode
+    message: str
+
+    def to_doc(self) -> dict[str, Any]:
+        return {"code": self.code.value, "message": self.message}
+
+    @staticmethod
+    def from_doc(doc: Mapping[str, Any]) -> JobFailure:
+        return JobFailure(code=FailureCode(doc["code"]), message=doc["message"])
+
+
+class PaymentStatus(StrEnum):
+    PAID = "paid"
+    FAILED = "failed"
+    NOT_CHARGED = "not_charged"  # nothing was due under the charge policy
+
+
+@dataclass(frozen=True)
+class Payment:
+    """The job's payment as the user sees it; written in the same commit as the charge."""
+
+    status: PaymentStatus
+    amount_cents: int
+    currency: str
+    charged_at: datetime | None = None
+    reason: str | None = None  # why it failed
+
+    @property
+    def settled(self) -> bool:
+        """Paid, or nothing was due: downloads may open."""
+        return self.status in (PaymentStatus.PAID, PaymentStatus.NOT_CHARGED)
+
+    def to_doc(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "status": self.status.value,
+            "amount_cents": self.amount_cents,
+            "currency": self.currency,
+        }
+        if self.charged_at is not None:
+            doc["charged_at"] = self.charged_at
+        if self.reason is not None:
+            doc["reason"] = self.reason
+        return doc
+
+    @staticmethod
+    def from_doc(doc: Mapping[str, Any]) -> Payment:
+        return Payment(
+            status=PaymentStatus(doc["status"]),
+            amount_cents=doc["amount_cents"],
+            currency=doc["currency"],
+            charged_at=doc.get("charged_at"),
+            reason=doc.get("reason"),
+        )
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    uid: str
+    email: str | None
+    model: str
+    dataset_id: str
+    dataset_object: str
+    dataset_sha256: str
+    hyperparameters: Hyperparameters
+    quote: Quote
+    status: JobStatus
+    created_at: datetime
+    updated_at: datetime
+    events: tuple[JobEvent, ...] = ()
+    batch_job: str | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    expires_at: datetime | None = None  # when its files are deleted (completed jobs)
+    failure: JobFailure | None = None
+    payment: Payment | None = None
+    # Written by the trainer (shared.contract), never by the API:
+    progress: Progress | None = None
+    trainer_result: TrainerResult | None = None
+    trainer_failure: TrainerFailure | None = None
+
+    def to_doc(self) -> dict[str, Any]:
+        """Every field the API owns. The trainer's fields are left out: the store never
+        overwrites what the trainer wrote."""
+        return {
+            "id": self.id,
+            "uid": self.uid,
+            "email": self.email,
+            "model": self.model,
+            "dataset_id": self.dataset_id,
+            "dataset_object": self.dataset_object,
+            "dataset_sha256": self.dataset_sha256,
+            "hyperparameters": self.hyperparameters.to_dict(),
+            "quote": self.quote.to_doc(),
+            "status": self.status.value,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "events": [e.to_doc() for e in self.events],
+            "batch_job": self.batch_job,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "expires_at": self.expires_at,
+            "failure": None if self.failure is None else self.failure.to_doc(),
+            "payment": None if self.payment is None else self.payment.to_doc(),
+        }
+
+    @staticmethod
+    def from_doc(doc: Mapping[str, Any]) -> Job:
+        def opt(key: str, parse: Any) -> Any:
+            value = doc.get(key)
+            return None if not value else parse(value)
+
+        return Job(
+            id=doc["id"],
+            uid=doc["uid"],
+            email=doc.get("email"),
+            model=doc["model"],
+            dataset_id=doc["dataset_id"],
+            dataset_object=doc["dataset_object"],
+            dataset_sha256=doc.get("dataset_sha256") or "",
+            hyperparameters=Hyperparameters.from_dict(doc["hyperparameters"]),
+            quote=Quote.from_doc(doc["quote"]),
+            status=JobStatus(doc["status"]),
+            created_at=doc["created_at"],
+            updated_at=doc.get("updated_at", doc["created_at"]),
+            events=tuple(JobEvent.from_doc(e) for e in doc.get("events") or ()),
+            batch_job=doc.get("batch_job"),
+            started_at=doc.get("started_at"),
+            ended_at=doc.get("ended_at"),
+            expires_at=doc.get("expires_at"),
+            failure=opt("failure", JobFailure.from_doc),
+            payment=opt("payment", Payment.from_doc),
+            progress=opt("progress", Progress.from_doc),
+            trainer_result=opt("trainer_result", TrainerResult.from_doc),
+            trainer_failure=opt("trainer_failure", TrainerFailure.from_doc),
+        )
+
+
+@dataclass(frozen=True)
+class Mail:
+    """An email in the Firebase "Trigger Email" extension's format."""
+
+    to: str
+    uid: str
+    job_id: str
+    subject: str
+    text: str
+    created_at: datetime
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "to": self.to,
+            "uid": self.uid,
+            "job_id": self.job_id,
+            "created_at": self.created_at,
+            "message": {"subject": self.subject, "text": self.text, "html": f"<p>{self.text}</p>"},
+        }
+
+
+@dataclass(frozen=True)
+class IdempotencyRecord:
+    """One per (user, Idempotency-Key) of a submission: the job it made and the request's hash."""
+
+    uid: str
+    job_id: str
+    request_hash: str
+    created_at: datetime
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "uid": self.uid,
+            "job_id": self.job_id,
+            "request_hash": self.request_hash,
+            "created_at": self.created_at,
+        }
+
+    @staticmethod
+    def from_doc(doc: Mapping[str, Any]) -> IdempotencyRecord:
+        return IdempotencyRecord(
+            uid=doc["uid"],
+            job_id=doc["job_id"],
+            request_hash=doc["request_hash"],
+            created_at=doc["created_at"],
+        )
+
+
+# --- charges and the ledger ------------------------------------------------------------------
+
+
+class ChargeKind(StrEnum):
+    TUNING = "tuning"
+    STORAGE_EXTENSION = "storage_extension"
+
+
+class ChargeStatus(StrEnum):
+    PENDING = "pending"  # claimed: a caller is talking to Stripe
+    RETRY = "retry"  # released after a transient error; the next delivery claims it
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # declined; reopened by a new card or the user's retry
+
+
+@dataclass(frozen=True)
+class Charge:
+    """The at-most-once claim on one charge (a job's, or one storage extension's)."""
+
+    id: str
+    uid: str
+    job_id: str
+    kind: ChargeKind
+    amount_cents: int
+    currency: str
+    status: ChargeStatus = ChargeStatus.PENDING
+    attempt: int = 1  # part of the Stripe idempotency key; moves on when reopened
+    billable_tokens: int | None = None  # tuning
+    days: int | None = None  # storage extension
+    extends_from: datetime | None = None  # storage extension: the expiry it extends
+    request_hash: str | None = None  # storage extension: the request its key was used with
+    claimed_at: datetime | None = None
+    created_at: datetime | None = None
+    finished_at: datetime | None = None
+    payment_intent: str | None = None
+    failure_code: str | None = None
+    failure_message: str | None = None
+
+    @property
+    def idempotency_key(self) -> str:
+        """Stripe's idempotency key for this attempt."""
+        return f"{self.id}-{self.attempt}"
+
+    @property
+    def finished(self) -> bool:
+        return self.status in (ChargeStatus.SUCCEEDED, ChargeStatus.FAILED)
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "uid": self.uid,
+            "job_id": self.job_id,
+            "kind": self.kind.value,
+            "amount_cents": self.amount_cents,
+            "currency": self.currency,
+            "status": self.status.value,
+            "attempt": self.attempt,
+            "billable_tokens": self.billable_tokens,
+            "days": self.days,
+            "extends_from": self.extends_from,
+            "request_hash": self.request_hash,
+            "claimed_at": self.claimed_at,
+            "created_at": self.created_at,
+            "finished_at": self.finished_at,
+            "payment_intent": self.payment_intent,
+            "failure_code": self.failure_code,
+            "failure_message": self.failure_message,
+        }
+
+    @staticmethod
+    def from_doc(charge_id: str, doc: Mapping[str, Any]) -> Charge:
+        return Charge(
+            id=charge_id,
+            uid=doc["uid"],
+            job_id=doc["job_id"],
+            kind=ChargeKind(doc["kind"]),
+            amount_cents=doc["amount_cents"],
+            currency=doc["currency"],
+            status=ChargeStatus(doc["status"]),
+            attempt=doc.get("attempt", 1),
+            billable_tokens=doc.get("billable_tokens"),
+            days=doc.get("days"),
+            extends_from=doc.get("extends_from"),
+            request_hash=doc.get("request_hash"),
+            claimed_at=doc.get("claimed_at"),
+            created_at=doc.get("created_at"),
+            finished_at=doc.get("finished_at"),
+            payment_intent=doc.get("payment_intent"),
+            failure_code=doc.get("failure_code"),
+            failure_message=doc.get("failure_message"),
+        )
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """Money that moved: one per succeeded charge (same id)."""
+
+    id: str
+    uid: str
+    kind: ChargeKind
+    job_id: str
+    amount_cents: int
+    currency: str
+    payment_intent: str
+    created_at: datetime
+
+    @property
+    def month(self) -> str:
+        return f"{self.created_at.year:04d}-{self.created_at.month:02d}"
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "uid": self.uid,
+            "kind": self.kind.value,
+            "job_id": self.job_id,
+            "amount_cents": self.amount_cents,
+            "currency": self.currency,
+            "payment_intent": self.payment_intent,
+            "created_at": self.created_at,
+        }
+
+    @staticmethod
+    def from_doc(entry_id: str, doc: Mapping[str, Any]) -> LedgerEntry:
+        return LedgerEntry(
+            id=entry_id,
+            uid=doc["uid"],
+            kind=ChargeKind(doc["kind"]),
+            job_id=doc.get("job_id") or "",
+            amount_cents=doc["amount_cents"],
+            currency=doc["currency"],
+            payment_intent=doc.get("payment_intent") or "",
+            created_at=doc["created_at"],
+        )

@@ -1,0 +1,175 @@
+"""What integration tests share: an API client with real users, and set-up shortcuts that go
+through the store's own operations (never raw documents), plus the trainer's side of the
+contract where a test plays the trainer."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import requests
+
+from devstack.emulators import sign_up
+from shared import store
+from shared.contract import (
+    FAILURE_FIELD,
+    PROGRESS_FIELD,
+    RESULT_FIELD,
+    Hyperparameters,
+    Progress,
+    TrainerFailure,
+    TrainerResult,
+)
+from shared.records import Job, JobStatus, PaymentMethod, Quote
+from tests.support.catalog import TINY_ID
+
+
+@dataclass
+class User:
+    uid: str
+    email: str
+    token: str
+
+
+@dataclass
+class Api:
+    base: str
+    auth_host: str
+
+    def new_user(self) -> User:
+        email = f"u-{uuid.uuid4().hex[:10]}@example.com"
+        data = sign_up(email, auth_host=self.auth_host)
+        return User(uid=data["localId"], email=email, token=data["idToken"])
+
+    def request(
+        self, method: str, path: str, user: User | None = None, token: str | None = None, **kw: Any
+    ) -> requests.Response:
+        headers = dict(kw.pop("headers", {}))
+        if user is not None:
+            headers["Authorization"] = f"Bearer {user.token}"
+        elif token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        return requests.request(method, self.base + path, headers=headers, timeout=30, **kw)
+
+
+def jsonl(records: list[dict[str, Any]]) -> bytes:
+    return "".join(json.dumps(r) + "\n" for r in records).encode()
+
+
+def save_test_card(uid: str) -> None:
+    """Marks the user as having a saved card (the card-saving flow itself is tested in
+    test_billing; job tests need only its outcome)."""
+    store.get_or_create_user(uid, None)
+    store.set_payment_method(uid, PaymentMethod("pm_test", "visa", "4242"))
+
+
+def upload_dataset(
+    api: Api, user: User, content: bytes, filename: str = "train.jsonl", validate: bool = True
+) -> dict[str, Any]:
+    created = api.request(
+        "POST",
+        "/v1/datasets",
+        user,
+        json={"filename": filename, "size_bytes": max(1, len(content))},
+    )
+    assert created.status_code == 201, created.text
+    body = created.json()
+    put = requests.put(
+        body["upload"]["url"], data=content, headers=body["upload"]["headers"], timeout=30
+    )
+    assert put.status_code == 200, put.text
+    if not validate:
+        return body
+    resp = api.request("POST", f"/v1/datasets/{body['id']}/validate", user)
+    assert resp.status_code == 200, resp.text
+    return dict(resp.json())
+
+
+def wait_for(
+    api: Api, user: User, job_id: str, pred: Callable[[dict[str, Any]], bool], timeout: float = 240
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    job: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        job = api.request("GET", f"/v1/jobs/{job_id}", user).json()
+        if pred(job):
+            return job
+        time.sleep(0.5)
+    raise AssertionError(f"timed out; last: {job}")
+
+
+TEST_QUOTE = Quote(
+    examples=4,
+    dropped_examples=0,
+    truncated_examples=0,
+    tokens_per_epoch=1000,
+    trained_tokens_per_epoch=600,
+    epochs=1,
+    billable_tokens=1000,
+    price_cents=50,
+    currency="usd",
+    estimated_seconds=200,
+    gpu_type="nvidia-l4",
+)
+
+
+def stored_job(
+    uid: str,
+    status: JobStatus = JobStatus.RUNNING,
+    created_at: datetime | None = None,
+    **changes: Any,
+) -> str:
+    """Stores a job of `uid` on the tiny model, as admission would, in `status`; returns its id.
+    No Batch job and no trainer exist for it: the test plays them."""
+    t = created_at or store.now()
+    job = Job(
+        id=store.new_id("ft-"),
+        uid=uid,
+        email=f"{uid}@example.com",
+        model=TINY_ID,
+        dataset_id="ds-x",
+        dataset_object=f"datasets/{uid}/ds-x.jsonl",
+        dataset_sha256="0" * 64,
+        hyperparameters=Hyperparameters(epochs=1),
+        quote=TEST_QUOTE,
+        status=status,
+        created_at=t,
+        updated_at=t,
+        started_at=None if status == JobStatus.QUEUED else t,
+        **changes,
+    )
+    store.new_job(job, None, "test", max_active=1000)
+    return job.id
+
+
+def trainer_reports(
+    job_id: str,
+    result: TrainerResult | None = None,
+    failure: TrainerFailure | None = None,
+    progress: Progress | None = None,
+) -> None:
+    """Writes what the trainer writes into the job's document (shared.contract's fields)."""
+    fields: dict[str, Any] = {}
+    if result is not None:
+        fields[RESULT_FIELD] = result.to_doc()
+    if failure is not None:
+        fields[FAILURE_FIELD] = failure.to_doc()
+    if progress is not None:
+        fields[PROGRESS_FIELD] = progress.to_doc()
+    store.client().document(store.job_document(job_id)).update(fields)
+
+
+def result_of(trained_tokens: int) -> TrainerResult:
+    return TrainerResult(
+        steps=1,
+        trained_tokens=trained_tokens,
+        examples=4,
+        final_loss=1.0,
+        last_epoch_mean_loss=1.0,
+        train_seconds=0.1,
+    )
