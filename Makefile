@@ -77,6 +77,7 @@ test-fast: install
 lint: $(LOCAL)/.venv.ok $(LOCAL)/.checkov-venv.ok
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 	terraform fmt -check -recursive terraform
 	$(LOCAL)/checkov-venv/bin/checkov -d terraform --framework terraform --skip-download \
 		--compact --quiet

@@ -223,7 +223,7 @@ class LocalBatch:
         self._publish(name, state)
 
     def _publish(self, name: str, state: str) -> None:
-        from google.cloud import pubsub_v1
+        from google.cloud import pubsub_v1  # type: ignore[attr-defined]  # ships no types
 
         publisher = pubsub_v1.PublisherClient()
         topic = publisher.topic_path(self.cfg.project_id, self.cfg.batch_topic)

@@ -99,11 +99,11 @@ def catalog() -> Catalog:
 def model_view(spec: ModelSpec, available: bool, currency: str) -> dict[str, Any]:
     """The public JSON shape of one catalog model."""
 
-    def bounds(b: dict[str, Bound]) -> dict[str, dict[str, float | int]]:
+    def bounds(b: dict[str, Bound]) -> dict[str, dict[str, Any]]:
         return {k: {"default": v.default, "min": v.min, "max": v.max} for k, v in b.items()}
 
     lora = bounds(spec.lora)
-    lora["target_modules"] = {  # type: ignore[assignment]
+    lora["target_modules"] = {
         "default": spec.lora_target_modules_default,
         "allowed": list(spec.lora_target_modules_allowed),
     }

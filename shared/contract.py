@@ -132,7 +132,7 @@ class TrainerFailure:
     @staticmethod
     def from_doc(doc: Mapping[str, Any]) -> TrainerFailure:
         try:
-            kind = FailureKind(doc.get("kind"))
+            kind = FailureKind(str(doc.get("kind")))
         except ValueError:
             kind = FailureKind.PLATFORM
         return TrainerFailure(kind=kind, message=str(doc.get("message", "")))

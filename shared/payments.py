@@ -43,7 +43,7 @@ def create_customer(cfg: Settings, uid: str, email: str | None) -> str:
     if email:
         params["email"] = email
     customer = client(cfg).v1.customers.create(params, {"idempotency_key": f"customer-{uid}"})
-    return customer.id
+    return str(customer.id)
 
 
 def delete_customer(cfg: Settings, customer_id: str) -> None:
@@ -87,7 +87,7 @@ def portal_url(cfg: Settings, customer_id: str) -> str:
                 "return_url": cfg.checkout_success_url,
             }
         )
-        return session.url
+        return str(session.url)
     return f"{cfg.api_base_url}/local/portal/{customer_id}"
 
 
@@ -102,7 +102,7 @@ def verify_webhook(cfg: Settings, payload: bytes, signature: str | None) -> dict
     for secret in cfg.stripe_webhook_secrets:
         try:
             event = stripe.Webhook.construct_event(payload, signature, secret, tolerance=300)
-            return event.to_dict()
+            return dict(event.to_dict())
         except stripe.SignatureVerificationError as exc:
             last = exc
         except ValueError as exc:  # not JSON
@@ -178,4 +178,4 @@ def charge(
         )
     if intent.status != "succeeded":
         raise Declined(intent.status, f"The payment did not go through ({intent.status}).")
-    return intent.id
+    return str(intent.id)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from shared.config import settings
 
 if TYPE_CHECKING:
-    from google.cloud import storage
+    from google.cloud import storage  # type: ignore[attr-defined]  # ships no types
 
 _lock = threading.Lock()
 _client: storage.Client | None = None
@@ -26,7 +26,7 @@ def client() -> storage.Client:
     global _client
     with _lock:
         if _client is None:
-            from google.cloud import storage
+            from google.cloud import storage  # type: ignore[attr-defined]  # ships no types
 
             _client = storage.Client(project=settings().project_id)
         return _client
@@ -48,7 +48,8 @@ def read_bytes(bucket: str, name: str, max_bytes: int) -> bytes | None:
     from google.api_core.exceptions import NotFound, RequestRangeNotSatisfiable
 
     try:
-        return client().bucket(bucket).blob(name).download_as_bytes(start=0, end=max_bytes)
+        data: bytes = client().bucket(bucket).blob(name).download_as_bytes(start=0, end=max_bytes)
+        return data
     except RequestRangeNotSatisfiable:  # an empty object has no byte 0
         return b""
     except NotFound:
@@ -91,14 +92,15 @@ def signed_url(
     if cfg.signing_key_file:
         from google.oauth2 import service_account
 
-        kwargs["credentials"] = service_account.Credentials.from_service_account_file(
+        kwargs["credentials"] = service_account.Credentials.from_service_account_file(  # type: ignore[no-untyped-call]
             cfg.signing_key_file
         )
     else:  # production: sign through IAM as the function's own service account
         import google.auth
         import google.auth.transport.requests
 
-        credentials, _ = google.auth.default()
+        found, _ = google.auth.default()
+        credentials: Any = found  # a service account's credentials in production
         credentials.refresh(google.auth.transport.requests.Request())
         kwargs["service_account_email"] = credentials.service_account_email
         kwargs["access_token"] = credentials.token

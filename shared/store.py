@@ -162,7 +162,7 @@ def _page(
     more = len(snaps) > limit
     snaps = snaps[:limit]
     next_cursor = encode_cursor(snaps[-1].get("created_at"), snaps[-1].id) if more else None
-    return [s.to_dict() for s in snaps], next_cursor
+    return [s.to_dict() or {} for s in snaps], next_cursor
 
 
 def _owned(collection: str, doc_id: str, uid: str) -> dict[str, Any] | None:
@@ -415,7 +415,8 @@ def new_job(
         return job, True
 
     try:
-        return run(db.transaction(max_attempts=10))
+        created: tuple[Job, bool] = run(db.transaction(max_attempts=10))
+        return created
     except (Aborted, ValueError) as exc:  # ValueError: the client's "too many attempts"
         if isinstance(exc, ValueError) and "attempts" not in str(exc):
             raise
@@ -620,11 +621,11 @@ def charges_of(uid: str, status: ChargeStatus) -> list[Charge]:
         .where(filter=FieldFilter("uid", "==", uid))
         .where(filter=FieldFilter("status", "==", status.value))
     )
-    return [Charge.from_doc(s.id, s.to_dict()) for s in query.stream()]
+    return [Charge.from_doc(s.id, s.to_dict() or {}) for s in query.stream()]
 
 
 def ledger_entries(uid: str) -> list[LedgerEntry]:
     from google.cloud.firestore_v1.base_query import FieldFilter
 
     query = client().collection(LEDGER).where(filter=FieldFilter("uid", "==", uid))
-    return [LedgerEntry.from_doc(s.id, s.to_dict()) for s in query.stream()]
+    return [LedgerEntry.from_doc(s.id, s.to_dict() or {}) for s in query.stream()]

@@ -137,7 +137,9 @@ def check_messages(messages: Any) -> list[dict[str, str]]:
 class ChatTokenizer:
     """A model's tokenizer and chat template, loaded from its model-store folder."""
 
-    def __init__(self, tokenizer_json: str, chat_template: str, special: dict[str, str]) -> None:
+    def __init__(
+        self, tokenizer_json: str, chat_template: str, special: dict[str, str | None]
+    ) -> None:
         from tokenizers import Tokenizer
 
         self._tok = Tokenizer.from_str(tokenizer_json)
@@ -183,12 +185,13 @@ class ChatTokenizer:
         return env.from_string(self._template_source)
 
     def render(self, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> str:
-        return self._template.render(
+        text: str = self._template.render(
             messages=messages,
             add_generation_prompt=add_generation_prompt,
             bos_token=self.bos_token,
             eos_token=self.eos_token,
         )
+        return text
 
     def encode(self, record: Any, max_seq_length: int) -> EncodedExample:
         """Token ids and training targets of one record (see the module docstring)."""
@@ -246,5 +249,5 @@ class ChatTokenizer:
 def _token_text(value: Any) -> str | None:
     """tokenizer_config.json stores special tokens as a string or as {"content": ...}."""
     if isinstance(value, dict):
-        return value.get("content")
-    return value
+        value = value.get("content")
+    return value if isinstance(value, str) else None

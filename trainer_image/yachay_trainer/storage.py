@@ -16,7 +16,7 @@ def _split(uri: str) -> tuple[str, str]:
 
 @lru_cache(maxsize=1)
 def _client() -> Any:
-    from google.cloud import storage
+    from google.cloud import storage  # type: ignore[attr-defined]  # ships no types
 
     return storage.Client()
 
@@ -77,7 +77,7 @@ def read_text(uri: str) -> str | None:
 
         bucket, path = _split(uri)
         try:
-            return _client().bucket(bucket).blob(path).download_as_text()
+            return str(_client().bucket(bucket).blob(path).download_as_text())
         except NotFound:
             return None
     p = Path(uri)

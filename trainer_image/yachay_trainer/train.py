@@ -157,7 +157,7 @@ class Run:
             self._train_seconds += time.perf_counter() - started
             self.step += 1
             self.trained_tokens += tokens
-            lr = self.scheduler.get_last_lr()[0]
+            lr = float(self.scheduler.get_last_lr()[0])
             self.metrics.append(
                 {"step": self.step, "loss": loss, "lr": lr, "tokens": self.trained_tokens}
             )
@@ -174,8 +174,8 @@ class Run:
         total = 0.0
         for pack in packs:
             loss = pack_loss(causal_lm, pack, self.device) / n_trained
-            loss.backward()
-            total += loss.item()
+            loss.backward()  # type: ignore[no-untyped-call]
+            total += float(loss.item())
             dropout.clear(self.dropout_cache)
         torch.nn.utils.clip_grad_norm_(self.trainable, MAX_GRAD_NORM)
         self.optimizer.step()
