@@ -72,7 +72,7 @@ test: install lint
 	$(PY) -m pytest
 
 test-fast: install
-	$(PY) -m pytest -m "not integration"
+	$(PY) -m pytest -m "not integration and not trainer"
 
 lint: $(LOCAL)/.venv.ok $(LOCAL)/.checkov-venv.ok
 	$(VENV)/bin/ruff check .

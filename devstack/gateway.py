@@ -39,8 +39,6 @@ def load_function(name: str) -> View:
     return getattr(module, name)
 
 
-# Pub/Sub push subscriptions (made by the local stack) that stand in for Eventarc triggers:
-# path -> the CloudEvent function they deliver to.
 def pubsub_event(envelope: dict) -> CloudEvent:
     """A Pub/Sub push body as the CloudEvent Eventarc delivers for a Pub/Sub trigger."""
     subscription = envelope.get("subscription", "")
@@ -69,11 +67,14 @@ def storage_event(envelope: dict) -> CloudEvent:
     )
 
 
+# How a Pub/Sub push body becomes the CloudEvent Eventarc delivers, by trigger kind.
+CONVERTERS = {"pubsub": pubsub_event, "storage": storage_event}
 # Pub/Sub push subscriptions (made by the local stack) that stand in for Eventarc triggers:
 # path -> (the CloudEvent function, how the push body becomes its event).
 PUSH_ENDPOINTS = {
-    "/internal/pubsub/batch-events": ("batch_events", pubsub_event),
-    "/internal/pubsub/dataset-uploads": ("dataset_events", storage_event),
+    t.local_push_path: (t.function, CONVERTERS[t.kind])
+    for t in routes.TRIGGERS
+    if t.local_push_path is not None
 }
 
 
@@ -139,9 +140,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Yachay local API gateway")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    # Stand-ins: the Eventarc Firestore trigger of the charge function, and the Storage
-    # lifecycle rule that deletes expired job files.
-    FirestoreRelay("jobs", load_function("charge_job")).start()
+    # Stand-ins: the Eventarc Firestore triggers (a relay per trigger, on the collection its
+    # document pattern names), and the Storage lifecycle rule that deletes expired job files.
+    for trigger in routes.TRIGGERS:
+        if trigger.kind == "firestore":
+            collection = trigger.source.split("/", 1)[0]
+            FirestoreRelay(collection, load_function(trigger.function)).start()
     threading.Thread(target=_sweep_forever, daemon=True).start()
     server = make_server(
         "127.0.0.1", args.port, create_app(), threaded=True, request_handler=_QuietHandler

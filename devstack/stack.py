@@ -27,22 +27,42 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shared import routes
+from shared.config import load
+
 ROOT = Path(__file__).resolve().parent.parent
 LOCAL = ROOT / ".local"
-PROJECT_ID = "demo-yachay"
+# The names every service is given locally are the configuration's own defaults.
+_DEFAULTS = load({})
+PROJECT_ID = _DEFAULTS.project_id
 SERVICES = ("firestore", "pubsub", "auth", "storage", "tasks", "stripe", "api")
 # Extra ports the Firebase emulator suite opens besides the Auth emulator itself.
 AUX_PORTS = ("auth_hub", "auth_logging")
 DEFAULT_PORT_BASE = 8700
 STRIPE_TEST_KEY = "sk_test_local_yachay"
 STRIPE_WEBHOOK_SECRET = "whsec_local_yachay_stack"
-REGION = "us-central1"
-TASKS_QUEUE = f"projects/{PROJECT_ID}/locations/{REGION}/queues/launch-jobs"
-BATCH_TOPIC = "batch-job-states"
+REGION = _DEFAULTS.region
+TASKS_QUEUE = _DEFAULTS.tasks_queue
+BATCH_TOPIC = _DEFAULTS.batch_topic
+# Local-only: the Storage emulator publishes finalize notifications here (Eventarc's Storage
+# trigger needs no topic in production).
 UPLOADS_TOPIC = "dataset-uploads"
-BUCKETS = tuple(
-    f"{PROJECT_ID}-{kind}" for kind in ("models", "datasets", "adapters", "checkpoints")
+BUCKETS = (
+    _DEFAULTS.models_bucket,
+    _DEFAULTS.datasets_bucket,
+    _DEFAULTS.artifacts_bucket,
+    _DEFAULTS.checkpoints_bucket,
 )
+
+
+def push_subscriptions() -> list[tuple[str, str]]:
+    """(topic, push path) for each trigger the local gateway receives through Pub/Sub."""
+    topics = {"pubsub": lambda t: getattr(_DEFAULTS, t.source), "storage": lambda t: UPLOADS_TOPIC}
+    return [
+        (topics[t.kind](t), t.local_push_path)
+        for t in routes.TRIGGERS
+        if t.local_push_path is not None
+    ]
 
 
 def free_port() -> int:
@@ -304,7 +324,7 @@ class Stack:
                 resp.raise_for_status()
         self.register_stripe_webhook()
         pubsub = f"http://{self.host('pubsub')}/v1/projects/{PROJECT_ID}"
-        for topic, endpoint in ((BATCH_TOPIC, "batch-events"), (UPLOADS_TOPIC, "dataset-uploads")):
+        for topic, push_path in push_subscriptions():
             resp = requests.put(f"{pubsub}/topics/{topic}", json={}, timeout=10)
             if resp.status_code not in (200, 409):
                 resp.raise_for_status()
@@ -312,9 +332,7 @@ class Stack:
                 f"{pubsub}/subscriptions/{topic}-push",
                 json={
                     "topic": f"projects/{PROJECT_ID}/topics/{topic}",
-                    "pushConfig": {
-                        "pushEndpoint": f"{self.api_base_url}/internal/pubsub/{endpoint}"
-                    },
+                    "pushConfig": {"pushEndpoint": f"{self.api_base_url}{push_path}"},
                     "ackDeadlineSeconds": 60,
                 },
                 timeout=10,
@@ -358,7 +376,7 @@ class Stack:
             "-event.pubsub-topic",
             UPLOADS_TOPIC,
             "-event.bucket",
-            f"{PROJECT_ID}-datasets",
+            _DEFAULTS.datasets_bucket,
             "-event.list",
             "finalize",
         ]

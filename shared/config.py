@@ -12,8 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
+from shared.routes import path_of
+
 VERSION = "0.1.0"
-LAUNCH_PATH = "/internal/tasks/launch-job"
+LAUNCH_PATH = path_of("launchJob")
 
 # Variables the Google SDKs read themselves; their presence means "use an emulator".
 EMULATOR_VARIABLES = (

@@ -1,8 +1,13 @@
-"""OpenAPI documents generated from the route table.
+"""Deployment documents generated from the route table (shared.routes).
 
-`gateway_config()` is the API Gateway config (OpenAPI 2.0) as a Terraform template: Terraform's
-`templatefile()` fills `${project_id}` and one `${backend_<function>}` URL per function. It is
-committed at GATEWAY_TEMPLATE and a test fails when it is stale; regenerate with `make openapi`.
+- `gateway_config()`: the API Gateway config (OpenAPI 2.0) as a Terraform template: Terraform's
+  `templatefile()` fills `${project_id}` and one `${backend_<function>}` URL per function.
+- `function_table()`: every function Terraform deploys, how it is reached (its trigger's event
+  type and source), its service account, memory and secrets, and the internal paths Cloud Tasks
+  and Cloud Scheduler call.
+
+Both are committed (GATEWAY_TEMPLATE, FUNCTION_TABLE) and a test fails when either is stale;
+regenerate with `make openapi`.
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ from typing import Any
 from shared import routes
 from shared.config import VERSION
 
-GATEWAY_TEMPLATE = Path(__file__).resolve().parent.parent / "terraform" / "openapi.json.tftpl"
+TERRAFORM = Path(__file__).resolve().parent.parent / "terraform"
+GATEWAY_TEMPLATE = TERRAFORM / "openapi.json.tftpl"
+FUNCTION_TABLE = TERRAFORM / "functions.json"
 BACKEND_DEADLINE_S = 60.0
 
 
@@ -97,9 +104,47 @@ def render_gateway_config() -> str:
     return json.dumps(gateway_config(), indent=2) + "\n"
 
 
+def function_table() -> dict[str, Any]:
+    """What terraform/functions.tf deploys, read there with jsondecode()."""
+    from shared.config import load
+
+    defaults = load({})
+    table: dict[str, Any] = {}
+    triggers = {t.function: t for t in routes.TRIGGERS}
+    for name in routes.all_functions():
+        deploy = routes.DEPLOYMENTS[name]
+        trigger = triggers.get(name)
+        kind = routes.kind_of(name)
+        table[name] = {
+            "kind": kind,
+            "sa": deploy.service_account,
+            "memory": deploy.memory,
+            "stripe": deploy.stripe,
+            "event_type": trigger.event_type if trigger else None,
+            "document": trigger.source if trigger and kind == "firestore" else None,
+            "topic": getattr(defaults, trigger.source) if trigger and kind == "pubsub" else None,
+            # the bucket's key in terraform/storage.tf: "datasets_bucket" -> "datasets"
+            "bucket": trigger.source.removesuffix("_bucket")
+            if trigger and kind == "storage"
+            else None,
+        }
+    return {
+        "functions": table,
+        "paths": {
+            "launch_job": routes.path_of("launchJob"),
+            "relaunch_stale": routes.path_of("relaunchStale"),
+        },
+    }
+
+
+def render_function_table() -> str:
+    return json.dumps(function_table(), indent=2) + "\n"
+
+
 if __name__ == "__main__":
     if sys.argv[1:] == ["--write"]:
         GATEWAY_TEMPLATE.write_text(render_gateway_config())
-        print(f"wrote {GATEWAY_TEMPLATE}")
+        FUNCTION_TABLE.write_text(render_function_table())
+        print(f"wrote {GATEWAY_TEMPLATE} and {FUNCTION_TABLE}")
     else:
         sys.stdout.write(render_gateway_config())

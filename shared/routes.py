@@ -1,13 +1,17 @@
-"""The route table: the single source of truth for the public API.
+"""The route table: the single source of truth for every deployed function and how it is
+reached.
 
-It drives three things, so they cannot drift apart:
+ROUTES (HTTP) and TRIGGERS (events) drive, so they cannot drift apart:
 - the local gateway (devstack/gateway.py), which sends each request to the function object that
-  owns its path, exactly as API Gateway does in production;
+  owns its path, exactly as API Gateway does in production, and delivers each trigger's events
+  (its Pub/Sub push endpoints and its Firestore relay come from TRIGGERS);
 - each function's own dispatch (`shared.http.serve`), which checks the method and path again;
-- the API Gateway OpenAPI 2.0 config for Terraform (`shared.openapi`), and later the public spec.
+- the API Gateway OpenAPI 2.0 config and the function table Terraform deploys
+  (`shared.openapi`: terraform/openapi.json.tftpl and terraform/functions.json, both generated);
+- the local stack's Pub/Sub push subscriptions (devstack/stack.py).
 
-A route's `function` names the deployed function: its code is `functions/<function>/main.py` and
-its entry point is the attribute of the same name in that file.
+A function's name is its folder: its code is `functions/<function>/main.py` and its entry point
+is the attribute of the same name in that file. DEPLOYMENTS says how each one runs.
 """
 
 from __future__ import annotations
@@ -98,9 +102,89 @@ ROUTES: tuple[Route, ...] = (
 # fmt: on
 
 
+@dataclass(frozen=True)
+class Trigger:
+    """An event function: the Eventarc trigger that calls it in production, and how the local
+    stack delivers the same CloudEvent."""
+
+    function: str
+    kind: str  # "firestore", "pubsub" or "storage"
+    event_type: str
+    # firestore: the document pattern; pubsub: the topic (the Settings field naming it);
+    # storage: the bucket (the Settings field naming it).
+    source: str
+    summary: str
+    # The local gateway's Pub/Sub push endpoint for it (pubsub and storage; the local stack's
+    # Storage emulator publishes finalize events to a topic). Firestore: a local relay instead.
+    local_push_path: str | None = None
+
+
+# fmt: off
+TRIGGERS: tuple[Trigger, ...] = (
+    Trigger("charge_job", "firestore", "google.cloud.firestore.document.v1.updated",
+            "jobs/{jobId}", "Charges a job once when it ends."),
+    Trigger("batch_events", "pubsub", "google.cloud.pubsub.topic.v1.messagePublished",
+            "batch_topic", "Batch job state notifications drive the job state machine.",
+            local_push_path="/internal/pubsub/batch-events"),
+    Trigger("dataset_events", "storage", "google.cloud.storage.object.v1.finalized",
+            "datasets_bucket", "Validates a dataset when its upload finishes.",
+            local_push_path="/internal/pubsub/dataset-uploads"),
+)
+# fmt: on
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """How one function runs in production."""
+
+    service_account: str  # a role in terraform/iam.tf
+    memory: str
+    stripe: bool = False  # gets the Stripe secret key
+
+
+# fmt: off
+DEPLOYMENTS: dict[str, Deployment] = {
+    "healthz": Deployment("api", "256M"),
+    "models": Deployment("api", "512M"),
+    "me": Deployment("api", "512M", stripe=True),
+    "datasets": Deployment("api", "1Gi"),
+    "jobs": Deployment("api", "1Gi", stripe=True),
+    "cards": Deployment("api", "512M", stripe=True),
+    "billing": Deployment("api", "512M"),
+    "stripe_webhook": Deployment("webhook", "512M", stripe=True),
+    "launch_job": Deployment("launcher", "512M"),
+    "charge_job": Deployment("charger", "512M", stripe=True),
+    "batch_events": Deployment("notifier", "512M"),
+    "dataset_events": Deployment("api", "1Gi"),
+}
+# fmt: on
+
+
 def functions() -> tuple[str, ...]:
-    """Every deployed function name, in route-table order."""
+    """Every function that serves HTTP, in route-table order."""
     return tuple(dict.fromkeys(r.function for r in ROUTES))
+
+
+def all_functions() -> tuple[str, ...]:
+    """Every deployed function: the HTTP ones, then the event ones."""
+    return (*functions(), *(t.function for t in TRIGGERS))
+
+
+def kind_of(function: str) -> str:
+    """How a function is reached: "public" (API Gateway), "tasks" (internal HTTP, our own
+    infrastructure), or its trigger's kind."""
+    for t in TRIGGERS:
+        if t.function == function:
+            return t.kind
+    own = routes_of(function)
+    if not own:
+        raise KeyError(function)
+    return "tasks" if all(r.internal for r in own) else "public"
+
+
+def path_of(operation_id: str) -> str:
+    """The path of the route with this operation id."""
+    return next(r.path for r in ROUTES if r.operation_id == operation_id)
 
 
 def routes_of(function: str) -> tuple[Route, ...]:

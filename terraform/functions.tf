@@ -1,24 +1,15 @@
-# One gen2 function per entry in shared/routes.py (HTTP) plus the event handlers. Public API
-# functions are reachable only through API Gateway (IAM: the gateway's account is the only
-# invoker); internal ones only from inside Google Cloud (ingress) by their one caller (IAM).
+# One gen2 function per entry of the route table (shared/routes.py: ROUTES, TRIGGERS and
+# DEPLOYMENTS), read from functions.json, which `make openapi` generates from it (a test fails
+# when it is stale). Public API functions are reachable only through API Gateway (IAM: the
+# gateway's account is the only invoker); internal ones only from inside Google Cloud (ingress)
+# by their one caller (IAM).
 locals {
-  functions = {
-    healthz        = { sa = "api", kind = "public", memory = "256M", stripe = false }
-    models         = { sa = "api", kind = "public", memory = "512M", stripe = false }
-    me             = { sa = "api", kind = "public", memory = "512M", stripe = true }
-    datasets       = { sa = "api", kind = "public", memory = "1Gi", stripe = false }
-    jobs           = { sa = "api", kind = "public", memory = "1Gi", stripe = true }
-    cards          = { sa = "api", kind = "public", memory = "512M", stripe = true }
-    billing        = { sa = "api", kind = "public", memory = "512M", stripe = false }
-    stripe_webhook = { sa = "webhook", kind = "public", memory = "512M", stripe = true }
-    launch_job     = { sa = "launcher", kind = "tasks", memory = "512M", stripe = false }
-    charge_job     = { sa = "charger", kind = "firestore", memory = "512M", stripe = true }
-    batch_events   = { sa = "notifier", kind = "pubsub", memory = "512M", stripe = false }
-    dataset_events = { sa = "api", kind = "storage", memory = "1Gi", stripe = false }
-  }
+  wiring    = jsondecode(file("${path.module}/functions.json"))
+  functions = local.wiring.functions
 
   # Deterministic (no cycle through the function's own attributes); the path is its route.
-  launch_url = "https://${var.region}-${var.project_id}.cloudfunctions.net/launch-job/internal/tasks/launch-job"
+  launcher_url = "https://${var.region}-${var.project_id}.cloudfunctions.net/launch-job"
+  launch_url   = "${local.launcher_url}${local.wiring.paths.launch_job}"
 
   # Every variable shared/config.py reads in production (the test checks none is missing).
   common_env = {
@@ -115,7 +106,7 @@ resource "google_cloudfunctions2_function" "fn" {
     for_each = each.value.kind == "firestore" ? [0] : []
     content {
       trigger_region        = var.region
-      event_type            = "google.cloud.firestore.document.v1.updated"
+      event_type            = each.value.event_type
       retry_policy          = "RETRY_POLICY_RETRY"
       service_account_email = google_service_account.role[each.value.sa].email
       event_filters {
@@ -124,7 +115,7 @@ resource "google_cloudfunctions2_function" "fn" {
       }
       event_filters {
         attribute = "document"
-        value     = "jobs/{jobId}"
+        value     = each.value.document
         operator  = "match-path-pattern"
       }
     }
@@ -134,8 +125,8 @@ resource "google_cloudfunctions2_function" "fn" {
     for_each = each.value.kind == "pubsub" ? [0] : []
     content {
       trigger_region        = var.region
-      event_type            = "google.cloud.pubsub.topic.v1.messagePublished"
-      pubsub_topic          = google_pubsub_topic.batch_states.id
+      event_type            = each.value.event_type
+      pubsub_topic          = "projects/${var.project_id}/topics/${each.value.topic}"
       retry_policy          = "RETRY_POLICY_RETRY"
       service_account_email = google_service_account.role[each.value.sa].email
     }
@@ -145,17 +136,21 @@ resource "google_cloudfunctions2_function" "fn" {
     for_each = each.value.kind == "storage" ? [0] : []
     content {
       trigger_region        = var.region
-      event_type            = "google.cloud.storage.object.v1.finalized"
+      event_type            = each.value.event_type
       retry_policy          = "RETRY_POLICY_RETRY"
       service_account_email = google_service_account.role[each.value.sa].email
       event_filters {
         attribute = "bucket"
-        value     = google_storage_bucket.this["datasets"].name
+        value     = google_storage_bucket.this[each.value.bucket].name
       }
     }
   }
 
-  depends_on = [google_project_service.enabled, google_project_iam_member.gcs_publishes_events]
+  depends_on = [
+    google_project_service.enabled,
+    google_project_iam_member.gcs_publishes_events,
+    google_pubsub_topic.batch_states,
+  ]
 }
 
 # Who may invoke what: the gateway the public functions, Cloud Tasks the launcher, each

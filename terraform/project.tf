@@ -71,7 +71,7 @@ resource "google_cloud_scheduler_job" "relaunch_stale" {
 
   http_target {
     http_method = "POST"
-    uri         = "https://${var.region}-${var.project_id}.cloudfunctions.net/launch-job/internal/tasks/relaunch-stale"
+    uri         = "${local.launcher_url}${local.wiring.paths.relaunch_stale}"
     oidc_token {
       service_account_email = google_service_account.role["tasks"].email
     }

@@ -406,3 +406,31 @@ def test_a_tasks_outage_does_not_fail_the_submission(api, tiny_in_store, monkeyp
     job, created = admission.submit(user.uid, user.email, body, None, settings())
     assert created and job["status"] == "queued"
     assert store.get_job(job["id"]).batch_job is None  # relaunch_stale picks it up later
+
+
+def test_a_transition_that_keeps_losing_its_race_is_contended_not_lost(api, stack_env) -> None:
+    """Another writer changes the job between every read and commit: the transition gives up
+    with Contended (a retryable 503 at the edge), and writes nothing."""
+    from dataclasses import replace
+
+    user = api.new_user()
+    job_id = stored_job(user.uid)
+    attempts = []
+
+    def decide(job):
+        attempts.append(job.updated_at)
+        # the concurrent writer (e.g. the trainer's progress report) gets there first
+        trainer_reports(job_id, progress=progress_at(len(attempts)))
+        return replace(job, status=JobStatus.CANCELLED), None
+
+    with pytest.raises(errors.Contended):
+        store.update_job(job_id, decide, attempts=3)
+    assert len(attempts) == 3
+    assert store.get_job(job_id).status == JobStatus.RUNNING
+    assert store.get_job(job_id).progress.step == 3
+
+
+def progress_at(step: int):
+    from shared.contract import Progress
+
+    return Progress(step, 10, 1, step * 10, 100, 1.0, 1e-4, 1.0)

@@ -10,7 +10,7 @@ import torch
 
 from shared.contract import EXIT_OK
 from tests.support.tiny import write_jsonl
-from tests.trainer.conftest import ROOT, make_config, trainer_process
+from tests.support.trainer import ROOT, make_config, trainer_process
 
 pytestmark = pytest.mark.slow
 

@@ -20,7 +20,7 @@ from shared.contract import (
 )
 from shared.tokenization import ChatTokenizer
 from tests.support.tiny import chat_records, write_jsonl
-from tests.trainer.conftest import events, make_config, trainer_process
+from tests.support.trainer import events, make_config, trainer_process
 from yachay_trainer.train import Run
 
 

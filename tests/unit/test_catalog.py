@@ -36,3 +36,10 @@ def test_model_view_shape() -> None:
     assert view["lora"]["rank"]["default"] == 16
     assert "q_proj" in view["lora"]["target_modules"]["allowed"]
     assert catalog().get("no-such-model") is None
+
+
+def test_every_catalog_gpu_is_one_batch_can_attach() -> None:
+    from shared.batch import GPU_TYPES
+
+    for m in catalog().models:
+        assert m.gpu_type in GPU_TYPES, (m.id, m.gpu_type)

@@ -128,6 +128,19 @@ def test_unexpected_exception_is_a_json_500_without_internals(capsys) -> None:
     assert error["request_id"] == body["error"]["request_id"]
 
 
+def test_a_contended_write_is_a_retryable_503_not_a_404() -> None:
+    from shared.errors import Contended
+
+    def contended(req: ApiRequest) -> Reply:
+        raise Contended("job")
+
+    resp = call(serve("healthz", {"getHealth": contended}), "GET", "/v1/healthz")
+    assert resp.status_code == 503
+    assert resp.headers["Retry-After"] == "1"
+    body = resp.get_json()["error"]
+    assert body["code"] == "service_unavailable" and "Retry" in body["message"]
+
+
 def test_api_error_is_mapped_with_its_status_and_param() -> None:
     def refuse(req: ApiRequest) -> Reply:
         raise ApiError(Code.INVALID_VALUE, "no", param="x")

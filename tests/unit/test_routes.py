@@ -79,3 +79,26 @@ def test_gateway_config_secures_exactly_the_authenticated_routes() -> None:
     firebase = doc["securityDefinitions"]["firebase"]
     assert firebase["x-google-issuer"] == "https://securetoken.google.com/${project_id}"
     assert firebase["x-google-audiences"] == "${project_id}"
+
+
+def test_every_function_is_reached_one_way_and_the_gateway_delivers_every_trigger() -> None:
+    from devstack import gateway, stack
+
+    names = routes.all_functions()
+    assert len(names) == len(set(names)), "a function is both HTTP and an event function"
+    assert {routes.kind_of(n) for n in names} <= {
+        "public",
+        "tasks",
+        "firestore",
+        "pubsub",
+        "storage",
+    }
+    pushed = {t.function for t in routes.TRIGGERS if t.kind in ("pubsub", "storage")}
+    assert {f for f, _ in gateway.PUSH_ENDPOINTS.values()} == pushed
+    assert {p for _, p in stack.push_subscriptions()} == set(gateway.PUSH_ENDPOINTS)
+    from shared.config import LAUNCH_PATH, load
+
+    assert (
+        load({}).task_target_url.endswith(LAUNCH_PATH)
+        and routes.path_of("launchJob") == LAUNCH_PATH
+    )

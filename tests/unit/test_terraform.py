@@ -35,15 +35,54 @@ def local(name: str) -> Any:
     raise KeyError(name)
 
 
+def deployed() -> dict[str, Any]:
+    """The function table Terraform reads (terraform/functions.json)."""
+    assert local("functions") == "${local.wiring.functions}"
+    return dict(json.loads(openapi.FUNCTION_TABLE.read_text())["functions"])
+
+
+def test_the_function_table_is_generated_from_the_route_table() -> None:
+    committed = openapi.FUNCTION_TABLE.read_text()
+    assert committed == openapi.render_function_table(), "stale: run `make openapi`"
+    functions_tf = (TF / "functions.tf").read_text()
+    assert 'jsondecode(file("${path.module}/functions.json"))' in functions_tf
+    # The trigger blocks and the internal URLs take every fact from the table.
+    for fact in ("each.value.event_type", "each.value.document", "each.value.topic"):
+        assert fact in functions_tf
+    assert "google_storage_bucket.this[each.value.bucket]" in functions_tf
+    assert "local.wiring.paths.launch_job" in functions_tf
+    assert "local.wiring.paths.relaunch_stale" in (TF / "project.tf").read_text()
+    assert "/internal/" not in functions_tf + (TF / "project.tf").read_text()
+
+
 def test_every_function_is_deployed_and_every_deployed_function_exists() -> None:
-    deployed = set(local("functions"))
+    table = deployed()
     on_disk = {p.parent.name for p in (ROOT / "functions").glob("*/main.py")}
-    assert deployed == on_disk
-    assert set(routes.functions()) <= deployed
+    assert set(table) == on_disk == set(routes.all_functions()) == set(routes.DEPLOYMENTS)
+    for t in routes.TRIGGERS:
+        assert table[t.function]["kind"] == t.kind
+        assert table[t.function]["event_type"] == t.event_type
+
+
+def test_trigger_sources_name_what_exists() -> None:
+    from shared import store
+    from shared.config import load
+
+    cfg = load({})
+    table = deployed()
+    project_tf = (TF / "project.tf").read_text()
+    for t in routes.TRIGGERS:
+        if t.kind == "firestore":  # the document pattern of the collection the store writes
+            assert t.source == store.job_document("{jobId}")
+        elif t.kind == "pubsub":  # the topic config reads and Terraform creates
+            assert f'name       = "{getattr(cfg, t.source)}"' in project_tf
+        else:  # a bucket of terraform/storage.tf, the one config names
+            assert table[t.function]["bucket"] in local("buckets")
+            assert getattr(cfg, t.source) == f"{cfg.project_id}-{table[t.function]['bucket']}"
 
 
 def test_every_public_route_has_a_gateway_operation_and_a_public_function() -> None:
-    functions = local("functions")
+    functions = deployed()
     doc = json.loads(openapi.render_gateway_config())
     for r in routes.ROUTES:
         kind = functions[r.function]["kind"]
@@ -145,5 +184,5 @@ def test_service_accounts_have_exactly_the_roles_their_code_needs() -> None:
 def test_internal_functions_are_not_reachable_from_the_internet() -> None:
     functions_tf = (TF / "functions.tf").read_text()
     assert 'each.value.kind == "public" ? "ALLOW_ALL" : "ALLOW_INTERNAL_ONLY"' in functions_tf
-    kinds = {name: f["kind"] for name, f in local("functions").items()}
+    kinds = {name: f["kind"] for name, f in deployed().items()}
     assert kinds["launch_job"] == "tasks" and kinds["charge_job"] == "firestore"

@@ -63,3 +63,33 @@ def test_trainer_shares_only_the_contract_and_tokenization() -> None:
     copied = set(re.findall(r"shared/(\w+)\.py", dockerfile))
     assert copied == {"__init__", "contract", "tokenization"}
     assert re.search(r"^FROM \S+@sha256:[0-9a-f]{64}$", dockerfile, re.M), "pin the base image"
+
+
+def test_only_the_store_touches_firestore_documents() -> None:
+    """No Firestore client, collection name or document outside shared/store.py in the API: the
+    rest of the core and the functions work with shared.records."""
+    from shared import store
+
+    collections = {v for k, v in vars(store).items() if k.isupper() and isinstance(v, str)}
+    for path in [*py_files("shared"), *py_files("functions")]:
+        if path.name == "store.py":
+            continue
+        text = path.read_text()
+        assert "store.client(" not in text and ".collection(" not in text, path
+        assert not re.search(r"\bstore\.[A-Z_]{3,}\b", text), f"{path} names a collection"
+        for name in collections:
+            assert f'collection("{name}")' not in text, path
+    trainer = "".join(p.read_text() for p in py_files("trainer_image"))
+    assert ".collection(" not in trainer  # it writes the document its config names
+
+
+def test_every_exit_code_lives_in_the_contract() -> None:
+    from shared import batch, contract
+
+    assert set(contract.FAIL_EXIT_CODES).isdisjoint(contract.RETRYABLE_EXIT_CODES)
+    assert contract.EXIT_USER_ERROR in contract.FAIL_EXIT_CODES
+    main = (ROOT / "trainer_image" / "yachay_trainer" / "__main__.py").read_text()
+    assert not re.search(r"\breturn \d+\b", main), "return a contract.EXIT_* code"
+    batch_src = (ROOT / "shared" / "batch.py").read_text()
+    assert not re.search(r"exit_codes=\[?\(?\d", batch_src)
+    assert batch.FAIL_EXIT_CODES is contract.FAIL_EXIT_CODES
