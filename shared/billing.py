@@ -6,7 +6,6 @@ the event id is recorded once handled, so a replay is acknowledged without actin
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -169,7 +168,7 @@ def _attempt(charge: Charge, user: UserRecord, cfg: Settings) -> str:
 def _succeeded(charge: Charge, intent: str) -> None:
     """Records money that moved, in one commit: the charge, its ledger entry, the job's payment,
     and the end of the payment pause when nothing else is outstanding. Idempotent."""
-    done = replace(charge, status=ChargeStatus.SUCCEEDED, payment_intent=intent)
+    done = charge._replace(status=ChargeStatus.SUCCEEDED, payment_intent=intent)
     t = store.now()
     ledger = LedgerEntry(
         id=charge.id,
@@ -195,7 +194,7 @@ def _succeeded(charge: Charge, intent: str) -> None:
 def _fail(charge: Charge, code: str, message: str) -> None:
     """Records a declined charge in one commit: the charge, the job's payment, and the pause of
     the account until a working card is saved."""
-    failed = replace(charge, status=ChargeStatus.FAILED, failure_code=code, failure_message=message)
+    failed = charge._replace(status=ChargeStatus.FAILED, failure_code=code, failure_message=message)
     payment = None
     if charge.kind == ChargeKind.TUNING:
         payment = Payment(
@@ -327,7 +326,7 @@ def extend_storage(
     def move(j: Job) -> tuple[Job, Mail | None] | None:  # idempotent: only ever moves later
         if j.expires_at and j.expires_at >= new_expiry:
             return None
-        return replace(j, expires_at=new_expiry), None
+        return j._replace(expires_at=new_expiry), None
 
     after = store.update_job(job_id, move)
     if after.expires_at is not None:

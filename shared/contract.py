@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 # Exit codes. Batch retries RETRYABLE_EXIT_CODES; FAIL_EXIT_CODES fail the task at once.
 EXIT_OK = 0
@@ -50,8 +50,7 @@ class FailureKind(StrEnum):
     PLATFORM = "platform"  # anything else: ours to fix
 
 
-@dataclass(frozen=True)
-class Progress:
+class Progress(NamedTuple):
     """One progress report (PROGRESS_FIELD), written at a bounded rate while training."""
 
     step: int
@@ -64,15 +63,14 @@ class Progress:
     eta_s: float
 
     def to_doc(self) -> dict[str, Any]:
-        return asdict(self)
+        return self._asdict()
 
     @staticmethod
     def from_doc(doc: Mapping[str, Any]) -> Progress:
-        return Progress(**{f.name: doc[f.name] for f in fields(Progress)})
+        return Progress(**{name: doc[name] for name in Progress._fields})
 
 
-@dataclass(frozen=True)
-class ArtifactFile:
+class ArtifactFile(NamedTuple):
     """One file of a finished run's output folder, as the manifest lists it."""
 
     name: str
@@ -80,15 +78,14 @@ class ArtifactFile:
     sha256: str
 
     def to_doc(self) -> dict[str, Any]:
-        return asdict(self)
+        return self._asdict()
 
     @staticmethod
     def from_doc(doc: Mapping[str, Any]) -> ArtifactFile:
         return ArtifactFile(name=doc["name"], size=int(doc["size"]), sha256=doc["sha256"])
 
 
-@dataclass(frozen=True)
-class TrainerResult:
+class TrainerResult(NamedTuple):
     """What a finished run reports (RESULT_FIELD); its presence means the outputs are uploaded."""
 
     steps: int
@@ -100,7 +97,7 @@ class TrainerResult:
     artifacts: tuple[ArtifactFile, ...] = ()
 
     def to_doc(self) -> dict[str, Any]:
-        return {**asdict(self), "artifacts": [a.to_doc() for a in self.artifacts]}
+        return {**self._asdict(), "artifacts": [a.to_doc() for a in self.artifacts]}
 
     @staticmethod
     def from_doc(doc: Mapping[str, Any]) -> TrainerResult:
@@ -119,8 +116,7 @@ class TrainerResult:
         return sum(a.size for a in self.artifacts)
 
 
-@dataclass(frozen=True)
-class TrainerFailure:
+class TrainerFailure(NamedTuple):
     """Why a run failed (FAILURE_FIELD), written before the trainer exits non-zero."""
 
     kind: FailureKind

@@ -14,7 +14,6 @@ the job id), a repeated state notification finds the transition already done.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -70,16 +69,15 @@ def transition(
             return None
         if not can_transition(job.status, wanted):
             raise InvalidTransition(job.status, wanted)
-        new = replace(
-            change(job) if change else job,
+        new = (change(job) if change else job)._replace(
             status=wanted,
             events=(*job.events, JobEvent(t, wanted, message)),
         )
         if wanted == JobStatus.RUNNING:
-            new = replace(new, started_at=t)
+            new = new._replace(started_at=t)
         mail = None
         if wanted.ended:
-            new = replace(new, ended_at=t)
+            new = new._replace(ended_at=t)
             mail = _mail(job, wanted, message)
         return new, mail
 
@@ -146,7 +144,7 @@ def launch(job_id: str, cfg: Settings) -> str:
     def record(j: Job) -> tuple[Job, Mail | None] | None:
         if j.status != JobStatus.QUEUED or j.batch_job:
             return None
-        return replace(j, batch_job=name), None
+        return j._replace(batch_job=name), None
 
     after = store.update_job(job_id, record)
     if after.status == JobStatus.CANCELLED:  # cancelled while we were launching: undo
@@ -203,13 +201,13 @@ def on_batch_state(batch_name: str, state: str, cfg: Settings) -> str:
                 job_id,
                 JobStatus.COMPLETED,
                 "the adapter is ready to download",
-                lambda j: replace(j, expires_at=expires),
+                lambda j: j._replace(expires_at=expires),
             )
             artifacts.set_retention(job_id, expires, cfg)
         elif state in ("SUCCEEDED", "FAILED"):
             failure = NO_RESULT if state == "SUCCEEDED" else failure_of(job)
             transition(
-                job_id, JobStatus.FAILED, failure.message, lambda j: replace(j, failure=failure)
+                job_id, JobStatus.FAILED, failure.message, lambda j: j._replace(failure=failure)
             )
         else:
             return f"ignored {state}"

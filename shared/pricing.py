@@ -11,8 +11,7 @@ count), and the price of keeping a job's files longer.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from shared.catalog import ModelSpec
 from shared.contract import Hyperparameters
@@ -129,8 +128,7 @@ def quote(
     )
 
 
-@dataclass(frozen=True)
-class Due:
+class Due(NamedTuple):
     """What an ended job owes under CHARGE_POLICY."""
 
     tokens: int

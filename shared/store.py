@@ -29,7 +29,6 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -457,7 +456,7 @@ def update_job(job_id: str, decide: JobDecision, attempts: int = 20) -> Job:
         if decision is None:
             return job
         new, mail = decision
-        new = replace(new, updated_at=now())
+        new = new._replace(updated_at=now())
         batch = db.batch()
         batch.update(ref, new.to_doc(), option=db.write_option(last_update_time=snap.update_time))
         if mail is not None:
@@ -531,7 +530,7 @@ def claim_charge(new: Charge, lease_s: float) -> tuple[str, Charge]:
     db = client()
     ref = _ref(CHARGES, new.id)
     t = now()
-    claimed = replace(new, status=ChargeStatus.PENDING, attempt=1, claimed_at=t, created_at=t)
+    claimed = new._replace(status=ChargeStatus.PENDING, attempt=1, claimed_at=t, created_at=t)
     try:
         ref.create(claimed.to_doc())
         return "claimed", claimed
@@ -550,7 +549,7 @@ def claim_charge(new: Charge, lease_s: float) -> tuple[str, Charge]:
                 {"status": ChargeStatus.PENDING.value, "claimed_at": t},
                 option=db.write_option(last_update_time=snap.update_time),
             )
-            return "claimed", replace(current, status=ChargeStatus.PENDING, claimed_at=t)
+            return "claimed", current._replace(status=ChargeStatus.PENDING, claimed_at=t)
         except FailedPrecondition:
             continue
     raise AssertionError("unreachable")
@@ -580,7 +579,7 @@ def settle_charge(
     db = client()
     batch = db.batch()
     t = now()
-    batch.set(_ref(CHARGES, charge.id), replace(charge, finished_at=t).to_doc())
+    batch.set(_ref(CHARGES, charge.id), charge._replace(finished_at=t).to_doc())
     if ledger is not None:
         batch.set(_ref(LEDGER, ledger.id), ledger.to_doc())
     if payment is not None:

@@ -412,9 +412,8 @@ def test_a_charge_whose_attempt_died_is_settled_by_the_stripe_event(api, stack_e
 
 def complete(job_id: str) -> None:
     """Moves a stored running job to completed (what the Batch notification does)."""
-    from dataclasses import replace
 
-    store.update_job(job_id, lambda j: (replace(j, status=JobStatus.COMPLETED), None))
+    store.update_job(job_id, lambda j: (j._replace(status=JobStatus.COMPLETED), None))
 
 
 def failed_charge(user) -> str:
@@ -474,7 +473,6 @@ def test_a_process_killed_right_after_the_charge_loses_nothing(api, stack_env) -
 def test_a_charge_recorded_without_the_jobs_payment_is_repaired(api, stack_env) -> None:
     """A charge settled by the old two-write path (the job's payment never written) is repaired
     by the next delivery of the trigger, which finds the charge done."""
-    from dataclasses import replace
 
     user = api.new_user()
     job_id = stored_job(user.uid)
@@ -482,7 +480,7 @@ def test_a_charge_recorded_without_the_jobs_payment_is_repaired(api, stack_env) 
         Charge(job_id, user.uid, job_id, ChargeKind.TUNING, 70, "usd"), 120
     )
     complete(job_id)
-    paid = replace(charge, status=ChargeStatus.SUCCEEDED, payment_intent="pi_old")
+    paid = charge._replace(status=ChargeStatus.SUCCEEDED, payment_intent="pi_old")
     ledger = LedgerEntry(
         job_id, user.uid, ChargeKind.TUNING, job_id, 70, "usd", "pi_old", store.now()
     )

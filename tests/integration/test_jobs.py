@@ -196,7 +196,6 @@ def test_submission_needs_a_card_and_an_unpaused_account(api, tiny_in_store) -> 
 
 
 def test_active_job_limit_is_enforced_in_the_transaction(stack_env) -> None:
-    from dataclasses import replace
 
     from shared.contract import Hyperparameters
     from shared.records import Job
@@ -213,7 +212,7 @@ def test_active_job_limit_is_enforced_in_the_transaction(stack_env) -> None:
             dataset_object="datasets/u-limit/ds-x.jsonl",
             dataset_sha256="0" * 64,
             hyperparameters=Hyperparameters(),
-            quote=replace(TEST_QUOTE),
+            quote=TEST_QUOTE,
             status=JobStatus.QUEUED,
             created_at=t,
             updated_at=t,
@@ -411,7 +410,6 @@ def test_a_tasks_outage_does_not_fail_the_submission(api, tiny_in_store, monkeyp
 def test_a_transition_that_keeps_losing_its_race_is_contended_not_lost(api, stack_env) -> None:
     """Another writer changes the job between every read and commit: the transition gives up
     with Contended (a retryable 503 at the edge), and writes nothing."""
-    from dataclasses import replace
 
     user = api.new_user()
     job_id = stored_job(user.uid)
@@ -421,7 +419,7 @@ def test_a_transition_that_keeps_losing_its_race_is_contended_not_lost(api, stac
         attempts.append(job.updated_at)
         # the concurrent writer (e.g. the trainer's progress report) gets there first
         trainer_reports(job_id, progress=progress_at(len(attempts)))
-        return replace(job, status=JobStatus.CANCELLED), None
+        return job._replace(status=JobStatus.CANCELLED), None
 
     with pytest.raises(errors.Contended):
         store.update_job(job_id, decide, attempts=3)

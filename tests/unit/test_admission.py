@@ -19,11 +19,11 @@ SPEC = replace(catalog().models[0], max_dataset_tokens=10_000)
 
 
 def applicant(**kw: object) -> Applicant:
-    user = replace(UserRecord.new("u", "u@example.com", T0), payment_method=CARD)
+    user = UserRecord.new("u", "u@example.com", T0)._replace(payment_method=CARD)
     values: dict[str, object] = {
         "user": user,
         "spent_this_month": 0,
-        "quote": replace(TEST_QUOTE, tokens_per_epoch=1_000, price_cents=300),
+        "quote": TEST_QUOTE._replace(tokens_per_epoch=1_000, price_cents=300),
         "spec": SPEC,
         "active_jobs": 0,
         "max_active_jobs": 3,
@@ -33,14 +33,14 @@ def applicant(**kw: object) -> Applicant:
 
 
 def user(**kw: object) -> UserRecord:
-    return replace(UserRecord.new("u", None, T0), payment_method=CARD, **kw)  # type: ignore[arg-type]
+    return UserRecord.new("u", None, T0)._replace(payment_method=CARD, **kw)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
     ("changes", "codes"),
     [
         ({}, []),
-        ({"user": replace(UserRecord.new("u", None, T0))}, [Code.PAYMENT_METHOD_REQUIRED]),
+        ({"user": UserRecord.new("u", None, T0)}, [Code.PAYMENT_METHOD_REQUIRED]),
         (
             {"user": user(pauses={"payment_failed": Pause("declined", T0)})},
             [Code.ACCOUNT_PAUSED],
@@ -57,11 +57,11 @@ def user(**kw: object) -> UserRecord:
             {"user": user(monthly_spend_limit_cents=1000), "spent_this_month": 1000},
             [Code.ACCOUNT_PAUSED],
         ),
-        ({"quote": replace(TEST_QUOTE, tokens_per_epoch=10_001)}, [Code.DATASET_TOO_LARGE]),
+        ({"quote": TEST_QUOTE._replace(tokens_per_epoch=10_001)}, [Code.DATASET_TOO_LARGE]),
         ({"active_jobs": 3}, [Code.TOO_MANY_ACTIVE_JOBS]),
         ({"active_jobs": None}, []),  # submit: checked in the creating transaction instead
         (
-            {"user": replace(UserRecord.new("u", None, T0)), "active_jobs": 5},
+            {"user": UserRecord.new("u", None, T0), "active_jobs": 5},
             [Code.PAYMENT_METHOD_REQUIRED, Code.TOO_MANY_ACTIVE_JOBS],
         ),
     ],
@@ -72,13 +72,12 @@ def test_each_rule_refuses_with_its_own_code(changes: dict[str, object], codes: 
 
 def test_every_refusal_says_what_to_do() -> None:
     worst = applicant(
-        user=replace(
-            UserRecord.new("u", None, T0),
+        user=UserRecord.new("u", None, T0)._replace(
             pauses={"payment_failed": Pause("declined", T0)},
             monthly_spend_limit_cents=100,
         ),
         spent_this_month=50,
-        quote=replace(TEST_QUOTE, tokens_per_epoch=20_000, price_cents=300),
+        quote=TEST_QUOTE._replace(tokens_per_epoch=20_000, price_cents=300),
         active_jobs=3,
     )
     found = refusals(worst)

@@ -8,7 +8,6 @@ import signal
 import sys
 import tempfile
 import threading
-from dataclasses import replace
 from pathlib import Path
 
 from shared.contract import (
@@ -61,7 +60,7 @@ def main() -> int:
             manifest = write_outputs(out, run.model, cfg, run.metrics, result)
             storage.upload_folder(out, cfg.output_uri, last=MANIFEST)
             files = tuple(ArtifactFile.from_doc(f) for f in manifest["files"])
-            reporter.result(replace(result, artifacts=files))
+            reporter.result(result._replace(artifacts=files))
             return EXIT_OK
         except DataError as exc:
             reporter.failure(FailureKind.USER_ERROR, str(exc))
