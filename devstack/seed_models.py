@@ -13,7 +13,8 @@ from pathlib import Path
 
 from shared import storage
 from shared.config import settings
-from shared.modelstore import MANIFEST, model_folder
+from shared.contract import MANIFEST
+from shared.modelstore import model_folder
 
 
 def seed(folder: Path) -> bool:

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from shared import storage
 from shared.config import Settings
+from shared.contract import MANIFEST
 from shared.tokenization import ChatTokenizer
-
-MANIFEST = "manifest.json"
 
 
 def model_folder(cfg: Settings, model_id: str) -> str:

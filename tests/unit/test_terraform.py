@@ -128,7 +128,7 @@ def test_every_variable_the_functions_read_is_set_by_terraform() -> None:
 
 
 def test_every_listing_query_has_its_composite_index() -> None:
-    # shared/store.list_owned: uid == X [and status == Y], newest first.
+    # shared/store._page (list_jobs, list_datasets): uid == X [and status == Y], newest first.
     needed = {("jobs", ("uid",)), ("jobs", ("uid", "status")), ("datasets", ("uid",))}
     declared = {(i["collection"], tuple(i["fields"])) for i in local("firestore_indexes").values()}
     assert needed <= declared
