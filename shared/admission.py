@@ -195,7 +195,16 @@ def _priced(uid: str, email: str | None, body: dict[str, Any], cfg: Settings) ->
 
 
 def estimate(uid: str, email: str | None, body: dict[str, Any], cfg: Settings) -> dict[str, Any]:
-    """POST /v1/jobs/estimate: the exact price, and whether a submission would be admitted."""
+    """POST /v1/jobs/estimate: the exact price, and whether a submission would be admitted.
+
+    Returns:
+        The estimate: the quote's fields, the resolved hyperparameters, `allowed_to_proceed`
+        and every reason (code, message) a submission would be refused.
+
+    Raises:
+        ApiError: the request names no model or dataset of the caller's, a dataset not ready,
+            a bad hyperparameter, or a model that is unavailable.
+    """
     req = _priced(uid, email, body, cfg)
     reasons = refusals(req.applicant(store.count_active_jobs(uid), cfg))
     return {
@@ -213,7 +222,16 @@ def estimate(uid: str, email: str | None, body: dict[str, Any], cfg: Settings) -
 def submit(
     uid: str, email: str | None, body: dict[str, Any], idempotency_key: str | None, cfg: Settings
 ) -> tuple[dict[str, Any], bool]:
-    """POST /v1/jobs: stores the job and enqueues its launch; returns (job view, created)."""
+    """POST /v1/jobs: stores the job and enqueues its launch.
+
+    Returns:
+        (the job's view, whether this call created it: False for an Idempotency-Key replay).
+
+    Raises:
+        ApiError: what estimate raises; the first rule of RULES that refuses (402, 403, 400 or
+            429, each with its code); idempotency_conflict for a key reused with another body.
+        Contended: the creating transaction lost every attempt (503; safe to retry).
+    """
     idem_id = idempotency.key_id(uid, idempotency_key, required=False)
     request_hash = idempotency.request_hash(SUBMIT_TARGET, body)
     if idem_id:  # a replay answers with the first job even if the account changed since

@@ -248,7 +248,12 @@ def retry_failed_charges(uid: str, cfg: Settings) -> list[str]:
 
 
 def retry_payment(uid: str, job_id: str, cfg: Settings) -> dict[str, Any]:
-    """POST /v1/jobs/{id}/retry-payment."""
+    """POST /v1/jobs/{id}/retry-payment: charges a declined job again with the saved card.
+
+    Raises:
+        ApiError: not_found for another user's job; nothing_to_retry when its payment did not
+            fail.
+    """
     job = owned(uid, job_id)
     charge = store.get_charge(job_id)
     if charge is None or charge.status != ChargeStatus.FAILED:
@@ -263,8 +268,13 @@ def retry_payment(uid: str, job_id: str, cfg: Settings) -> dict[str, Any]:
 def extend_storage(
     uid: str, job_id: str, body: dict[str, Any], idempotency_key: str | None, cfg: Settings
 ) -> dict[str, Any]:
-    """Charges for `days` more of storage at once and moves the job's expiry; one charge per
-    Idempotency-Key, however often the request is sent."""
+    """POST /v1/jobs/{id}/extend-storage: charges for `days` more of storage at once and moves
+    the job's expiry; one charge per Idempotency-Key, however often the request is sent.
+
+    Raises:
+        ApiError: a missing or reused key (400, 409), bad `days`, the download gates (409, 402,
+            410), a declined payment (402), or a charge in flight or not made yet (503).
+    """
     key = idempotency.key_id(
         uid, idempotency_key, required=True, why=": this request charges your card"
     )

@@ -165,7 +165,12 @@ def parse_create(body: dict[str, Any], max_bytes: int) -> tuple[str, int]:
 
 
 def create(uid: str, body: dict[str, Any], cfg: Settings) -> dict[str, Any]:
-    """Registers a dataset and answers with a one-hour signed PUT URL into the user's prefix."""
+    """POST /v1/datasets: registers a dataset and answers with a one-hour signed PUT URL into
+    the user's prefix.
+
+    Raises:
+        ApiError: an unknown field, a missing or unsafe filename, or a size out of bounds.
+    """
     filename, size = parse_create(body, cfg.dataset_max_bytes)
     dataset_id = store.new_id("ds-")
     t = store.now()
@@ -238,6 +243,11 @@ def validate_uploaded_object(bucket: str, name: str, cfg: Settings) -> Dataset |
 
 
 def delete(uid: str, dataset_id: str, cfg: Settings) -> None:
+    """DELETE /v1/datasets/{id}: deletes the user's dataset and its file.
+
+    Raises:
+        ApiError: not_found for another user's dataset or one that does not exist.
+    """
     dataset = owned(uid, dataset_id)
     storage.delete_prefix(cfg.datasets_bucket, dataset.object_name)
     store.delete_dataset(dataset_id)
