@@ -28,6 +28,7 @@ from shared.records import (
     PaymentStatus,
     UserRecord,
 )
+from shared.routes import valid_id
 
 
 def setup_card(uid: str, email: str | None, cfg: Settings) -> dict[str, Any]:
@@ -50,9 +51,9 @@ def handle_event(event: dict[str, Any], cfg: Settings) -> str:
         return "duplicate"
     obj = event["data"]["object"]
     if kind == "setup_intent.succeeded":
-        outcome = _save_card(obj["id"], cfg)
+        outcome = _save_card(obj.get("id"), cfg)
     elif kind == "checkout.session.completed" and obj.get("mode") == "setup":
-        outcome = _save_card(obj["setup_intent"], cfg)
+        outcome = _save_card(obj.get("setup_intent"), cfg)
     elif kind in ("payment_intent.succeeded", "payment_intent.payment_failed"):
         outcome = _reconcile(obj)
     else:
@@ -62,7 +63,9 @@ def handle_event(event: dict[str, Any], cfg: Settings) -> str:
     return outcome
 
 
-def _save_card(setup_intent_id: str, cfg: Settings) -> str:
+def _save_card(setup_intent_id: Any, cfg: Settings) -> str:
+    if not valid_id(setup_intent_id):
+        return "no setup intent named"
     card = payments.card_of_setup_intent(cfg, setup_intent_id)
     if card is None:
         return "no card on the setup intent"
@@ -211,20 +214,23 @@ def _fail(charge: Charge, code: str, message: str) -> None:
 def _reconcile(intent: dict[str, Any]) -> str:
     """A payment_intent event for one of our charges: settles a charge whose attempt died
     between Stripe's answer and our record of it (the only window our claim cannot close)."""
-    charge_id = (intent.get("metadata") or {}).get("charge_id")
+    metadata = intent.get("metadata")
+    charge_id = metadata.get("charge_id") if isinstance(metadata, dict) else None
     charge = store.get_charge(charge_id) if isinstance(charge_id, str) else None
-    if charge is None:
+    if charge is None or not valid_id(intent.get("id")):
         return "not ours"
     if charge.finished:
         return f"already {charge.status.value}"
     if intent.get("status") == "succeeded":
         _succeeded(charge, intent["id"])
         return "settled from the event"
-    error = intent.get("last_payment_error") or {}
+    error = intent.get("last_payment_error")
+    error = error if isinstance(error, dict) else {}
+    code, message = error.get("code"), error.get("message")
     _fail(
         charge,
-        error.get("code") or "card_declined",
-        error.get("message") or "The payment failed.",
+        code if isinstance(code, str) else "card_declined",
+        message if isinstance(message, str) else "The payment failed.",
     )
     return "failure recorded from the event"
 

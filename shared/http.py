@@ -75,7 +75,7 @@ class ApiRequest:
     def page(self) -> tuple[int, str | None]:
         """`limit` (1-100, default 20) and `after` (an opaque cursor) from the query string."""
         raw = self.query.get("limit", "20")
-        if not raw.isdigit() or not 1 <= int(raw) <= 100:
+        if not re.fullmatch(r"[0-9]{1,3}", raw) or not 1 <= int(raw) <= 100:
             raise ApiError(
                 Code.INVALID_QUERY, "'limit' must be a whole number from 1 to 100.", param="limit"
             )
@@ -85,7 +85,7 @@ class ApiRequest:
 
             try:
                 decode_cursor(cursor)
-            except (ValueError, KeyError, TypeError):
+            except ValueError:
                 raise ApiError(
                     Code.INVALID_QUERY,
                     "'after' is not a cursor we gave out; pass "
@@ -115,10 +115,20 @@ class ApiRequest:
             )
         try:
             body = json.loads(raw.decode("utf-8"))
+        except RecursionError:
+            raise ApiError(Code.INVALID_JSON, "The body is nested too deeply.") from None
         except (UnicodeDecodeError, ValueError) as exc:
             raise ApiError(Code.INVALID_JSON, f"The body is not valid JSON: {exc}.") from None
         if not isinstance(body, dict):
             raise ApiError(Code.INVALID_BODY, "The body must be a JSON object ({...}).")
+        try:  # JSON may spell a lone surrogate (\ud800), which is not text: nothing can store it
+            json.dumps(body, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ApiError(
+                Code.INVALID_JSON, "The body holds a lone UTF-16 surrogate (\\ud800-\\udfff)."
+            ) from None
+        except RecursionError:
+            raise ApiError(Code.INVALID_JSON, "The body is nested too deeply.") from None
         return body
 
 

@@ -21,6 +21,7 @@ from shared.config import Settings
 _lock = threading.Lock()
 _client: Any = None
 CHECKOUT_LIFETIME = timedelta(hours=24)
+WEBHOOK_TOLERANCE_S = 300
 
 
 def client(cfg: Settings) -> Any:
@@ -92,28 +93,44 @@ def portal_url(cfg: Settings, customer_id: str) -> str:
 
 
 def verify_webhook(cfg: Settings, payload: bytes, signature: str | None) -> dict[str, Any]:
-    """The event, when `Stripe-Signature` is valid for one of our secrets (300 s tolerance);
-    raises ValueError otherwise."""
+    """The event, when `Stripe-Signature` is valid for one of our secrets and its time is within
+    WEBHOOK_TOLERANCE_S of ours, in the past (Stripe's check) or in the future (ours: the SDK
+    accepts any future time); raises ValueError otherwise."""
+    import time
+
     import stripe
 
     if not signature or not cfg.stripe_webhook_secrets:
         raise ValueError("missing Stripe-Signature header")
+    signed_at = [p[2:] for p in signature.split(",") if p.startswith("t=")]
+    if not signed_at or not signed_at[0].isascii() or not signed_at[0].isdigit():
+        raise ValueError("bad signature: no timestamp")
+    if int(signed_at[0]) > time.time() + WEBHOOK_TOLERANCE_S:
+        raise ValueError("bad signature: signed in the future")
     last: Exception | None = None
     for secret in cfg.stripe_webhook_secrets:
         try:
-            event = stripe.Webhook.construct_event(payload, signature, secret, tolerance=300)
+            event = stripe.Webhook.construct_event(
+                payload, signature, secret, tolerance=WEBHOOK_TOLERANCE_S
+            )
             return dict(event.to_dict())
         except stripe.SignatureVerificationError as exc:
             last = exc
-        except ValueError as exc:  # not JSON
-            raise ValueError(f"bad payload: {exc}") from None
+        except (ValueError, RecursionError) as exc:  # not JSON, or nested too deeply
+            raise ValueError(f"bad payload: {type(exc).__name__}") from None
     raise ValueError(f"bad signature: {last}")
 
 
 def card_of_setup_intent(cfg: Settings, setup_intent_id: str) -> dict[str, str] | None:
-    """The customer and card a succeeded SetupIntent saved, or None when it has none yet."""
+    """The customer and card a succeeded SetupIntent saved, or None when it has none (yet), or
+    Stripe knows no such SetupIntent."""
+    import stripe
+
     c = client(cfg)
-    intent = c.v1.setup_intents.retrieve(setup_intent_id)
+    try:
+        intent = c.v1.setup_intents.retrieve(setup_intent_id)
+    except stripe.InvalidRequestError:  # no such SetupIntent: nothing to save, ever
+        return None
     pm_id = intent.payment_method
     if not pm_id or intent.status != "succeeded":
         return None

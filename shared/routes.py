@@ -20,6 +20,21 @@ import re
 from dataclasses import dataclass
 from functools import cached_property
 
+# Every id we hand out or accept (path parameters, ids in bodies, cursors): URL-safe, at most
+# 128 characters, and never Firestore-reserved (`__name__` style).
+ID_CHARS = r"[A-Za-z0-9_-]{1,128}"
+_ID = re.compile(ID_CHARS)
+_RESERVED = re.compile(r"__.*__")
+
+
+def valid_id(value: object) -> bool:
+    """Whether `value` can be an id of ours; anything else names nothing of ours."""
+    return (
+        isinstance(value, str)
+        and _ID.fullmatch(value) is not None
+        and _RESERVED.fullmatch(value) is None
+    )
+
 
 @dataclass(frozen=True)
 class Route:
@@ -38,7 +53,7 @@ class Route:
 
     @cached_property
     def pattern(self) -> re.Pattern[str]:
-        regex = re.sub(r"\\{(\w+)\\}", r"(?P<\1>[A-Za-z0-9_-]{1,128})", re.escape(self.path))
+        regex = re.sub(r"\\{(\w+)\\}", rf"(?P<\1>{ID_CHARS})", re.escape(self.path))
         return re.compile(f"^{regex}$")
 
     def match(self, path: str) -> dict[str, str] | None:

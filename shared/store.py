@@ -25,7 +25,6 @@ credentials); in production it uses the function's service account.
 from __future__ import annotations
 
 import contextlib
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -51,6 +50,7 @@ from shared.records import (
     UserRecord,
     ValidationReport,
 )
+from shared.routes import valid_id
 
 if TYPE_CHECKING:
     from google.cloud import firestore
@@ -117,12 +117,6 @@ def new_id(prefix: str) -> str:
     return prefix + "".join(secrets.choice(alphabet) for _ in range(20))
 
 
-def valid_id(doc_id: Any) -> bool:
-    """Ids we hand out are short and URL-safe; anything else names no document of ours (and a
-    '/' would even address a different collection)."""
-    return isinstance(doc_id, str) and re.fullmatch(r"[A-Za-z0-9_-]{1,128}", doc_id) is not None
-
-
 def encode_cursor(created_at: datetime, doc_id: str) -> str:
     import base64
     import json
@@ -132,12 +126,24 @@ def encode_cursor(created_at: datetime, doc_id: str) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    """Raises ValueError (or KeyError, TypeError) for a cursor we did not make."""
+    """The (created_at, id) a cursor of ours holds.
+
+    Raises:
+        ValueError: for anything we did not make: not base64 JSON, no timezone-aware time, or
+            an id that is not one of ours (a '/', '..', empty or Firestore-reserved).
+    """
     import base64
+    import binascii
     import json
 
-    raw = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    return datetime.fromisoformat(raw["t"]), str(raw["id"])
+    try:
+        raw = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        t, doc_id = datetime.fromisoformat(raw["t"]), raw["id"]
+    except (binascii.Error, ValueError, KeyError, TypeError, RecursionError) as exc:
+        raise ValueError(f"not a cursor: {exc}") from None
+    if t.tzinfo is None or not valid_id(doc_id):
+        raise ValueError("not a cursor of ours")
+    return t, doc_id
 
 
 def _page(
@@ -504,7 +510,8 @@ def stale_queued_jobs(before: datetime) -> list[str]:
 
 
 def event_seen(event_id: str) -> bool:
-    return bool(_ref(STRIPE_EVENTS, event_id).get().exists)
+    """Whether the Stripe event was handled already (an id that cannot be Stripe's never was)."""
+    return valid_id(event_id) and bool(_ref(STRIPE_EVENTS, event_id).get().exists)
 
 
 def mark_event(event_id: str, event_type: str) -> None:
@@ -556,6 +563,8 @@ def claim_charge(new: Charge, lease_s: float) -> tuple[str, Charge]:
 
 
 def get_charge(charge_id: str) -> Charge | None:
+    if not valid_id(charge_id):
+        return None
     snap = _ref(CHARGES, charge_id).get()
     return Charge.from_doc(charge_id, snap.to_dict()) if snap.exists else None
 

@@ -3,6 +3,7 @@
 from shared import billing, payments
 from shared.errors import ApiError, Code
 from shared.http import ApiRequest, Reply, serve
+from shared.routes import valid_id
 
 
 def receive(req: ApiRequest) -> Reply:
@@ -12,8 +13,15 @@ def receive(req: ApiRequest) -> Reply:
         )
     except ValueError as exc:
         raise ApiError(Code.INVALID_SIGNATURE, f"Webhook refused: {exc}.") from None
-    if not isinstance((event.get("data") or {}).get("object"), dict) or "id" not in event:
-        raise ApiError(Code.INVALID_BODY, "The event has no id or no data.object.")
+    data = event.get("data")
+    well_formed = (
+        isinstance(data, dict)
+        and isinstance(data.get("object"), dict)
+        and valid_id(event.get("id"))
+        and isinstance(event.get("type"), str)
+    )
+    if not well_formed:
+        raise ApiError(Code.INVALID_BODY, "The event needs an id, a type and a data.object.")
     # Other errors (Stripe or Firestore unreachable) answer 5xx, so Stripe delivers it again.
     return Reply({"received": True, "outcome": billing.handle_event(event, req.settings)})
 

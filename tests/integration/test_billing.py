@@ -8,7 +8,6 @@ Stripe Checkout call itself is checked by recording the SDK's request (see the l
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +35,7 @@ from tests.support.api import (
     upload_dataset,
     wait_for,
 )
+from tests.support.stripe import event, signed
 from tests.support.tiny import chat_records
 
 
@@ -84,18 +84,6 @@ def test_concurrent_setup_calls_make_one_customer(api, stack) -> None:
     recorded = store.get_or_create_user(user.uid, None).stripe_customer_id
     customers = stripe_customers(stack, user.uid)
     assert [c["id"] for c in customers] == [recorded]
-
-
-def signed(payload: bytes, secret: str = STRIPE_WEBHOOK_SECRET, at: int | None = None) -> str:
-    ts = int(time.time()) if at is None else at
-    sig = hmac.new(secret.encode(), f"{ts}.".encode() + payload, hashlib.sha256).hexdigest()
-    return f"t={ts},v1={sig}"
-
-
-def event(kind: str, obj: dict) -> bytes:
-    return json.dumps(
-        {"id": f"evt_{time.time_ns()}", "object": "event", "type": kind, "data": {"object": obj}}
-    ).encode()
 
 
 @pytest.mark.parametrize(
