@@ -10,7 +10,6 @@ from datetime import timedelta
 from typing import Any
 
 from shared import artifacts, idempotency, logs, payments, pricing, store
-from shared.catalog import catalog
 from shared.config import Settings
 from shared.errors import ApiError, Code
 from shared.jobs import owned, view
@@ -99,7 +98,7 @@ def charge_job(job_id: str, cfg: Settings) -> str:
     job = store.get_job(job_id)
     if job is None or job.status not in (JobStatus.COMPLETED, JobStatus.CANCELLED):
         return "not chargeable"
-    due = pricing.amount_due(job, catalog().get(job.model))
+    due = pricing.amount_due(job)
     if due.cents == 0:
         if job.payment is None:
             store.set_job_payment(job_id, Payment(PaymentStatus.NOT_CHARGED, 0, cfg.currency))

@@ -179,6 +179,10 @@ class TrainerConfig:
     progress_interval_s: float = 10.0  # at most one progress write per interval
     progress_sink: str = "log"  # "log" (stdout only) or "firestore" (the job document too)
     job_document: str = ""  # the Firestore document path the "firestore" sink writes to
+    # ISO time: the customTime (retention) the outputs are written with, so that no output is
+    # ever without one (a run that ends after a cancel leaves nothing kept for ever); the API
+    # moves it later when the job completes.
+    outputs_kept_until: str = ""
     project_id: str = "demo-yachay"
 
     def to_env(self) -> dict[str, str]:

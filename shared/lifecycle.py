@@ -122,6 +122,7 @@ def trainer_config(job: Job, cfg: Settings) -> TrainerConfig:
         progress_interval_s=2.0 if cfg.is_local else 10.0,
         progress_sink="firestore",
         job_document=store.job_document(job.id),
+        outputs_kept_until=(store.now() + timedelta(days=cfg.retention_days)).isoformat(),
         project_id=cfg.project_id,
     )
 
@@ -242,8 +243,10 @@ def cancel(uid: str, job_id: str, cfg: Settings) -> dict[str, Any]:
     job = owned(uid, job_id)
     if job.status.ended:
         raise ApiError(Code.JOB_ALREADY_ENDED, f"Job {job_id} already {job.status.value}.")
-    if job.batch_job:
-        batch.backend(cfg).delete(job.batch_job)  # stop the GPU before we record it
+    # Stop the GPU before we record the cancel. The Batch job's name is derived from ours, so it
+    # is deleted whether or not its launch was recorded yet (and a launch that records it after
+    # this sees the cancel and deletes it again).
+    batch.backend(cfg).delete(batch.job_name(cfg, batch.job_id_for(job_id)))
     try:
         after = transition(job_id, JobStatus.CANCELLED, "cancelled by you")
     except InvalidTransition as exc:  # it ended while we were cancelling

@@ -98,9 +98,10 @@ def resolve_hyperparameters(spec: ModelSpec, raw: Any) -> Hyperparameters:
     return Hyperparameters(**values)
 
 
-def price_cents(billable_tokens: int, spec: ModelSpec, min_charge_cents: int) -> int:
-    """`billable_tokens` at the model's rate, rounded up to a cent, at least `min_charge_cents`."""
-    exact = math.ceil(billable_tokens * spec.price_per_million_tokens_cents / 1_000_000)
+def price_cents(billable_tokens: int, cents_per_million: int, min_charge_cents: int) -> int:
+    """`billable_tokens` at `cents_per_million` tokens, rounded up to a cent, at least
+    `min_charge_cents`."""
+    exact = math.ceil(billable_tokens * cents_per_million / 1_000_000)
     return max(exact, min_charge_cents)
 
 
@@ -121,10 +122,11 @@ def quote(
         trained_tokens_per_epoch=count.trained_tokens,
         epochs=hp.epochs,
         billable_tokens=billable,
-        price_cents=price_cents(billable, spec, MIN_CHARGE_CENTS),
+        price_cents=price_cents(billable, spec.price_per_million_tokens_cents, MIN_CHARGE_CENTS),
         currency=currency,
         estimated_seconds=startup_overhead_s + math.ceil(billable / spec.throughput_tokens_per_s),
         gpu_type=spec.gpu_type,
+        price_per_million_tokens_cents=spec.price_per_million_tokens_cents,
     )
 
 
@@ -138,18 +140,35 @@ class Due(NamedTuple):
 NOTHING_DUE = Due(0, 0)
 
 
-def amount_due(job: Job, spec: ModelSpec | None) -> Due:
-    """The amount due for `job` under CHARGE_POLICY (`spec`: its model in the catalog)."""
-    if spec is None:
-        return NOTHING_DUE
+def amount_due(job: Job) -> Due:
+    """The amount due for `job` under CHARGE_POLICY, from its quote alone: the rate frozen at
+    submit, and never more tokens than quoted (a trainer count above the quote is our bug, logged
+    and not billed). A price change or the model leaving the catalog after submit changes
+    nothing."""
+    q = job.quote
     if job.status == JobStatus.COMPLETED:
-        tokens = job.trainer_result.trained_tokens if job.trainer_result else 0
-        return Due(tokens, price_cents(tokens, spec, MIN_CHARGE_CENTS))
+        trained = job.trainer_result.trained_tokens if job.trainer_result else 0
+        tokens = _at_most_quoted(job, trained)
+        return Due(tokens, price_cents(tokens, q.price_per_million_tokens_cents, MIN_CHARGE_CENTS))
     if job.status == JobStatus.CANCELLED and job.started_at is not None:
-        tokens = job.progress.trained_tokens if job.progress else 0
-        cents = price_cents(tokens, spec, 0)
+        tokens = _at_most_quoted(job, job.progress.trained_tokens if job.progress else 0)
+        cents = price_cents(tokens, q.price_per_million_tokens_cents, 0)
         return Due(tokens, cents) if cents >= MIN_CHARGE_CENTS else Due(tokens, 0)
     return NOTHING_DUE
+
+
+def _at_most_quoted(job: Job, tokens: int) -> int:
+    if tokens > job.quote.billable_tokens:
+        from shared import logs
+
+        logs.warning(
+            "trained more tokens than quoted; billing the quote",
+            job_id=job.id,
+            trained=tokens,
+            quoted=job.quote.billable_tokens,
+        )
+        return job.quote.billable_tokens
+    return tokens
 
 
 def extension_price(total_bytes: int, days: int) -> int:

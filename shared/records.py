@@ -209,7 +209,8 @@ class Dataset(NamedTuple):
 
 
 class Quote(NamedTuple):
-    """The exact price of a job, computed before it runs (shared.pricing) and kept on it."""
+    """The exact price of a job, computed before it runs (shared.pricing) and kept on it: the
+    job is charged from it (its rate is frozen at submit), never from the live catalog."""
 
     examples: int
     dropped_examples: int
@@ -222,6 +223,7 @@ class Quote(NamedTuple):
     currency: str
     estimated_seconds: int
     gpu_type: str
+    price_per_million_tokens_cents: int  # the model's rate when quoted
 
     def to_doc(self) -> dict[str, Any]:
         return self._asdict()

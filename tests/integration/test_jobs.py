@@ -432,3 +432,55 @@ def progress_at(step: int):
     from shared.contract import Progress
 
     return Progress(step, 10, 1, step * 10, 100, 1.0, 1e-4, 1.0)
+
+
+@pytest.mark.parametrize("status", [JobStatus.RUNNING, JobStatus.QUEUED])
+def test_cancel_stops_the_trainer_before_its_launch_is_recorded(
+    api, stack, tiny_in_store, status
+) -> None:
+    """The launch records the Batch job after Batch made it, and the RUNNING notification may
+    come before or after that record: cancel must stop the trainer in every order, without
+    reading the Batch job's name back (it is derived from the job id)."""
+    user, ds = ready_user(api, n_records=300)
+    job = submit(api, user, ds, epochs=3, batch_size=1).json()
+    wait_for_step(stack, job["id"], 2)
+    assert trainer_pids(job["id"])
+    # As if the launch's record (and, for QUEUED, the RUNNING notification) had not landed yet:
+    store.update_job(job["id"], lambda j: (j._replace(batch_job=None, status=status), None))
+    resp = api.request("POST", f"/v1/jobs/{job['id']}/cancel", user)
+    assert resp.status_code == 200 and resp.json()["status"] == "cancelled"
+    deadline = time.monotonic() + 10
+    while trainer_pids(job["id"]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not trainer_pids(job["id"])
+
+
+def test_the_trainers_outputs_always_carry_a_retention_time(stack_env, tmp_path) -> None:
+    """Outputs are written with their customTime, so a run that finishes after a cancel (no
+    completion ever sets a retention) still leaves nothing kept for ever."""
+    from dataclasses import replace
+    from datetime import timedelta
+
+    from shared import storage
+    from shared.contract import EXIT_OK
+    from tests.support.tiny import build_tiny_model, write_jsonl
+    from tests.support.trainer import make_config, trainer_process
+
+    model = build_tiny_model(tmp_path / "model")
+    data = write_jsonl(chat_records(8, seed=4), tmp_path / "train.jsonl")
+    kept_until = (store.now() + timedelta(days=30)).replace(microsecond=0)
+    bucket = settings().artifacts_bucket
+    cfg = replace(
+        make_config(model, data, tmp_path, epochs=1),
+        output_uri=f"gs://{bucket}/jobs/ft-kept",
+        outputs_kept_until=kept_until.isoformat(),
+    )
+    proc = trainer_process(cfg)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == EXIT_OK, err[-2000:]
+    blobs = list(storage.client().list_blobs(bucket, prefix="jobs/ft-kept/"))
+    assert {b.name.rsplit("/", 1)[-1] for b in blobs} >= {
+        "adapter_model.safetensors",
+        "manifest.json",
+    }
+    assert all(b.custom_time == kept_until for b in blobs), [b.custom_time for b in blobs]

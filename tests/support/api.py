@@ -115,6 +115,7 @@ TEST_QUOTE = Quote(
     currency="usd",
     estimated_seconds=200,
     gpu_type="nvidia-l4",
+    price_per_million_tokens_cents=100,
 )
 
 

@@ -33,7 +33,7 @@ SPEC = replace(catalog().models[0], price_per_million_tokens_cents=100, throughp
     ],
 )
 def test_price_is_the_rate_rounded_up_with_a_minimum(tokens: int, minimum: int, cents: int) -> None:
-    assert price_cents(tokens, SPEC, minimum) == cents
+    assert price_cents(tokens, 100, minimum) == cents
 
 
 def test_the_quote_bills_every_kept_token_once_per_epoch() -> None:
@@ -44,8 +44,12 @@ def test_the_quote_bills_every_kept_token_once_per_epoch() -> None:
     assert q.billable_tokens == 6_000_000 and q.price_cents == 600
     assert (q.examples, q.dropped_examples, q.truncated_examples) == (10, 1, 2)
     assert q.estimated_seconds == 180 + 60_000
+    assert q.price_per_million_tokens_cents == 100  # frozen on the job with the quote
     small = TokenCount(examples=1, dropped=0, tokens=10, trained_tokens=5, truncated=0)
     assert pricing.quote(SPEC, small, Hyperparameters(epochs=1), "usd", 0).price_cents == 50
+
+
+QUOTED = TEST_QUOTE._replace(billable_tokens=6_000_000, price_cents=600)
 
 
 def job(status: JobStatus, started: bool, trained: int | None, progress: int | None) -> Job:
@@ -58,7 +62,7 @@ def job(status: JobStatus, started: bool, trained: int | None, progress: int | N
         dataset_object="datasets/u/ds-x.jsonl",
         dataset_sha256="0" * 64,
         hyperparameters=Hyperparameters(),
-        quote=TEST_QUOTE,
+        quote=QUOTED,
         status=status,
         created_at=T0,
         updated_at=T0,
@@ -93,11 +97,21 @@ def job(status: JobStatus, started: bool, trained: int | None, progress: int | N
 def test_amount_due_follows_the_charge_policy(
     status: JobStatus, started: bool, trained: int | None, progress: int | None, due: Due
 ) -> None:
-    assert amount_due(job(status, started, trained, progress), SPEC) == due
+    assert amount_due(job(status, started, trained, progress)) == due
 
 
-def test_a_model_gone_from_the_catalog_owes_nothing() -> None:
-    assert amount_due(job(JobStatus.COMPLETED, True, 6_000_000, None), None) == Due(0, 0)
+def test_more_tokens_than_quoted_are_never_billed() -> None:
+    assert amount_due(job(JobStatus.COMPLETED, True, 9_000_000, None)) == Due(6_000_000, 600)
+    assert amount_due(job(JobStatus.CANCELLED, True, None, 7_000_000)) == Due(6_000_000, 600)
+
+
+def test_the_rate_is_the_one_frozen_in_the_quote() -> None:
+    """A price change, or the model leaving the catalog, after submit changes nothing: the
+    amount due is computed from the job alone."""
+    done = job(JobStatus.COMPLETED, True, 6_000_000, None)
+    assert amount_due(done._replace(model="gone-from-the-catalog")) == Due(6_000_000, 600)
+    dearer = done._replace(quote=QUOTED._replace(price_per_million_tokens_cents=300))
+    assert amount_due(dearer) == Due(6_000_000, 1800)
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ Storage emulator via STORAGE_EMULATOR_HOST), or a plain local folder path."""
 from __future__ import annotations
 
 import shutil
+from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -52,22 +53,28 @@ def download_folder(uri: str, dest: Path) -> Path:
     return dest
 
 
-def upload_file(src: Path, uri: str) -> None:
+def upload_file(src: Path, uri: str, custom_time: datetime | None = None) -> None:
+    """Uploads one file; `custom_time` (Storage's customTime, our retention) goes with it."""
     if uri.startswith("gs://"):
         bucket, path = _split(uri)
-        _client().bucket(bucket).blob(path).upload_from_filename(str(src))
+        blob = _client().bucket(bucket).blob(path)
+        if custom_time is not None:
+            blob.custom_time = custom_time
+        blob.upload_from_filename(str(src))
     else:
         Path(uri).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, uri)
 
 
-def upload_folder(src: Path, uri: str, last: str | None = None) -> None:
+def upload_folder(
+    src: Path, uri: str, last: str | None = None, custom_time: datetime | None = None
+) -> None:
     """Uploads every file of `src` into the folder `uri`; the file named `last` goes last, so
     its presence means the rest is complete."""
     files = sorted(p for p in src.iterdir() if p.is_file())
     files.sort(key=lambda p: p.name == last)
     for p in files:
-        upload_file(p, _join(uri, p.name))
+        upload_file(p, _join(uri, p.name), custom_time)
 
 
 def read_text(uri: str) -> str | None:

@@ -263,7 +263,8 @@ class Run:
         set_peft_model_state_dict(
             self.model, load_file(str(folder / "adapter.safetensors"), device=str(self.device))
         )
-        state = torch.load(folder / "state.pt", weights_only=False)
+        # Tensors, numbers and dicts only: a checkpoint can never run code when loaded.
+        state = torch.load(folder / "state.pt", weights_only=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["cpu_rng"])
