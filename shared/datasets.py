@@ -17,6 +17,7 @@ from shared.records import Dataset, DatasetStatus, LineError, ValidationReport
 from shared.tokenization import RecordError, check_messages, parse_line, record_format, split_lines
 
 MAX_REPORTED = 20
+MAX_ERROR_CHARS = 300  # per reported error: the report (one Firestore field) stays small
 
 
 @dataclass
@@ -33,6 +34,8 @@ class _Findings:
     def error(self, line: int | None, message: str) -> None:
         self.error_count += 1
         if len(self.errors) < MAX_REPORTED:
+            if len(message) > MAX_ERROR_CHARS:
+                message = message[: MAX_ERROR_CHARS - 1] + "…"
             self.errors.append(LineError(line, message))
 
     def report(self) -> ValidationReport:

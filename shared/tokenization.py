@@ -25,6 +25,11 @@ from typing import Any
 
 ROLES = ("system", "user", "assistant")
 MAX_LINE_BYTES = 4 << 20  # one record; a longer line is refused rather than read
+# Marking assistant turns renders the conversation up to each of them, so a record's work grows
+# with its messages squared: these caps bound it (a file's work then grows linearly with its
+# records). Well above what chat fine-tuning data holds.
+MAX_MESSAGES = 200
+MAX_MESSAGE_CHARS = 200_000
 
 
 class RecordError(ValueError):
@@ -117,15 +122,27 @@ def check_messages(messages: Any) -> list[dict[str, str]]:
     """Validates a chat record's messages; returns them as plain role/content dicts."""
     if not isinstance(messages, list) or not messages:
         raise RecordError("'messages' must be a non-empty list")
+    if len(messages) > MAX_MESSAGES:
+        raise RecordError(
+            f"{len(messages)} messages; a record may hold at most {MAX_MESSAGES}: split the "
+            "conversation into several records"
+        )
     out = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict):
             raise RecordError(f"messages[{i}] must be an object with 'role' and 'content'")
         role, content = m.get("role"), m.get("content")
         if role not in ROLES:
-            raise RecordError(f"messages[{i}].role must be one of {', '.join(ROLES)}, not {role!r}")
+            raise RecordError(
+                f"messages[{i}].role must be one of {', '.join(ROLES)}, not {_excerpt(role)}"
+            )
         if not isinstance(content, str):
             raise RecordError(f"messages[{i}].content must be a string")
+        if len(content) > MAX_MESSAGE_CHARS:
+            raise RecordError(
+                f"messages[{i}].content has {len(content)} characters; at most "
+                f"{MAX_MESSAGE_CHARS} per message"
+            )
         if role == "system" and i != 0:
             raise RecordError(f"messages[{i}]: a system message may only come first")
         out.append({"role": role, "content": content})
@@ -208,7 +225,7 @@ class ChatTokenizer:
             spans = [(len(self.bos_token) + len(prompt), len(text))]
         enc = self._tok.encode(text, add_special_tokens=False)
         ids = enc.ids[:max_seq_length]
-        trained = [any(a <= start < b for a, b in spans) for start, _ in enc.offsets[: len(ids)]]
+        trained = _in_spans([start for start, _ in enc.offsets[: len(ids)]], spans)
         return EncodedExample(ids, trained, truncated=len(enc.ids) > max_seq_length)
 
     def _chat_text(self, messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
@@ -244,6 +261,24 @@ class ChatTokenizer:
             trained += ex.n_trained
             truncated += ex.truncated
         return TokenCount(kept, dropped, tokens, trained, truncated)
+
+
+def _excerpt(value: Any, limit: int = 40) -> str:
+    """A short quote of a user's value for an error message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _in_spans(starts: list[int], spans: list[tuple[int, int]]) -> list[bool]:
+    """For each token start (ascending), whether it lies in one of `spans` (ascending, disjoint):
+    one pass over both, not tokens times spans."""
+    out = []
+    j = 0
+    for start in starts:
+        while j < len(spans) and spans[j][1] <= start:
+            j += 1
+        out.append(j < len(spans) and spans[j][0] <= start)
+    return out
 
 
 def _token_text(value: Any) -> str | None:
