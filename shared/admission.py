@@ -162,6 +162,18 @@ def _parse(uid: str, body: dict[str, Any]) -> tuple[ModelSpec, Dataset, Hyperpar
 
 
 def _count(spec: ModelSpec, dataset: Dataset, hp: Hyperparameters, cfg: Settings) -> TokenCount:
+    """The dataset's exact token count for this model and max_seq_length, counted once: later
+    estimates and submissions of the same validated file reuse it."""
+    key = Dataset.count_key(dataset.sha256 or "", spec.id, hp.max_seq_length)
+    cached = dataset.token_counts.get(key)
+    if cached is not None:
+        return cached
+    count = _tokenize(spec, dataset, hp, cfg)
+    store.record_token_count(dataset.id, key, count)
+    return count
+
+
+def _tokenize(spec: ModelSpec, dataset: Dataset, hp: Hyperparameters, cfg: Settings) -> TokenCount:
     tok = modelstore.tokenizer_for(cfg, spec.id)
     if tok is None:
         raise ApiError(

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 ROLES = ("system", "user", "assistant")
 MAX_LINE_BYTES = 4 << 20  # one record; a longer line is refused rather than read
@@ -52,8 +52,9 @@ class EncodedExample:
         return sum(self.trained)
 
 
-@dataclass(frozen=True)
-class TokenCount:
+class TokenCount(NamedTuple):
+    """A file's totals for one tokenizer and max_seq_length: what one epoch trains and bills."""
+
     examples: int  # records kept
     dropped: int  # records with nothing left to train after truncation
     tokens: int  # tokens of the kept records: what one epoch processes and bills

@@ -484,3 +484,24 @@ def test_the_trainers_outputs_always_carry_a_retention_time(stack_env, tmp_path)
         "manifest.json",
     }
     assert all(b.custom_time == kept_until for b in blobs), [b.custom_time for b in blobs]
+
+
+def test_a_dataset_is_tokenized_once_per_model_and_length(api, tiny_in_store) -> None:
+    """Estimates and submissions reuse the count made for the same validated file, model and
+    max_seq_length (shown by planting a count: it is what the next estimate bills)."""
+    from shared.records import Dataset
+    from shared.tokenization import TokenCount
+
+    user, ds = ready_user(api, n_records=6)
+    body = {"model": "tiny-llama", "dataset_id": ds["id"], "hyperparameters": {}}
+    first = api.request("POST", "/v1/jobs/estimate", user, json=body).json()
+    stored = store.get_dataset(user.uid, ds["id"])
+    key = Dataset.count_key(stored.sha256, "tiny-llama", first["hyperparameters"]["max_seq_length"])
+    assert stored.token_counts[key].tokens == first["tokens_per_epoch"]
+    store.record_token_count(ds["id"], key, TokenCount(6, 0, 123_456, 100_000, 0))
+    again = api.request("POST", "/v1/jobs/estimate", user, json=body).json()
+    assert again["tokens_per_epoch"] == 123_456  # not tokenized again
+    longer = {**body, "hyperparameters": {"max_seq_length": 1024}}
+    other = api.request("POST", "/v1/jobs/estimate", user, json=longer).json()
+    assert other["tokens_per_epoch"] == first["tokens_per_epoch"]  # its own count
+    assert len(store.get_dataset(user.uid, ds["id"]).token_counts) == 2
