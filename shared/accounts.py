@@ -9,21 +9,17 @@ from typing import Any
 from shared import store
 from shared.config import Settings
 from shared.errors import ApiError, Code
-from shared.records import NOTIFICATION_EVENTS, Pause, UserRecord
+from shared.records import NOTIFICATION_EVENTS, Pause, UserRecord, month_of
 
 PATCHABLE = ("notifications", "monthly_spend_limit_cents")
 MAX_SPEND_LIMIT_CENTS = 100_000_00
 PAUSE_SPEND_LIMIT = "spend_limit_reached"
 
 
-def month_key(t: datetime) -> str:
-    return f"{t.year:04d}-{t.month:02d}"
-
-
-def spent_this_month(uid: str, now: datetime | None = None) -> int:
-    """Cents charged to the user in the current calendar month (UTC), from the ledger."""
-    key = month_key(now or store.now())
-    return sum(e.amount_cents for e in store.ledger_entries(uid) if e.month == key)
+def spent_this_month(user: UserRecord, now: datetime | None = None) -> int:
+    """Cents charged to the user in the current calendar month (UTC): the account's total, kept
+    in the same commit as each ledger entry (no read of the user's whole history)."""
+    return user.spent_in(month_of(now or store.now()))
 
 
 def pauses(user: UserRecord, spent: int) -> dict[str, Pause]:
@@ -139,7 +135,7 @@ def _portal(user: UserRecord, cfg: Settings) -> str | None:
 
 def get_account(uid: str, email: str | None, cfg: Settings) -> dict[str, Any]:
     user = store.get_or_create_user(uid, email)
-    return account_view(user, spent_this_month(uid), _portal(user, cfg))
+    return account_view(user, spent_this_month(user), _portal(user, cfg))
 
 
 def update_account(
@@ -152,4 +148,4 @@ def update_account(
         )
     else:
         user = store.update_account(uid, email, update.notifications)
-    return account_view(user, spent_this_month(uid), _portal(user, cfg))
+    return account_view(user, spent_this_month(user), _portal(user, cfg))

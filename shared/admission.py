@@ -26,7 +26,16 @@ from shared.errors import ApiError, Code
 from shared.jobs import view
 from shared.lifecycle import enqueue_launch
 from shared.pricing import quote, resolve_hyperparameters
-from shared.records import Dataset, DatasetStatus, Job, JobEvent, JobStatus, Quote, UserRecord
+from shared.records import (
+    Dataset,
+    DatasetStatus,
+    Job,
+    JobEvent,
+    JobStatus,
+    Quote,
+    UserRecord,
+    month_of,
+)
 from shared.tokenization import RecordError, TokenCount, parse_jsonl
 
 SUBMIT_TARGET = "POST /v1/jobs"
@@ -40,7 +49,8 @@ class Applicant:
     """What the admission rules look at."""
 
     user: UserRecord
-    spent_this_month: int
+    spent_this_month: int  # settled
+    committed_this_month: int  # settled, plus the quotes of jobs not paid yet
     quote: Quote
     spec: ModelSpec
     active_jobs: int | None  # None: checked in the creating transaction instead
@@ -65,13 +75,20 @@ def _paused(a: Applicant) -> list[str]:
 
 
 def _spend_limit(a: Applicant) -> list[str]:
-    limit, spent, price = a.user.monthly_spend_limit_cents, a.spent_this_month, a.quote.price_cents
-    if limit is None or spent >= limit or spent + price <= limit:
+    limit, price = a.user.monthly_spend_limit_cents, a.quote.price_cents
+    if limit is None or a.spent_this_month >= limit:
         return []  # at or over the limit already: the spend-limit pause says so
-    return [
-        f"This job ({price} cents) would take this month's spend to {spent + price} cents, "
-        f"over your limit of {limit}; raise it (PATCH /v1/me) or wait for next month."
-    ]
+    if a.committed_this_month + price <= limit:
+        return []
+    return [over_limit(a.committed_this_month, price, limit)]
+
+
+def over_limit(committed: int, price: int, limit: int) -> str:
+    return (
+        f"This job ({price} cents) would take this month's spend, with the jobs not paid yet, "
+        f"to {committed + price} cents, over your limit of {limit}; raise it (PATCH /v1/me) or "
+        "wait for next month."
+    )
 
 
 def _dataset_size(a: Applicant) -> list[str]:
@@ -123,7 +140,8 @@ class PricedRequest:
     def applicant(self, active_jobs: int | None, cfg: Settings) -> Applicant:
         return Applicant(
             user=self.user,
-            spent_this_month=accounts.spent_this_month(self.user.uid),
+            spent_this_month=accounts.spent_this_month(self.user),
+            committed_this_month=self.user.committed_in(month_of(store.now())),
             quote=self.quote,
             spec=self.spec,
             active_jobs=active_jobs,
@@ -218,7 +236,7 @@ def estimate(uid: str, email: str | None, body: dict[str, Any], cfg: Settings) -
             a bad hyperparameter, or a model that is unavailable.
     """
     req = _priced(uid, email, body, cfg)
-    reasons = refusals(req.applicant(store.count_active_jobs(uid), cfg))
+    reasons = refusals(req.applicant(len(req.user.active_jobs), cfg))
     return {
         "object": "estimate",
         "model": req.spec.id,
@@ -276,11 +294,16 @@ def submit(
         updated_at=t,
         events=(JobEvent(t, JobStatus.QUEUED, "submitted"),),
     )
+    limit = req.user.monthly_spend_limit_cents
     try:
-        job, created = store.new_job(job, idem_id, request_hash, cfg.max_active_jobs)
+        job, created = store.new_job(job, idem_id, request_hash, cfg.max_active_jobs, limit)
     except store.Conflict as exc:
         if exc.code == "idempotency_conflict":
             idempotency.check_same_request(None, request_hash)
+        if exc.code == "spend_limit_reached" and limit is not None:
+            raise ApiError(
+                Code.SPEND_LIMIT_REACHED, over_limit(exc.detail, job.quote.price_cents, limit)
+            ) from None
         raise ApiError(
             Code.TOO_MANY_ACTIVE_JOBS, too_many_active(exc.detail, cfg.max_active_jobs)
         ) from None

@@ -26,6 +26,7 @@ from shared.records import (
     PaymentMethod,
     PaymentStatus,
     UserRecord,
+    month_of,
 )
 from shared.routes import valid_id
 
@@ -101,7 +102,7 @@ def charge_job(job_id: str, cfg: Settings) -> str:
     due = pricing.amount_due(job)
     if due.cents == 0:
         if job.payment is None:
-            store.set_job_payment(job_id, Payment(PaymentStatus.NOT_CHARGED, 0, cfg.currency))
+            store.set_job_payment(job, Payment(PaymentStatus.NOT_CHARGED, 0, cfg.currency))
         return "nothing to charge"
     state, charge = store.claim_charge(
         Charge(
@@ -139,7 +140,7 @@ def _repair_payment(job: Job, charge: Charge) -> None:
     payment were one commit): record it now, so the downloads do not stay locked."""
     payment = _payment_of(charge)
     if job.payment is None or job.payment.status != payment.status:
-        store.set_job_payment(job.id, payment)
+        store.set_job_payment(job, payment)
         logs.warning("job payment repaired from its charge", job_id=job.id)
 
 
@@ -297,18 +298,20 @@ def extend_storage(
     request_hash = idempotency.request_hash(f"POST /v1/jobs/{job_id}/extend-storage", body)
     charge_id = "ext-" + key[:40]
     existing = store.get_charge(charge_id)
+    size = job.trainer_result.total_bytes if job.trainer_result else 0
+    price = pricing.extension_price(size, days)
     if existing is None:
         artifacts.download_links(job, cfg)  # the same gates: completed, paid, not expired
+        _admit_spend(store.get_or_create_user(uid, None), price)
     else:
         idempotency.check_same_request(existing.request_hash, request_hash)
-    size = job.trainer_result.total_bytes if job.trainer_result else 0
     state, charge = store.claim_charge(
         Charge(
             id=charge_id,
             uid=uid,
             job_id=job_id,
             kind=ChargeKind.STORAGE_EXTENSION,
-            amount_cents=pricing.extension_price(size, days),
+            amount_cents=price,
             currency=cfg.currency,
             days=days,
             extends_from=job.expires_at,
@@ -354,6 +357,28 @@ def extend_storage(
             "currency": charge.currency,
         },
     }
+
+
+def _admit_spend(user: UserRecord, cents: int) -> None:
+    """A new charge the user asks for obeys the same pause flags and monthly limit as a job.
+
+    Raises:
+        ApiError: account_paused or spend_limit_reached (403).
+    """
+    from shared import accounts
+
+    flags = accounts.pauses(user, accounts.spent_this_month(user))
+    if flags:
+        code, pause = sorted(flags.items())[0]
+        raise ApiError(Code.ACCOUNT_PAUSED, f"Payments are paused ({code}): {pause.reason}")
+    limit = user.monthly_spend_limit_cents
+    committed = user.committed_in(month_of(store.now()))
+    if limit is not None and committed + cents > limit:
+        raise ApiError(
+            Code.SPEND_LIMIT_REACHED,
+            f"This extension ({cents} cents) would take this month's spend to "
+            f"{committed + cents} cents, over your limit of {limit}; raise it (PATCH /v1/me).",
+        )
 
 
 def summary(uid: str, cfg: Settings) -> dict[str, Any]:

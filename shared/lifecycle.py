@@ -23,7 +23,16 @@ from shared.config import Settings
 from shared.contract import FailureKind, TrainerConfig
 from shared.errors import ApiError, Code
 from shared.jobs import owned, view
-from shared.records import FailureCode, Job, JobEvent, JobFailure, JobStatus, Mail
+from shared.records import (
+    FailureCode,
+    Job,
+    JobEvent,
+    JobFailure,
+    JobStatus,
+    Mail,
+    Payment,
+    PaymentStatus,
+)
 
 TRANSITIONS = {
     JobStatus.QUEUED: (JobStatus.RUNNING, JobStatus.CANCELLED, JobStatus.FAILED),
@@ -79,9 +88,21 @@ def transition(
         if wanted.ended:
             new = new._replace(ended_at=t)
             mail = _mail(job, wanted, message)
+            if _free(new):  # its payment is known now: nothing (ends its reservation)
+                new = new._replace(
+                    payment=Payment(PaymentStatus.NOT_CHARGED, 0, job.quote.currency)
+                )
         return new, mail
 
     return store.update_job(job_id, decide)
+
+
+def _free(job: Job) -> bool:
+    """Ended where the charge policy makes it free whatever it trained: failed, or cancelled
+    before it ran (the charge trigger settles the rest)."""
+    return job.status == JobStatus.FAILED or (
+        job.status == JobStatus.CANCELLED and job.started_at is None
+    )
 
 
 def _mail(job: Job, status: JobStatus, message: str) -> Mail | None:

@@ -64,6 +64,19 @@ class UserRecord(NamedTuple):
     stripe_customer_id: str | None = None
     payment_method: PaymentMethod | None = None
     monthly_spend_limit_cents: int | None = None
+    # Kept by the store in the same commits that change them, so admission reads one document:
+    active_jobs: Mapping[str, int] = MappingProxyType({})  # queued or running: id -> quote cents
+    reserved: Mapping[str, int] = MappingProxyType({})  # submitted, payment not recorded or failed
+    spend: Mapping[str, int] = MappingProxyType({})  # month ("2026-11") -> cents settled
+
+    def spent_in(self, month: str) -> int:
+        """Cents settled (ledger entries) in `month`."""
+        return self.spend.get(month, 0)
+
+    def committed_in(self, month: str) -> int:
+        """What the spend limit counts: settled this month, plus the quotes of jobs submitted and
+        not yet paid (active, awaiting their charge, or declined)."""
+        return self.spent_in(month) + sum(self.reserved.values())
 
     @staticmethod
     def new(uid: str, email: str | None, t: datetime) -> "UserRecord":
@@ -86,6 +99,9 @@ class UserRecord(NamedTuple):
             "stripe_customer_id": self.stripe_customer_id,
             "monthly_spend_limit_cents": self.monthly_spend_limit_cents,
             "payment_method": None if self.payment_method is None else self.payment_method.to_doc(),
+            "active_jobs": dict(self.active_jobs),
+            "reserved": dict(self.reserved),
+            "spend": dict(self.spend),
         }
 
     @staticmethod
@@ -102,7 +118,15 @@ class UserRecord(NamedTuple):
             stripe_customer_id=doc.get("stripe_customer_id"),
             monthly_spend_limit_cents=doc.get("monthly_spend_limit_cents"),
             payment_method=None if not pm else PaymentMethod.from_doc(pm),
+            active_jobs=dict(doc.get("active_jobs") or {}),
+            reserved=dict(doc.get("reserved") or {}),
+            spend=dict(doc.get("spend") or {}),
         )
+
+
+def month_of(t: datetime) -> str:
+    """The calendar month (UTC) a time falls in, as the spend totals key it."""
+    return f"{t.year:04d}-{t.month:02d}"
 
 
 # --- datasets --------------------------------------------------------------------------------
@@ -584,7 +608,7 @@ class LedgerEntry(NamedTuple):
 
     @property
     def month(self) -> str:
-        return f"{self.created_at.year:04d}-{self.created_at.month:02d}"
+        return month_of(self.created_at)
 
     def to_doc(self) -> dict[str, Any]:
         return {

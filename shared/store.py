@@ -34,7 +34,6 @@ from typing import TYPE_CHECKING, Any
 from shared.config import settings
 from shared.errors import Contended
 from shared.records import (
-    ACTIVE_STATUSES,
     Charge,
     ChargeStatus,
     Dataset,
@@ -47,8 +46,10 @@ from shared.records import (
     Pause,
     Payment,
     PaymentMethod,
+    PaymentStatus,
     UserRecord,
     ValidationReport,
+    month_of,
 )
 from shared.routes import valid_id
 
@@ -386,28 +387,33 @@ class Conflict(Exception):
 
 
 def new_job(
-    job: Job, idempotency_id: str | None, request_hash: str, max_active: int
+    job: Job,
+    idempotency_id: str | None,
+    request_hash: str,
+    max_active: int,
+    spend_limit_cents: int | None = None,
 ) -> tuple[Job, bool]:
-    """Creates the job in one transaction with its idempotency record and the user's active-job
-    limit; returns (job, created). A replay of the same key and body returns the first job.
+    """Creates the job in one transaction with its idempotency record and the user's limits;
+    returns (job, created). A replay of the same key and body returns the first job.
+
+    The transaction reads only the user's own documents: the account record holds the user's
+    active jobs and the quotes not yet paid (UserRecord.active_jobs, .reserved), and this commit
+    adds the new job to both, so concurrent submissions can pass neither the active-job limit
+    nor the monthly spend limit together, and users never contend with each other.
 
     Raises:
-        Conflict: "idempotency_conflict" (same key, different body) or "too_many_active_jobs"
-            (detail: the active count).
+        Conflict: "idempotency_conflict" (same key, different body), "too_many_active_jobs"
+            (detail: the active count) or "spend_limit_reached" (detail: cents committed).
         Contended: the transaction lost every attempt to concurrent writers.
     """
     from google.api_core.exceptions import Aborted
     from google.cloud import firestore
-    from google.cloud.firestore_v1.base_query import FieldFilter
 
     db = client()
     idem_ref = _ref(IDEMPOTENCY, idempotency_id) if idempotency_id else None
-    active_query = (
-        db.collection(JOBS)
-        .where(filter=FieldFilter("uid", "==", job.uid))
-        .where(filter=FieldFilter("status", "in", [s.value for s in ACTIVE_STATUSES]))
-    )
+    user_ref = _ref(USERS, job.uid)
     record = IdempotencyRecord(job.uid, job.id, request_hash, job.created_at)
+    cents = job.quote.price_cents
 
     @firestore.transactional
     def run(tx: Any) -> tuple[Job, bool]:
@@ -418,12 +424,28 @@ def new_job(
                 if first.request_hash != request_hash:
                     raise Conflict("idempotency_conflict")
                 return Job.from_doc(_ref(JOBS, first.job_id).get(transaction=tx).to_dict()), False
-        active = list(tx.get(active_query))
-        if len(active) >= max_active:
-            raise Conflict("too_many_active_jobs", len(active))
+        snap = user_ref.get(transaction=tx)
+        user = (
+            UserRecord.from_doc(snap.to_dict())
+            if snap.exists
+            else UserRecord.new(job.uid, job.email, job.created_at)
+        )
+        if job.status.active and len(user.active_jobs) >= max_active:
+            raise Conflict("too_many_active_jobs", len(user.active_jobs))
+        committed = user.committed_in(month_of(job.created_at))
+        if spend_limit_cents is not None and committed + cents > spend_limit_cents:
+            raise Conflict("spend_limit_reached", committed)
         tx.create(_ref(JOBS, job.id), job.to_doc())
         if idem_ref is not None:
             tx.create(idem_ref, record.to_doc())
+        active = {job.id: cents} if job.status.active else {}
+        reserved = {job.id: cents} if job.payment is None else {}
+        if not snap.exists:
+            tx.create(user_ref, user._replace(active_jobs=active, reserved=reserved).to_doc())
+        elif active or reserved:
+            fields: dict[str, Any] = {f"active_jobs.{k}": v for k, v in active.items()}
+            fields.update({f"reserved.{k}": v for k, v in reserved.items()})
+            tx.update(user_ref, {**fields, "updated_at": job.created_at})
         return job, True
 
     try:
@@ -474,6 +496,9 @@ def update_job(job_id: str, decide: JobDecision, attempts: int = 20) -> Job:
         batch.update(ref, new.to_doc(), option=db.write_option(last_update_time=snap.update_time))
         if mail is not None:
             batch.set(_ref(MAIL, f"{job_id}-{new.status.value}"), mail.to_doc())
+        account = _account_changes(job, new)
+        if account:
+            batch.update(_ref(USERS, job.uid), account)
         try:
             batch.commit()
         except (FailedPrecondition, NotFound):
@@ -482,22 +507,33 @@ def update_job(job_id: str, decide: JobDecision, attempts: int = 20) -> Job:
     raise AssertionError("unreachable")
 
 
-def set_job_payment(job_id: str, payment: Payment) -> None:
+def _account_changes(old: Job, new: Job) -> dict[str, Any]:
+    """What a job's change does to its user's account record (same commit): an ended job is no
+    longer active; a recorded payment (other than a declined one) ends its reservation."""
+    from google.cloud import firestore
+
+    changes: dict[str, Any] = {}
+    if new.status.ended and not old.status.ended:
+        changes[f"active_jobs.{new.id}"] = firestore.DELETE_FIELD
+    if _settles(new.payment) and not _settles(old.payment):
+        changes[f"reserved.{new.id}"] = firestore.DELETE_FIELD
+    return changes
+
+
+def _settles(payment: Payment | None) -> bool:
+    return payment is not None and payment.status != PaymentStatus.FAILED
+
+
+def set_job_payment(job: Job, payment: Payment) -> None:
     """Records the job's payment on its own (only where no charge moved: nothing due, or a
-    repair of a payment whose charge is already recorded)."""
-    _ref(JOBS, job_id).update({"payment": payment.to_doc(), "updated_at": now()})
-
-
-def count_active_jobs(uid: str) -> int:
-    from google.cloud.firestore_v1.base_query import FieldFilter
-
-    query = (
-        client()
-        .collection(JOBS)
-        .where(filter=FieldFilter("uid", "==", uid))
-        .where(filter=FieldFilter("status", "in", [s.value for s in ACTIVE_STATUSES]))
-    )
-    return len(list(query.select([]).stream()))
+    repair of a payment whose charge is already recorded), with its effect on the account."""
+    t = now()
+    batch = client().batch()
+    batch.update(_ref(JOBS, job.id), {"payment": payment.to_doc(), "updated_at": t})
+    account = _account_changes(job, job._replace(payment=payment))
+    if account:
+        batch.update(_ref(USERS, job.uid), {**account, "updated_at": t})
+    batch.commit()
 
 
 def stale_queued_jobs(before: datetime) -> list[str]:
@@ -588,22 +624,28 @@ def settle_charge(
     pause: tuple[str, Pause | None] | None,
 ) -> None:
     """Records a charge's outcome in one commit: the charge (`charge` as finished), the ledger
-    entry for money that moved, the job's payment (a job's charge), and the account's pause
-    flag (`(code, Pause)` sets it, `(code, None)` clears it)."""
+    entry for money that moved and the month's spend total on the account, the job's payment (a
+    job's charge) and the end of its reservation once paid, and the account's pause flag
+    (`(code, Pause)` sets it, `(code, None)` clears it)."""
     from google.cloud import firestore
 
     db = client()
     batch = db.batch()
     t = now()
     batch.set(_ref(CHARGES, charge.id), charge._replace(finished_at=t).to_doc())
+    account: dict[str, Any] = {}
     if ledger is not None:
         batch.set(_ref(LEDGER, ledger.id), ledger.to_doc())
+        account[f"spend.{ledger.month}"] = firestore.Increment(ledger.amount_cents)
     if payment is not None:
         batch.update(_ref(JOBS, charge.job_id), {"payment": payment.to_doc(), "updated_at": t})
+        if _settles(payment):
+            account[f"reserved.{charge.job_id}"] = firestore.DELETE_FIELD
     if pause is not None:
         code, flag = pause
-        value = firestore.DELETE_FIELD if flag is None else flag.to_doc()
-        batch.update(_ref(USERS, charge.uid), {f"pauses.{code}": value, "updated_at": t})
+        account[f"pauses.{code}"] = firestore.DELETE_FIELD if flag is None else flag.to_doc()
+    if account:
+        batch.update(_ref(USERS, charge.uid), {**account, "updated_at": t})
     batch.commit()
 
 

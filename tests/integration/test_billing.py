@@ -255,6 +255,9 @@ def test_the_trigger_delivered_many_times_at_once_charges_once(api, stack_env) -
     assert len(payment_intents(stack_env, job_id)) == 1
     assert [e.amount_cents for e in store.ledger_entries(user.uid)] == [50]
     assert store.get_job(job_id).payment.status == PaymentStatus.PAID
+    account = store.get_or_create_user(user.uid, None)  # the same commit kept the account's
+    assert account.spent_in(store.now().strftime("%Y-%m")) == 50  # month total and ended
+    assert account.reserved == {} and account.active_jobs == {}  # the job's reservation
 
 
 def test_declined_card_pauses_then_a_new_card_settles(api, stack, tiny_in_store) -> None:

@@ -505,3 +505,61 @@ def test_a_dataset_is_tokenized_once_per_model_and_length(api, tiny_in_store) ->
     other = api.request("POST", "/v1/jobs/estimate", user, json=longer).json()
     assert other["tokens_per_epoch"] == first["tokens_per_epoch"]  # its own count
     assert len(store.get_dataset(user.uid, ds["id"]).token_counts) == 2
+
+
+def test_concurrent_submissions_cannot_pass_the_spend_limit_together(stack_env) -> None:
+    """Five 50-cent jobs submitted at once under a 120-cent limit: the account record read and
+    written in each creating transaction lets exactly two through."""
+    from shared.contract import Hyperparameters
+    from shared.records import Job
+    from tests.support.api import TEST_QUOTE
+
+    def job(i: int) -> Job:
+        t = store.now()
+        return Job(
+            id=f"ft-spend{i}",
+            uid="u-spend",
+            email=None,
+            model="tiny-llama",
+            dataset_id="ds-x",
+            dataset_object="datasets/u-spend/ds-x.jsonl",
+            dataset_sha256="0" * 64,
+            hyperparameters=Hyperparameters(),
+            quote=TEST_QUOTE,
+            status=JobStatus.QUEUED,
+            created_at=t,
+            updated_at=t,
+        )
+
+    results = []
+
+    def create(i: int) -> None:
+        try:
+            store.new_job(job(i), None, "h", max_active=100, spend_limit_cents=120)
+            results.append("ok")
+        except store.Conflict as exc:
+            results.append(exc.code)
+
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == ["ok", "ok"] + ["spend_limit_reached"] * 3
+    account = store.get_or_create_user("u-spend", None)
+    assert sum(account.reserved.values()) == 100 and len(account.active_jobs) == 2
+
+
+def test_the_account_record_follows_each_job_to_its_end(api, stack_env) -> None:
+    """Active while queued or running; reserved until its payment is known; a failed job is
+    free at once (the same commit that ends it)."""
+    user = api.new_user()
+    failing, cancelled = stored_job(user.uid), stored_job(user.uid, JobStatus.QUEUED)
+    account = store.get_or_create_user(user.uid, None)
+    assert set(account.active_jobs) == set(account.reserved) == {failing, cancelled}
+    lifecycle.on_batch_state(f"x/jobs/yachay-{failing}", "FAILED", settings())
+    lifecycle.cancel(user.uid, cancelled, settings())
+    account = store.get_or_create_user(user.uid, None)
+    assert account.active_jobs == {} and account.reserved == {}
+    for job_id in (failing, cancelled):
+        assert store.get_job(job_id).payment.status == "not_charged"

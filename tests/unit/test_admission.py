@@ -23,6 +23,7 @@ def applicant(**kw: object) -> Applicant:
     values: dict[str, object] = {
         "user": user,
         "spent_this_month": 0,
+        "committed_this_month": 0,
         "quote": TEST_QUOTE._replace(tokens_per_epoch=1_000, price_cents=300),
         "spec": SPEC,
         "active_jobs": 0,
@@ -47,14 +48,34 @@ def user(**kw: object) -> UserRecord:
         ),
         # under the limit, but this job would cross it
         (
-            {"user": user(monthly_spend_limit_cents=1000), "spent_this_month": 800},
+            {
+                "user": user(monthly_spend_limit_cents=1000),
+                "spent_this_month": 800,
+                "committed_this_month": 800,
+            },
             [Code.SPEND_LIMIT_REACHED],
         ),
         # exactly at the limit afterwards is allowed
-        ({"user": user(monthly_spend_limit_cents=1000), "spent_this_month": 700}, []),
+        (
+            {
+                "user": user(monthly_spend_limit_cents=1000),
+                "spent_this_month": 700,
+                "committed_this_month": 700,
+            },
+            [],
+        ),
+        # settled 0, but 800 cents of jobs not paid yet: this 300-cent job would cross it
+        (
+            {"user": user(monthly_spend_limit_cents=1000), "committed_this_month": 800},
+            [Code.SPEND_LIMIT_REACHED],
+        ),
         # already at the limit: the spend-limit pause says so, once
         (
-            {"user": user(monthly_spend_limit_cents=1000), "spent_this_month": 1000},
+            {
+                "user": user(monthly_spend_limit_cents=1000),
+                "spent_this_month": 1000,
+                "committed_this_month": 1000,
+            },
             [Code.ACCOUNT_PAUSED],
         ),
         ({"quote": TEST_QUOTE._replace(tokens_per_epoch=10_001)}, [Code.DATASET_TOO_LARGE]),
@@ -77,6 +98,7 @@ def test_every_refusal_says_what_to_do() -> None:
             monthly_spend_limit_cents=100,
         ),
         spent_this_month=50,
+        committed_this_month=50,
         quote=TEST_QUOTE._replace(tokens_per_epoch=20_000, price_cents=300),
         active_jobs=3,
     )
