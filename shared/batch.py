@@ -144,6 +144,18 @@ class _LocalJob:
         self.exit_codes: list[int] = []
 
 
+# Starts the trainer so that it dies with the process that started it (Linux: the parent-death
+# signal survives exec): stopping the local stack, however it stops, leaves no trainer running.
+_DIE_WITH_PARENT = (
+    "import ctypes, os, signal, sys\n"
+    "parent = int(sys.argv[1])\n"
+    "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG\n"
+    "if os.getppid() != parent:  # the parent died before the signal was armed\n"
+    "    sys.exit(75)\n"
+    "os.execv(sys.executable, [sys.executable, '-m', 'yachay_trainer'])\n"
+)
+
+
 class LocalBatch:
     """Runs each job's trainer as a subprocess of this process (the local gateway)."""
 
@@ -205,7 +217,7 @@ class LocalBatch:
                 self._publish(name, "RUNNING")
             with open(self.logs / f"{trainer.job_id}.log", "ab") as log:
                 job.process = subprocess.Popen(
-                    [sys.executable, "-m", "yachay_trainer"],
+                    [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid())],
                     env=self.environment(trainer),
                     stdout=log,
                     stderr=subprocess.STDOUT,

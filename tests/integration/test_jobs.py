@@ -42,7 +42,8 @@ def trainer_pids(job_id: str) -> list[int]:
     pids = []
     for environ in Path("/proc").glob("[0-9]*/environ"):
         try:
-            if f"YACHAY_TRAINER_JOB_ID={job_id}".encode() in environ.read_bytes():
+            variables = environ.read_bytes().split(b"\0")
+            if f"YACHAY_TRAINER_JOB_ID={job_id}".encode() in variables:
                 pids.append(int(environ.parent.name))
         except OSError:
             continue
@@ -563,3 +564,48 @@ def test_the_account_record_follows_each_job_to_its_end(api, stack_env) -> None:
     assert account.active_jobs == {} and account.reserved == {}
     for job_id in (failing, cancelled):
         assert store.get_job(job_id).payment.status == "not_charged"
+
+
+LOCAL_BATCH_THEN_WAIT = """
+import json, os, time
+from shared.batch import LocalBatch
+from shared.catalog import catalog
+from shared.config import settings
+from shared.contract import TrainerConfig
+
+trainer = TrainerConfig.from_env(json.loads(os.environ["TRAINER_ENV_JSON"]))
+LocalBatch(settings()).submit("yachay-" + trainer.job_id, trainer, catalog().models[0])
+time.sleep(600)  # killed by the test long before
+"""
+
+
+def test_a_trainer_dies_with_the_local_batch_that_started_it(stack_env, tmp_path) -> None:
+    """However the local stack stops (here: SIGKILL, so no clean-up code runs), no trainer it
+    started keeps running."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.support.tiny import build_tiny_model, write_jsonl
+    from tests.support.trainer import make_config
+
+    model = build_tiny_model(tmp_path / "model")
+    data = write_jsonl(chat_records(400, seed=4), tmp_path / "train.jsonl")
+    cfg = make_config(model, data, tmp_path, epochs=5, batch_size=1)
+    env = {**os.environ, "TRAINER_ENV_JSON": json.dumps(cfg.to_env())}
+    parent = subprocess.Popen(
+        [sys.executable, "-c", LOCAL_BATCH_THEN_WAIT], env=env, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not trainer_pids(cfg.job_id) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert trainer_pids(cfg.job_id), "the trainer never started"
+    finally:
+        os.killpg(parent.pid, signal.SIGKILL)
+        parent.wait()
+    deadline = time.monotonic() + 10
+    while trainer_pids(cfg.job_id) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not trainer_pids(cfg.job_id)
