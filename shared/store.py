@@ -392,39 +392,50 @@ def new_job(
     request_hash: str,
     max_active: int,
     spend_limit_cents: int | None = None,
+    attempts: int = 30,
 ) -> tuple[Job, bool]:
-    """Creates the job in one transaction with its idempotency record and the user's limits;
-    returns (job, created). A replay of the same key and body returns the first job.
+    """Creates the job, its idempotency record and its place on the user's account in one
+    commit, within the user's limits; returns (job, created). A replay of the same key and body
+    returns the first job.
 
-    The transaction reads only the user's own documents: the account record holds the user's
-    active jobs and the quotes not yet paid (UserRecord.active_jobs, .reserved), and this commit
-    adds the new job to both, so concurrent submissions can pass neither the active-job limit
-    nor the monthly spend limit together, and users never contend with each other.
+    It reads only the user's own documents: the account record holds the user's active jobs and
+    the quotes not yet paid (UserRecord.active_jobs, .reserved), and the commit adds the new job
+    to both on the condition that the record has not changed since it was read (its update
+    time), so concurrent submissions can pass neither the active-job limit nor the monthly spend
+    limit together, and users never contend with each other. Optimistic, like update_job: no
+    locks (the Firestore emulator times out contended transaction locks), a lost race reads
+    again.
 
     Raises:
         Conflict: "idempotency_conflict" (same key, different body), "too_many_active_jobs"
             (detail: the active count) or "spend_limit_reached" (detail: cents committed).
-        Contended: the transaction lost every attempt to concurrent writers.
+        Contended: every attempt lost to concurrent writers.
     """
-    from google.api_core.exceptions import Aborted
-    from google.cloud import firestore
+    from google.api_core.exceptions import AlreadyExists, FailedPrecondition, NotFound
 
     db = client()
     idem_ref = _ref(IDEMPOTENCY, idempotency_id) if idempotency_id else None
     user_ref = _ref(USERS, job.uid)
     record = IdempotencyRecord(job.uid, job.id, request_hash, job.created_at)
     cents = job.quote.price_cents
+    active = {job.id: cents} if job.status.active else {}
+    reserved = {job.id: cents} if job.payment is None else {}
 
-    @firestore.transactional
-    def run(tx: Any) -> tuple[Job, bool]:
-        if idem_ref is not None:
-            seen = idem_ref.get(transaction=tx)
-            if seen.exists:
-                first = IdempotencyRecord.from_doc(seen.to_dict())
-                if first.request_hash != request_hash:
-                    raise Conflict("idempotency_conflict")
-                return Job.from_doc(_ref(JOBS, first.job_id).get(transaction=tx).to_dict()), False
-        snap = user_ref.get(transaction=tx)
+    def replay() -> tuple[Job, bool] | None:
+        seen = idem_ref.get() if idem_ref is not None else None
+        if seen is None or not seen.exists:
+            return None
+        first = IdempotencyRecord.from_doc(seen.to_dict())
+        if first.request_hash != request_hash:
+            raise Conflict("idempotency_conflict")
+        stored = get_job(first.job_id)
+        return None if stored is None else (stored, False)
+
+    for _ in _retrying(attempts, "account"):
+        found = replay()
+        if found is not None:
+            return found
+        snap = user_ref.get()
         user = (
             UserRecord.from_doc(snap.to_dict())
             if snap.exists
@@ -435,26 +446,26 @@ def new_job(
         committed = user.committed_in(month_of(job.created_at))
         if spend_limit_cents is not None and committed + cents > spend_limit_cents:
             raise Conflict("spend_limit_reached", committed)
-        tx.create(_ref(JOBS, job.id), job.to_doc())
+        batch = db.batch()
+        batch.create(_ref(JOBS, job.id), job.to_doc())
         if idem_ref is not None:
-            tx.create(idem_ref, record.to_doc())
-        active = {job.id: cents} if job.status.active else {}
-        reserved = {job.id: cents} if job.payment is None else {}
+            batch.create(idem_ref, record.to_doc())
         if not snap.exists:
-            tx.create(user_ref, user._replace(active_jobs=active, reserved=reserved).to_doc())
-        elif active or reserved:
+            batch.create(user_ref, user._replace(active_jobs=active, reserved=reserved).to_doc())
+        else:
             fields: dict[str, Any] = {f"active_jobs.{k}": v for k, v in active.items()}
             fields.update({f"reserved.{k}": v for k, v in reserved.items()})
-            tx.update(user_ref, {**fields, "updated_at": job.created_at})
+            batch.update(
+                user_ref,
+                {**fields, "updated_at": now()},
+                option=db.write_option(last_update_time=snap.update_time),
+            )
+        try:
+            batch.commit()
+        except (AlreadyExists, FailedPrecondition, NotFound):
+            continue  # another submission (or a replay of this one) got there first
         return job, True
-
-    try:
-        created: tuple[Job, bool] = run(db.transaction(max_attempts=10))
-        return created
-    except (Aborted, ValueError) as exc:  # ValueError: the client's "too many attempts"
-        if isinstance(exc, ValueError) and "attempts" not in str(exc):
-            raise
-        raise Contended("account") from exc
+    raise AssertionError("unreachable")
 
 
 JobDecision = Callable[[Job], "tuple[Job, Mail | None] | None"]

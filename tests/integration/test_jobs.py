@@ -540,6 +540,8 @@ def test_concurrent_submissions_cannot_pass_the_spend_limit_together(stack_env) 
             results.append("ok")
         except store.Conflict as exc:
             results.append(exc.code)
+        except errors.Contended:
+            results.append("contended")
 
     threads = [threading.Thread(target=create, args=(i,)) for i in range(5)]
     for t in threads:
