@@ -55,6 +55,7 @@ class Code(StrEnum):
     ACCOUNT_PAUSED = ("account_paused", 403)
     SPEND_LIMIT_REACHED = ("spend_limit_reached", 403)
     TOO_MANY_ACTIVE_JOBS = ("too_many_active_jobs", 429)
+    RATE_LIMITED = ("rate_limited", 429)
     DATASET_TOO_LARGE = ("dataset_too_large", 400)
     NOTHING_TO_RETRY = ("nothing_to_retry", 409)
     JOB_NOT_COMPLETED = ("job_not_completed", 409)

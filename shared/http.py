@@ -180,6 +180,8 @@ def serve(function: str, handlers: Mapping[str, Handler]) -> View:
                     assert route is not None
                     if route.auth:
                         principal = authenticate(request.headers.get(cfg.auth_header), cfg)
+                    if route.per_minute is not None:
+                        _rate_limit(route, principal, request)
                     reply = handlers[route.operation_id](
                         ApiRequest(route, resolution.params, principal, request_id, cfg, request)
                     )
@@ -226,6 +228,29 @@ class _MethodNotAllowed(ApiError):
             f"{method} is not allowed on {path}; use {', '.join(allowed)}.",
         )
         self.allow = ", ".join(allowed)
+
+
+def _rate_limit(route: Route, principal: Principal | None, request: flask.Request) -> None:
+    """At most route.per_minute requests per caller and minute (fixed windows).
+
+    Raises:
+        ApiError: rate_limited (429) with Retry-After: the seconds to the next window.
+    """
+    from shared import store
+
+    assert route.per_minute is not None
+    caller = principal.uid if principal else f"ip:{request.remote_addr}"
+    now = store.now()
+    window_start = now.replace(second=0, microsecond=0)
+    if store.count_request(f"{route.operation_id}\n{caller}", window_start, 60) < route.per_minute:
+        return
+    retry_after = max(1, 60 - now.second)
+    raise ApiError(
+        Code.RATE_LIMITED,
+        f"Too many requests: {route.method} {route.path} takes at most {route.per_minute} a "
+        f"minute; retry in {retry_after} s.",
+        retry_after_s=retry_after,
+    )
 
 
 def _raise_unrouted(request: flask.Request, allowed: tuple[str, ...]) -> None:

@@ -50,6 +50,9 @@ class Route:
     # Where API Gateway sends it, when not the public path itself: Cloud Run reserves paths
     # ending in "z" on its own URLs, so /v1/healthz reaches the function as /v1/health.
     backend_path: str | None = None
+    # At most this many requests per minute per caller (its uid, or its IP when the route takes
+    # no auth); None: unlimited. Over it: 429 rate_limited with Retry-After.
+    per_minute: int | None = None
 
     @cached_property
     def pattern(self) -> re.Pattern[str]:
@@ -87,9 +90,10 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/datasets/{dataset_id}/validate", "datasets", "validateDataset",
           "Validates the uploaded file now (it also runs when the upload finishes)."),
     Route("POST", "/v1/jobs/estimate", "jobs", "estimateJob",
-          "The exact price, token counts and duration of a job, before anything runs."),
+          "The exact price, token counts and duration of a job, before anything runs.",
+          per_minute=30),
     Route("POST", "/v1/jobs", "jobs", "createJob",
-          "Submits a fine-tuning job (honours Idempotency-Key)."),
+          "Submits a fine-tuning job (honours Idempotency-Key).", per_minute=20),
     Route("GET", "/v1/jobs", "jobs", "listJobs",
           "The caller's jobs, newest first (cursor pagination, filter by status)."),
     Route("GET", "/v1/jobs/{job_id}", "jobs", "getJob",
@@ -105,7 +109,8 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/billing/summary", "billing", "billingSummary",
           "Lifetime and monthly spend, tuning and storage totals, outstanding amounts."),
     Route("POST", "/v1/jobs/setup-card", "cards", "setupCard",
-          "A Stripe Checkout page (setup mode) to save the card jobs are charged to."),
+          "A Stripe Checkout page (setup mode) to save the card jobs are charged to.",
+          per_minute=10),
     Route("POST", "/v1/stripe/webhook", "stripe_webhook", "stripeWebhook",
           "Stripe events (verified by Stripe-Signature, not Firebase).", auth=False),
     Route("POST", "/internal/tasks/launch-job", "launch_job", "launchJob",

@@ -66,6 +66,7 @@ CHARGES = "charges"
 LEDGER = "ledger"
 STRIPE_EVENTS = "stripe_events"
 MAIL = "mail"
+RATE_LIMITS = "rate_limits"
 
 _lock = threading.Lock()
 _client: firestore.Client | None = None
@@ -558,6 +559,33 @@ def stale_queued_jobs(before: datetime) -> list[str]:
         .where(filter=FieldFilter("created_at", "<", before))
     )
     return [s.id for s in query.stream() if not s.get("batch_job")]
+
+
+# --- rate limits -----------------------------------------------------------------------------
+
+
+def count_request(key: str, window_start: datetime, window_s: int) -> int:
+    """Counts one request of `key` in the window starting at `window_start`; returns the count
+    before it. One read and one write; concurrent requests may each see the same count, so a
+    burst can pass the limit by the number of requests in flight (acceptable for a rate limit,
+    which protects capacity, not money). Windows expire by Firestore's TTL on `expires_at`."""
+    import hashlib
+    from datetime import timedelta
+
+    from google.cloud import firestore
+
+    doc_id = hashlib.sha256(f"{key}\n{window_start.isoformat()}".encode()).hexdigest()[:40]
+    ref = _ref(RATE_LIMITS, doc_id)
+    snap = ref.get()
+    before = int((snap.to_dict() or {}).get("count", 0)) if snap.exists else 0
+    ref.set(
+        {
+            "count": firestore.Increment(1),
+            "expires_at": window_start + timedelta(seconds=2 * window_s),
+        },
+        merge=True,
+    )
+    return before
 
 
 # --- Stripe events ---------------------------------------------------------------------------

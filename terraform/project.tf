@@ -143,3 +143,13 @@ resource "google_cloud_tasks_queue" "launch" {
   }
   depends_on = [google_project_service.enabled]
 }
+
+# Rate-limit windows (shared/store.py count_request) delete themselves once expired.
+resource "google_firestore_field" "rate_limit_ttl" {
+  database   = google_firestore_database.default.name
+  collection = "rate_limits"
+  field      = "expires_at"
+  ttl_config {}
+  # The TTL field needs no single-field index.
+  index_config {}
+}

@@ -127,3 +127,26 @@ def test_a_signature_from_the_future_is_refused(api) -> None:
     }
     resp = api.request("POST", "/v1/stripe/webhook", data=payload, headers=headers)
     assert resp.status_code == 400 and resp.json()["error"]["code"] == "invalid_signature"
+
+
+def test_estimate_is_rate_limited_per_user_with_retry_after(api) -> None:
+    import time
+    from datetime import UTC, datetime
+
+    from shared.routes import ROUTES
+
+    limit = next(r.per_minute for r in ROUTES if r.operation_id == "estimateJob")
+    assert limit is not None
+    user, other = api.new_user(), api.new_user()
+    if datetime.now(UTC).second > 45:  # keep the burst inside one fixed window
+        time.sleep(61 - datetime.now(UTC).second)
+    codes = [
+        api.request("POST", "/v1/jobs/estimate", user, json={}).status_code for _ in range(limit)
+    ]
+    assert codes == [400] * limit  # each reached the handler (and was refused: no body)
+    refused = api.request("POST", "/v1/jobs/estimate", user, json={})
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "rate_limited"
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    # Another user is not limited by this one.
+    assert api.request("POST", "/v1/jobs/estimate", other, json={}).status_code == 400
