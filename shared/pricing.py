@@ -11,13 +11,15 @@ count), and the price of keeping a job's files longer.
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from shared.catalog import ModelSpec
 from shared.contract import Hyperparameters
 from shared.errors import ApiError, Code
 from shared.records import Job, JobStatus, Quote
-from shared.tokenization import TokenCount
+
+if TYPE_CHECKING:  # annotations only: the job views import this module for CHARGE_POLICY
+    from shared.catalog import ModelSpec
+    from shared.tokenization import TokenCount
 
 MIN_CHARGE_CENTS = 50  # Stripe's smallest card charge in USD
 STORAGE_CENTS_PER_GB_MONTH = 10

@@ -1,6 +1,10 @@
-"""/v1/jobs: estimate, submit, list, get, cancel, download, retry a payment, extend storage."""
+"""/v1/jobs: estimate, submit, list, get, cancel, download, retry a payment, extend storage.
 
-from shared import admission, artifacts, billing, lifecycle
+Reads (list, get) need only the job views; each other operation imports its core module when
+it first runs, so a cold start serving a read does not load admission, the Batch and Tasks
+adapters or billing.
+"""
+
 from shared.http import ApiRequest, Reply, list_reply, serve
 from shared.idempotency import HEADER as IDEMPOTENCY_KEY
 from shared.jobs import list_page, owned, parse_status, view
@@ -11,10 +15,14 @@ def _email(req: ApiRequest) -> str | None:
 
 
 def estimate_job(req: ApiRequest) -> Reply:
+    from shared import admission
+
     return Reply(admission.estimate(req.uid, _email(req), req.json_object(), req.settings))
 
 
 def create_job(req: ApiRequest) -> Reply:
+    from shared import admission
+
     job, created = admission.submit(
         req.uid, _email(req), req.json_object(), req.header(IDEMPOTENCY_KEY), req.settings
     )
@@ -33,15 +41,20 @@ def get_job(req: ApiRequest) -> Reply:
 
 
 def cancel_job(req: ApiRequest) -> Reply:
+    from shared import lifecycle
+
     return Reply(lifecycle.cancel(req.uid, req.params["job_id"], req.settings))
 
 
 def download_job(req: ApiRequest) -> Reply:
-    job = owned(req.uid, req.params["job_id"])
-    return Reply(artifacts.download_links(job, req.settings))
+    from shared import artifacts
+
+    return Reply(artifacts.download_links(owned(req.uid, req.params["job_id"]), req.settings))
 
 
 def extend_storage(req: ApiRequest) -> Reply:
+    from shared import billing
+
     return Reply(
         billing.extend_storage(
             req.uid,
@@ -54,6 +67,8 @@ def extend_storage(req: ApiRequest) -> Reply:
 
 
 def retry_payment(req: ApiRequest) -> Reply:
+    from shared import billing
+
     return Reply(billing.retry_payment(req.uid, req.params["job_id"], req.settings))
 
 
