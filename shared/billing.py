@@ -55,7 +55,7 @@ def handle_event(event: dict[str, Any], cfg: Settings) -> str:
     elif kind == "checkout.session.completed" and obj.get("mode") == "setup":
         outcome = _save_card(obj.get("setup_intent"), cfg)
     elif kind in ("payment_intent.succeeded", "payment_intent.payment_failed"):
-        outcome = _reconcile(obj)
+        outcome = _reconcile(obj, cfg)
     else:
         outcome = "ignored"
     store.mark_event(event_id, kind)
@@ -211,28 +211,48 @@ def _fail(charge: Charge, code: str, message: str) -> None:
     store.settle_charge(failed, None, payment, (PAUSE_PAYMENT, pause))
 
 
-def _reconcile(intent: dict[str, Any]) -> str:
+def _reconcile(event_intent: dict[str, Any], cfg: Settings) -> str:
     """A payment_intent event for one of our charges: settles a charge whose attempt died
-    between Stripe's answer and our record of it (the only window our claim cannot close)."""
-    metadata = intent.get("metadata")
+    between Stripe's answer and our record of it (the only window our claim cannot close).
+
+    The event only says which PaymentIntent to look at: its status, amount, currency, customer
+    and charge are read back from Stripe and must match the charge we claimed, or nothing is
+    recorded."""
+    metadata = event_intent.get("metadata")
     charge_id = metadata.get("charge_id") if isinstance(metadata, dict) else None
     charge = store.get_charge(charge_id) if isinstance(charge_id, str) else None
-    if charge is None or not valid_id(intent.get("id")):
+    intent_id = event_intent.get("id")
+    if charge is None or not isinstance(intent_id, str) or not valid_id(intent_id):
         return "not ours"
     if charge.finished:
         return f"already {charge.status.value}"
-    if intent.get("status") == "succeeded":
-        _succeeded(charge, intent["id"])
-        return "settled from the event"
-    error = intent.get("last_payment_error")
-    error = error if isinstance(error, dict) else {}
-    code, message = error.get("code"), error.get("message")
+    intent = payments.payment_intent(cfg, intent_id)
+    if intent is None:
+        return "no such PaymentIntent at Stripe"
+    expected = {
+        "charge": (intent["metadata"].get("charge_id"), charge.id),
+        "amount": (intent["amount"], charge.amount_cents),
+        "currency": (intent["currency"], charge.currency),
+        "customer": (
+            intent["customer"],
+            store.get_or_create_user(charge.uid, None).stripe_customer_id,
+        ),
+    }
+    wrong = [name for name, (theirs, ours) in expected.items() if theirs != ours]
+    if wrong:
+        logs.warning("payment intent does not match its charge", intent=intent_id, wrong=wrong)
+        return f"refused: the PaymentIntent's {', '.join(wrong)} does not match the charge"
+    if intent["status"] == "succeeded":
+        _succeeded(charge, intent_id)
+        return "settled from Stripe"
+    if intent["status"] not in ("requires_payment_method", "canceled"):
+        return f"still {intent['status']}"
     _fail(
         charge,
-        code if isinstance(code, str) else "card_declined",
-        message if isinstance(message, str) else "The payment failed.",
+        intent["error_code"] or "card_declined",
+        intent["error_message"] or "The payment failed.",
     )
-    return "failure recorded from the event"
+    return "failure recorded from Stripe"
 
 
 def _retry(charge_id: str, user: UserRecord, cfg: Settings) -> str | None:

@@ -140,6 +140,29 @@ def card_of_setup_intent(cfg: Settings, setup_intent_id: str) -> dict[str, str] 
     return {"customer": customer, "id": pm.id, "brand": pm.card.brand, "last4": pm.card.last4}
 
 
+def payment_intent(cfg: Settings, intent_id: str) -> dict[str, Any] | None:
+    """What Stripe itself says of a PaymentIntent (never what an event claims), or None when
+    Stripe knows no such PaymentIntent."""
+    import stripe
+
+    try:
+        intent = client(cfg).v1.payment_intents.retrieve(intent_id)
+    except stripe.InvalidRequestError:
+        return None
+    customer = intent.customer if isinstance(intent.customer, str | None) else intent.customer.id
+    error = intent.last_payment_error
+    return {
+        "id": intent.id,
+        "status": intent.status,
+        "amount": intent.amount,
+        "currency": intent.currency,
+        "customer": customer,
+        "metadata": intent.metadata.to_dict() if intent.metadata else {},
+        "error_code": getattr(error, "code", None) if error else None,
+        "error_message": getattr(error, "message", None) if error else None,
+    }
+
+
 def make_default(cfg: Settings, customer_id: str, payment_method_id: str) -> None:
     client(cfg).v1.customers.update(
         customer_id, {"invoice_settings": {"default_payment_method": payment_method_id}}

@@ -661,17 +661,50 @@ def settle_charge(
     ledger: LedgerEntry | None,
     payment: Payment | None,
     pause: tuple[str, Pause | None] | None,
-) -> None:
+) -> bool:
     """Records a charge's outcome in one commit: the charge (`charge` as finished), the ledger
     entry for money that moved and the month's spend total on the account, the job's payment (a
     job's charge) and the end of its reservation once paid, and the account's pause flag
-    (`(code, Pause)` sets it, `(code, None)` clears it)."""
-    from google.cloud import firestore
+    (`(code, Pause)` sets it, `(code, None)` clears it).
+
+    At most once per outcome: the commit is conditioned on the charge being unchanged since it
+    was read and not finished, so two settlers (the charging call and Stripe's event for the same
+    PaymentIntent, in either order) record it once; returns False for the one that found it
+    recorded already.
+    """
+    from google.api_core.exceptions import FailedPrecondition
 
     db = client()
-    batch = db.batch()
+    ref = _ref(CHARGES, charge.id)
+    for _ in _retrying(10, "charge"):
+        snap = ref.get()
+        if not snap.exists or Charge.from_doc(charge.id, snap.to_dict()).finished:
+            return False
+        batch = db.batch()
+        batch.update(
+            ref,
+            charge._replace(finished_at=now()).to_doc(),
+            option=db.write_option(last_update_time=snap.update_time),
+        )
+        _settlement(batch, charge, ledger, payment, pause)
+        try:
+            batch.commit()
+        except FailedPrecondition:
+            continue
+        return True
+    raise AssertionError("unreachable")
+
+
+def _settlement(
+    batch: Any,
+    charge: Charge,
+    ledger: LedgerEntry | None,
+    payment: Payment | None,
+    pause: tuple[str, Pause | None] | None,
+) -> None:
+    from google.cloud import firestore
+
     t = now()
-    batch.set(_ref(CHARGES, charge.id), charge._replace(finished_at=t).to_doc())
     account: dict[str, Any] = {}
     if ledger is not None:
         batch.set(_ref(LEDGER, ledger.id), ledger.to_doc())
@@ -685,7 +718,6 @@ def settle_charge(
         account[f"pauses.{code}"] = firestore.DELETE_FIELD if flag is None else flag.to_doc()
     if account:
         batch.update(_ref(USERS, charge.uid), {**account, "updated_at": t})
-    batch.commit()
 
 
 def reopen_charge(charge_id: str) -> bool:

@@ -377,25 +377,47 @@ def test_the_sweeper_deletes_expired_files(api, stack, tiny_in_store) -> None:
 def test_a_charge_whose_attempt_died_is_settled_by_the_stripe_event(api, stack_env) -> None:
     """The one window our claim cannot close: Stripe charged, then we died before recording it.
     Stripe's payment_intent.succeeded event settles it, once."""
+    from shared import payments
+
     user = api.new_user()
+    save_card(api, user)
     job_id = stored_job(user.uid)
     state, _ = store.claim_charge(
         Charge(job_id, user.uid, job_id, ChargeKind.TUNING, 70, "usd"), 120
     )
-    assert state == "claimed"  # ... and the process holding the claim dies here
-    complete(job_id)
-    payload = event(
-        "payment_intent.succeeded",
-        {
-            "id": "pi_dead",
-            "object": "payment_intent",
-            "status": "succeeded",
-            "metadata": {"charge_id": job_id},
-        },
+    assert state == "claimed"
+    account = store.get_or_create_user(user.uid, None)
+    # Stripe charges (the real call, on localstripe) ... and the process dies before recording.
+    intent = payments.charge(
+        settings(),
+        account.stripe_customer_id,
+        account.payment_method.id,
+        70,
+        idempotency_key=f"{job_id}-1",
+        metadata={"charge_id": job_id},
     )
-    headers = {"Content-Type": "application/json", "Stripe-Signature": signed(payload)}
-    resp = api.request("POST", "/v1/stripe/webhook", data=payload, headers=headers)
-    assert resp.json()["outcome"] == "settled from the event"
+    complete(job_id)
+
+    def deliver(obj: dict) -> dict:
+        payload = event("payment_intent.succeeded", obj)
+        headers = {"Content-Type": "application/json", "Stripe-Signature": signed(payload)}
+        return api.request("POST", "/v1/stripe/webhook", data=payload, headers=headers).json()
+
+    # The event's claims are not taken on trust: what Stripe says of the intent must match.
+    forged = payments.charge(
+        settings(),
+        account.stripe_customer_id,
+        account.payment_method.id,
+        10,  # not the charge's amount
+        idempotency_key=f"{job_id}-forged",
+        metadata={"charge_id": job_id},
+    )
+    claim = {"object": "payment_intent", "status": "succeeded", "metadata": {"charge_id": job_id}}
+    refused = deliver({**claim, "id": forged, "amount": 70})
+    assert refused["outcome"].startswith("refused") and "amount" in refused["outcome"]
+    assert deliver({**claim, "id": "pi_nowhere"})["outcome"] == "no such PaymentIntent at Stripe"
+    assert store.get_charge(job_id).status == ChargeStatus.PENDING
+    assert deliver({**claim, "id": intent})["outcome"] == "settled from Stripe"
     assert store.get_charge(job_id).status == ChargeStatus.SUCCEEDED
     assert store.get_job(job_id).payment.status == PaymentStatus.PAID
     assert [e.amount_cents for e in store.ledger_entries(user.uid)] == [70]
@@ -510,3 +532,22 @@ def test_a_signed_but_malformed_event_is_a_clear_400(api) -> None:
     headers = {"Content-Type": "application/json", "Stripe-Signature": signed(payload)}
     resp = api.request("POST", "/v1/stripe/webhook", data=payload, headers=headers)
     assert resp.status_code == 400 and resp.json()["error"]["code"] == "invalid_body"
+
+
+def test_two_settlers_of_one_charge_record_it_once(api, stack_env) -> None:
+    """The charging call and Stripe's event for the same PaymentIntent may both settle, in
+    either order or at once: one ledger entry, and the month's total counts it once."""
+    user = api.new_user()
+    job_id = stored_job(user.uid)
+    state, charge = store.claim_charge(
+        Charge(job_id, user.uid, job_id, ChargeKind.TUNING, 70, "usd"), 120
+    )
+    assert state == "claimed"
+    complete(job_id)
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda _: billing._succeeded(charge, "pi_same"), range(4)))
+    billing._succeeded(charge, "pi_same")  # and once more, after
+    account = store.get_or_create_user(user.uid, None)
+    assert account.spent_in(store.now().strftime("%Y-%m")) == 70
+    assert [e.amount_cents for e in store.ledger_entries(user.uid)] == [70]
+    assert store.get_job(job_id).payment.status == PaymentStatus.PAID
