@@ -197,27 +197,11 @@ def test_submission_needs_a_card_and_an_unpaused_account(api, tiny_in_store) -> 
 
 
 def test_active_job_limit_is_enforced_in_the_transaction(stack_env) -> None:
-
-    from shared.contract import Hyperparameters
     from shared.records import Job
-    from tests.support.api import TEST_QUOTE
+    from tests.support.api import job_record
 
     def job(i: int) -> Job:
-        t = store.now()
-        return Job(
-            id=f"ft-limit{i}",
-            uid="u-limit",
-            email=None,
-            model="tiny-llama",
-            dataset_id="ds-x",
-            dataset_object="datasets/u-limit/ds-x.jsonl",
-            dataset_sha256="0" * 64,
-            hyperparameters=Hyperparameters(),
-            quote=TEST_QUOTE,
-            status=JobStatus.QUEUED,
-            created_at=t,
-            updated_at=t,
-        )
+        return job_record("u-limit", JobStatus.QUEUED, job_id=f"ft-limit{i}")
 
     results = []
 
@@ -510,27 +494,12 @@ def test_a_dataset_is_tokenized_once_per_model_and_length(api, tiny_in_store) ->
 
 def test_concurrent_submissions_cannot_pass_the_spend_limit_together(stack_env) -> None:
     """Five 50-cent jobs submitted at once under a 120-cent limit: the account record read and
-    written in each creating transaction lets exactly two through."""
-    from shared.contract import Hyperparameters
+    written in each creating commit lets exactly two through."""
     from shared.records import Job
-    from tests.support.api import TEST_QUOTE
+    from tests.support.api import job_record
 
     def job(i: int) -> Job:
-        t = store.now()
-        return Job(
-            id=f"ft-spend{i}",
-            uid="u-spend",
-            email=None,
-            model="tiny-llama",
-            dataset_id="ds-x",
-            dataset_object="datasets/u-spend/ds-x.jsonl",
-            dataset_sha256="0" * 64,
-            hyperparameters=Hyperparameters(),
-            quote=TEST_QUOTE,
-            status=JobStatus.QUEUED,
-            created_at=t,
-            updated_at=t,
-        )
+        return job_record("u-spend", JobStatus.QUEUED, job_id=f"ft-spend{i}")
 
     results = []
 

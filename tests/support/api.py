@@ -119,17 +119,17 @@ TEST_QUOTE = Quote(
 )
 
 
-def stored_job(
+def job_record(
     uid: str,
     status: JobStatus = JobStatus.RUNNING,
     created_at: datetime | None = None,
+    job_id: str | None = None,
     **changes: Any,
-) -> str:
-    """Stores a job of `uid` on the tiny model, as admission would, in `status`; returns its id.
-    No Batch job and no trainer exist for it: the test plays them."""
+) -> Job:
+    """A job of `uid` on the tiny model with TEST_QUOTE, as admission makes it, in `status`."""
     t = created_at or store.now()
-    job = Job(
-        id=store.new_id("ft-"),
+    return Job(
+        id=job_id or store.new_id("ft-"),
         uid=uid,
         email=f"{uid}@example.com",
         model=TINY_ID,
@@ -144,6 +144,17 @@ def stored_job(
         started_at=None if status == JobStatus.QUEUED else t,
         **changes,
     )
+
+
+def stored_job(
+    uid: str,
+    status: JobStatus = JobStatus.RUNNING,
+    created_at: datetime | None = None,
+    **changes: Any,
+) -> str:
+    """Stores a job_record() as admission would; returns its id. No Batch job and no trainer
+    exist for it: the test plays them."""
+    job = job_record(uid, status, created_at, **changes)
     store.new_job(job, None, "test", max_active=1000)
     return job.id
 
