@@ -99,6 +99,8 @@ def charge_job(job_id: str, cfg: Settings) -> str:
     job = store.get_job(job_id)
     if job is None or job.status not in (JobStatus.COMPLETED, JobStatus.CANCELLED):
         return "not chargeable"
+    if job.payment is not None and job.payment.settled:
+        return f"already {job.payment.status.value}"  # its payment is recorded: never again
     due = pricing.amount_due(job)
     if due.cents == 0:
         if job.payment is None:
