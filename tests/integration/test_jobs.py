@@ -197,29 +197,33 @@ def test_submission_needs_a_card_and_an_unpaused_account(api, tiny_in_store) -> 
 
 
 def test_active_job_limit_is_enforced_in_the_transaction(stack_env) -> None:
-    from shared.records import Job
+    results = submit_at_once("u-limit", 5, max_active=2)
+    assert sorted(results) == ["ok", "ok"] + ["too_many_active_jobs"] * 3
+
+
+def submit_at_once(uid: str, n: int, **limits: int) -> list[str]:
+    """n queued jobs of `uid` (TEST_QUOTE: 50 cents each) created at once through the store;
+    each one's outcome: "ok", a Conflict code, or "contended"."""
     from tests.support.api import job_record
 
-    def job(i: int) -> Job:
-        return job_record("u-limit", JobStatus.QUEUED, job_id=f"ft-limit{i}")
-
-    results = []
+    results: list[str] = []
 
     def create(i: int) -> None:
+        job = job_record(uid, JobStatus.QUEUED, job_id=f"ft-{uid}-{i}")
         try:
-            store.new_job(job(i), None, "h", max_active=2)
+            store.new_job(job, None, "h", **limits)
             results.append("ok")
         except store.Conflict as exc:
             results.append(exc.code)
         except errors.Contended:
             results.append("contended")
 
-    threads = [threading.Thread(target=create, args=(i,)) for i in range(5)]
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert sorted(results) == ["ok", "ok"] + ["too_many_active_jobs"] * 3
+    return results
 
 
 # --- estimate ----------------------------------------------------------------------------------
@@ -495,28 +499,7 @@ def test_a_dataset_is_tokenized_once_per_model_and_length(api, tiny_in_store) ->
 def test_concurrent_submissions_cannot_pass_the_spend_limit_together(stack_env) -> None:
     """Five 50-cent jobs submitted at once under a 120-cent limit: the account record read and
     written in each creating commit lets exactly two through."""
-    from shared.records import Job
-    from tests.support.api import job_record
-
-    def job(i: int) -> Job:
-        return job_record("u-spend", JobStatus.QUEUED, job_id=f"ft-spend{i}")
-
-    results = []
-
-    def create(i: int) -> None:
-        try:
-            store.new_job(job(i), None, "h", max_active=100, spend_limit_cents=120)
-            results.append("ok")
-        except store.Conflict as exc:
-            results.append(exc.code)
-        except errors.Contended:
-            results.append("contended")
-
-    threads = [threading.Thread(target=create, args=(i,)) for i in range(5)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = submit_at_once("u-spend", 5, max_active=100, spend_limit_cents=120)
     assert sorted(results) == ["ok", "ok"] + ["spend_limit_reached"] * 3
     account = store.get_or_create_user("u-spend", None)
     assert sum(account.reserved.values()) == 100 and len(account.active_jobs) == 2
