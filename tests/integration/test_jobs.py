@@ -50,6 +50,14 @@ def trainer_pids(job_id: str) -> list[int]:
     return pids
 
 
+def trainers_stop(job_id: str, within_s: float = 10.0) -> bool:
+    """Whether every trainer process of the job is gone within `within_s` seconds."""
+    deadline = time.monotonic() + within_s
+    while trainer_pids(job_id) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return not trainer_pids(job_id)
+
+
 def batch_log(stack, job_id: str) -> str:
     path = Path(stack.env()["YACHAY_LOCAL_BATCH_LOGS"]) / f"{job_id}.log"
     return path.read_text() if path.exists() else ""
@@ -153,10 +161,7 @@ def test_cancel_running_stops_the_trainer(api, stack, tiny_in_store) -> None:
     assert trainer_pids(job["id"])
     resp = api.request("POST", f"/v1/jobs/{job['id']}/cancel", user)
     assert resp.status_code == 200 and resp.json()["status"] == "cancelled"
-    deadline = time.monotonic() + 10
-    while trainer_pids(job["id"]) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not trainer_pids(job["id"])
+    assert trainers_stop(job["id"])
     again = api.request("POST", f"/v1/jobs/{job['id']}/cancel", user)
     assert again.status_code == 409 and again.json()["error"]["code"] == "job_already_ended"
     time.sleep(1)  # a late Batch notification must not revive it
@@ -438,10 +443,7 @@ def test_cancel_stops_the_trainer_before_its_launch_is_recorded(
     store.update_job(job["id"], lambda j: (j._replace(batch_job=None, status=status), None))
     resp = api.request("POST", f"/v1/jobs/{job['id']}/cancel", user)
     assert resp.status_code == 200 and resp.json()["status"] == "cancelled"
-    deadline = time.monotonic() + 10
-    while trainer_pids(job["id"]) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not trainer_pids(job["id"])
+    assert trainers_stop(job["id"])
 
 
 def test_the_trainers_outputs_always_carry_a_retention_time(stack_env, tmp_path) -> None:
@@ -559,7 +561,4 @@ def test_a_trainer_dies_with_the_local_batch_that_started_it(stack_env, tmp_path
     finally:
         os.killpg(parent.pid, signal.SIGKILL)
         parent.wait()
-    deadline = time.monotonic() + 10
-    while trainer_pids(cfg.job_id) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not trainer_pids(cfg.job_id)
+    assert trainers_stop(cfg.job_id)
