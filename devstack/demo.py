@@ -124,7 +124,11 @@ def main(model_folders: list[str]) -> int:
         json=body,
         headers={"Idempotency-Key": f"demo-{uuid.uuid4().hex}"},
     )
-    print(f"  job {job['id']}: {job['status']}")
+    held = job["authorization"] or {}
+    print(
+        f"  job {job['id']}: {job['status']}; {held.get('amount_cents')} cents "
+        f"{held.get('status', 'not yet held')} on the card"
+    )
 
     def progress():
         j = call("GET", f"/v1/jobs/{job['id']}", token)
@@ -147,9 +151,12 @@ def main(model_folders: list[str]) -> int:
         f"(quoted {job['quote']['billable_tokens']}), final loss {job['result']['final_loss']:.3f}"
     )
 
-    step("the charge (off-session, once)")
+    step("the charge (captured from the hold, once)")
     pay = job["payment"]
-    print(f"  {pay['status']}: {pay['amount_cents']} cents {pay['currency']}")
+    print(
+        f"  {pay['status']}: {pay['amount_cents']} cents {pay['currency']}; "
+        f"hold {(job['authorization'] or {}).get('status')}"
+    )
     if pay["status"] != "paid":
         raise SystemExit("demo failed: the job was not paid")
 

@@ -114,8 +114,9 @@ def create_app() -> flask.Flask:
 
 def _sweep_forever(every_s: float = 30.0) -> None:
     """Stand-ins for the Storage lifecycle rule (expired files) and for Cloud Scheduler (the
-    relaunch of stale queued jobs), calling the same core functions."""
-    from shared import artifacts, lifecycle, logs
+    relaunch of stale queued jobs, the renewal of ageing card holds), calling the same core
+    functions."""
+    from shared import artifacts, authorization, lifecycle, logs
     from shared.config import settings
 
     while True:
@@ -123,8 +124,9 @@ def _sweep_forever(every_s: float = 30.0) -> None:
         try:
             gone = artifacts.sweep_expired(settings())
             relaunched = lifecycle.relaunch_stale(settings())
-            if gone or relaunched:
-                logs.info("swept", files=len(gone), relaunched=relaunched)
+            holds = authorization.renew_holds(settings())
+            if gone or relaunched or holds:
+                logs.info("swept", files=len(gone), relaunched=relaunched, holds=holds)
         except Exception as exc:  # keep sweeping; the next round retries
             logs.warning("sweep failed", error=repr(exc))
 

@@ -29,6 +29,7 @@ from shared.pricing import quote, resolve_hyperparameters
 from shared.records import (
     Dataset,
     DatasetStatus,
+    FailureCode,
     Job,
     JobEvent,
     JobStatus,
@@ -259,7 +260,9 @@ def submit(
 
     Raises:
         ApiError: what estimate raises; the first rule of RULES that refuses (402, 403, 400 or
-            429, each with its code); idempotency_conflict for a key reused with another body.
+            429, each with its code); idempotency_conflict for a key reused with another body;
+            payment_declined (402) when the card refuses to hold the quoted price (the job is
+            then stored as failed, and a replay of the same key answers the same 402).
         Contended: the creating transaction lost every attempt (503; safe to retry).
     """
     idem_id = idempotency.key_id(uid, idempotency_key, required=False)
@@ -269,6 +272,8 @@ def submit(
         if found is not None:
             record, job = found
             idempotency.check_same_request(record.request_hash, request_hash)
+            if job.failure is not None and job.failure.code == FailureCode.PAYMENT_DECLINED:
+                raise ApiError(Code.PAYMENT_DECLINED, job.failure.message)  # as first answered
             if job.status == JobStatus.QUEUED:
                 enqueue_launch(job.id, cfg)  # named task: at most one launch
             return view(job), False
@@ -307,5 +312,9 @@ def submit(
         raise ApiError(
             Code.TOO_MANY_ACTIVE_JOBS, too_many_active(exc.detail, cfg.max_active_jobs)
         ) from None
+    if created:  # hold the quoted price on the card before any GPU work (402 when refused)
+        from shared import authorization
+
+        job = authorization.hold_at_submit(job, cfg)
     enqueue_launch(job.id, cfg)
     return view(job), created

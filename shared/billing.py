@@ -9,11 +9,12 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from shared import artifacts, idempotency, logs, payments, pricing, store
+from shared import artifacts, authorization, idempotency, logs, payments, pricing, store
 from shared.config import Settings
 from shared.errors import ApiError, Code
 from shared.jobs import owned, view
 from shared.records import (
+    AuthorizationStatus,
     Charge,
     ChargeKind,
     ChargeStatus,
@@ -89,23 +90,29 @@ class ChargeInProgress(Exception):
 
 
 def charge_job(job_id: str, cfg: Settings) -> str:
-    """Charges an ended job exactly once what pricing.amount_due says; idempotent under any
-    number of deliveries.
+    """Settles an ended job exactly once: captures what pricing.amount_due says from the job's
+    card hold (or charges the card, for a job without a usable hold), or releases the hold when
+    nothing is due. Idempotent under any number of deliveries.
 
     Raises:
         ChargeInProgress: a concurrent delivery holds the charge; the trigger should retry.
         Exception: a transient Stripe error; the claim is released and the trigger retries.
     """
     job = store.get_job(job_id)
-    if job is None or job.status not in (JobStatus.COMPLETED, JobStatus.CANCELLED):
+    if job is None or not job.status.ended:
         return "not chargeable"
     if job.payment is not None and job.payment.settled:
-        return f"already {job.payment.status.value}"  # its payment is recorded: never again
-    due = pricing.amount_due(job)
-    if due.cents == 0:
+        released = job.payment.status == PaymentStatus.NOT_CHARGED and authorization.release(
+            job, cfg
+        )
+        return f"already {job.payment.status.value}" + ("; hold released" * released)
+    due = pricing.amount_due(job) if job.status != JobStatus.FAILED else None
+    if due is None or due.cents == 0:
         if job.payment is None:
             store.set_job_payment(job, Payment(PaymentStatus.NOT_CHARGED, 0, cfg.currency))
+        authorization.release(job, cfg)
         return "nothing to charge"
+    held = job.authorization
     state, charge = store.claim_charge(
         Charge(
             id=job_id,
@@ -115,6 +122,7 @@ def charge_job(job_id: str, cfg: Settings) -> str:
             amount_cents=due.cents,
             currency=cfg.currency,
             billable_tokens=due.tokens,
+            authorization=held.payment_intent if held is not None and held.holding else None,
         ),
         CHARGE_LEASE_S,
     )
@@ -147,6 +155,22 @@ def _repair_payment(job: Job, charge: Charge) -> None:
 
 
 def _attempt(charge: Charge, user: UserRecord, cfg: Settings) -> str:
+    """One attempt at a claimed charge: a capture from its hold when it has one, else (or when
+    the hold is gone) a new off-session charge of the saved card."""
+    if charge.authorization:
+        try:
+            intent = payments.capture(
+                cfg, charge.authorization, charge.amount_cents, charge.idempotency_key
+            )
+        except payments.NotCapturable:
+            logs.warning("hold gone; charging the card anew", charge_id=charge.id)
+            authorization.mark(charge.job_id, charge.authorization, AuthorizationStatus.LAPSED)
+        except Exception:
+            store.release_charge(charge.id)
+            raise
+        else:
+            _succeeded(charge, intent)
+            return f"captured {charge.amount_cents} {charge.currency}"
     if user.payment_method is None or not user.stripe_customer_id:
         reason = "No card is saved; save one (POST /v1/jobs/setup-card) to pay."
         _fail(charge, "no_payment_method", reason)
@@ -231,9 +255,20 @@ def _reconcile(event_intent: dict[str, Any], cfg: Settings) -> str:
     intent = payments.payment_intent(cfg, intent_id)
     if intent is None:
         return "no such PaymentIntent at Stripe"
+    if intent["metadata"].get("kind") == "hold" and intent_id != charge.authorization:
+        return "a hold this charge does not capture"  # a declined or replaced one: no outcome
+    # A capture takes part of a hold: what was taken is `amount_received` (Stripe); localstripe
+    # does not report it, so there the hold must at least cover the charge.
+    captured = intent.get("amount_received")
+    if intent_id != charge.authorization:
+        paid = intent["amount"]
+    elif captured is not None:
+        paid = captured
+    else:
+        paid = charge.amount_cents if intent["amount"] >= charge.amount_cents else intent["amount"]
     expected = {
         "charge": (intent["metadata"].get("charge_id"), charge.id),
-        "amount": (intent["amount"], charge.amount_cents),
+        "amount": (paid, charge.amount_cents),
         "currency": (intent["currency"], charge.currency),
         "customer": (
             intent["customer"],
@@ -247,6 +282,8 @@ def _reconcile(event_intent: dict[str, Any], cfg: Settings) -> str:
     if intent["status"] == "succeeded":
         _succeeded(charge, intent_id)
         return "settled from Stripe"
+    if intent_id == charge.authorization:  # an uncaptured or lapsed hold: the capture decides
+        return f"hold {intent['status']}"
     if intent["status"] not in ("requires_payment_method", "canceled"):
         return f"still {intent['status']}"
     _fail(

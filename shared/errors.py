@@ -60,6 +60,7 @@ class Code(StrEnum):
     NOTHING_TO_RETRY = ("nothing_to_retry", 409)
     JOB_NOT_COMPLETED = ("job_not_completed", 409)
     PAYMENT_REQUIRED = ("payment_required", 402)
+    PAYMENT_DECLINED = ("payment_declined", 402)
     ARTIFACTS_EXPIRED = ("artifacts_expired", 410)
     # Server side
     SERVICE_UNAVAILABLE = ("service_unavailable", 503)

@@ -24,6 +24,7 @@ def view(job: Job) -> dict[str, Any]:
     """The public JSON shape of a job."""
     result = job.trainer_result
     payment = job.payment
+    held = job.authorization
     return {
         "object": "job",
         "id": job.id,
@@ -50,6 +51,14 @@ def view(job: Job) -> dict[str, Any]:
         else {
             **payment.to_doc(),
             **({"charged_at": _iso(payment.charged_at)} if payment.charged_at else {}),
+        },
+        "authorization": None
+        if held is None
+        else {
+            "status": held.status.value,
+            "amount_cents": held.amount_cents,
+            "currency": held.currency,
+            "authorized_at": _iso(held.authorized_at),
         },
         "charge_policy": CHARGE_POLICY,
         "expires_at": _iso(job.expires_at),

@@ -158,6 +158,16 @@ def launch(job_id: str, cfg: Settings) -> str:
     spec = catalog().get(job.model)
     if spec is None:
         return f"model {job.model} left the catalog"
+    if job.authorization is None:  # its submit could not place the hold: no GPU without one
+        from shared import authorization, payments
+
+        try:
+            job = authorization.hold(job, cfg)
+        except payments.Declined as exc:
+            return f"hold declined ({exc.code}); job failed"
+    held = job.authorization
+    if job.status != JobStatus.QUEUED or held is None or not held.holding:
+        return f"not launched: no hold on the card ({job.status.value})"
     backend = batch.backend(cfg)
     # The Batch job's id is derived from ours: a second create is refused by Batch (or by the
     # local executor) as already existing, so a redelivered task cannot start a second job.

@@ -155,6 +155,7 @@ def payment_intent(cfg: Settings, intent_id: str) -> dict[str, Any] | None:
         "id": intent.id,
         "status": intent.status,
         "amount": intent.amount,
+        "amount_received": getattr(intent, "amount_received", None),
         "currency": intent.currency,
         "customer": customer,
         "metadata": intent.metadata.to_dict() if intent.metadata else {},
@@ -186,27 +187,118 @@ def charge(
     idempotency_key: str,
     metadata: dict[str, str],
 ) -> str:
-    """An off-session PaymentIntent, confirmed now; returns its id.
+    """An off-session PaymentIntent, confirmed and captured now; returns its id.
 
     Raises:
         Declined: the card refused it (not retryable without the user).
         stripe.StripeError: anything else (network, rate limit, Stripe down): retryable.
     """
+    params = _off_session(cfg, customer_id, payment_method_id, amount_cents, metadata)
+    return _confirm(cfg, params, idempotency_key, "succeeded")
+
+
+def authorize(
+    cfg: Settings,
+    customer_id: str,
+    payment_method_id: str,
+    amount_cents: int,
+    idempotency_key: str,
+    metadata: dict[str, str],
+) -> str:
+    """Holds `amount_cents` on the card off-session (a manual-capture PaymentIntent, confirmed
+    now) without taking it; returns its id. Stripe keeps a card hold for 7 days, then cancels it.
+
+    Raises:
+        Declined: the card refused the hold.
+        stripe.StripeError: anything else: retryable.
+    """
+    params = _off_session(cfg, customer_id, payment_method_id, amount_cents, metadata)
+    params["capture_method"] = "manual"
+    return _confirm(cfg, params, idempotency_key, "requires_capture")
+
+
+class NotCapturable(Exception):
+    """The hold is gone (Stripe cancelled it when it expired, or it never existed)."""
+
+
+def capture(cfg: Settings, intent_id: str, amount_cents: int, idempotency_key: str) -> str:
+    """Takes `amount_cents` (at most the amount held) from a hold and releases the rest.
+
+    The hold is read first: one already captured (a capture repeated after a crash) answers as
+    captured now, and a cancelled or expired one is refused before asking for a capture
+    (localstripe would capture a cancelled hold; Stripe refuses it, which lands in the same
+    read-back below).
+
+    Raises:
+        NotCapturable: the hold was cancelled or expired; charge the card anew instead.
+        stripe.StripeError: anything else: retryable.
+    """
+    import stripe
+
+    state = payment_intent(cfg, intent_id)
+    if state is not None and state["status"] == "succeeded":
+        return intent_id
+    if state is None or state["status"] != "requires_capture":
+        raise NotCapturable(intent_id)
+    try:
+        client(cfg).v1.payment_intents.capture(
+            intent_id, {"amount_to_capture": amount_cents}, {"idempotency_key": idempotency_key}
+        )
+    except stripe.InvalidRequestError:
+        state = payment_intent(cfg, intent_id)
+        if state is not None and state["status"] == "succeeded":
+            return intent_id
+        if state is None or state["status"] == "canceled":
+            raise NotCapturable(intent_id) from None
+        raise
+    return intent_id
+
+
+def release(cfg: Settings, intent_id: str) -> None:
+    """Cancels a hold; releasing one already cancelled (or unknown to Stripe) is done already.
+
+    Raises:
+        stripe.StripeError: it could not be cancelled (network, or it was captured meanwhile).
+    """
     import stripe
 
     try:
-        intent = client(cfg).v1.payment_intents.create(
-            {
-                "amount": amount_cents,
-                "currency": cfg.currency,
-                "customer": customer_id,
-                "payment_method": payment_method_id,
-                "confirm": True,
-                "off_session": True,
-                "metadata": metadata,
-            },
-            {"idempotency_key": idempotency_key},
-        )
+        client(cfg).v1.payment_intents.cancel(intent_id)
+    except stripe.InvalidRequestError:
+        state = payment_intent(cfg, intent_id)
+        if state is None or state["status"] == "canceled":
+            return
+        raise
+
+
+def _off_session(
+    cfg: Settings,
+    customer_id: str,
+    payment_method_id: str,
+    amount_cents: int,
+    metadata: dict[str, str],
+) -> dict[str, Any]:
+    return {
+        "amount": amount_cents,
+        "currency": cfg.currency,
+        "customer": customer_id,
+        "payment_method": payment_method_id,
+        "confirm": True,
+        "off_session": True,
+        "metadata": metadata,
+    }
+
+
+def _confirm(cfg: Settings, params: dict[str, Any], idempotency_key: str, expected: str) -> str:
+    """Creates and confirms a PaymentIntent; its id when it reached `expected`.
+
+    Raises:
+        Declined: the card refused, or the bank wants the customer present.
+    """
+    import stripe
+
+    try:
+        intent = client(cfg).v1.payment_intents.create(params, {"idempotency_key": idempotency_key})
     except stripe.CardError as exc:
         code = getattr(exc, "code", None) or "card_declined"
         raise Declined(code, exc.user_message or str(exc)) from None
@@ -216,6 +308,6 @@ def charge(
             "Your bank asks you to confirm this payment; "
             "update or confirm your card, then retry the payment.",
         )
-    if intent.status != "succeeded":
+    if intent.status != expected:
         raise Declined(intent.status, f"The payment did not go through ({intent.status}).")
     return str(intent.id)

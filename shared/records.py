@@ -318,6 +318,7 @@ class FailureCode(StrEnum):
     BAD_DATA = "bad_data"
     OUT_OF_MEMORY = "out_of_memory"
     PLATFORM_ERROR = "platform_error"
+    PAYMENT_DECLINED = "payment_declined"  # the card refused to hold the quoted price
 
 
 class JobFailure(NamedTuple):
@@ -375,6 +376,53 @@ class Payment(NamedTuple):
         )
 
 
+class AuthorizationStatus(StrEnum):
+    AUTHORIZED = "authorized"  # the quoted price is held on the card
+    CAPTURED = "captured"  # the amount due was taken from the hold
+    RELEASED = "released"  # cancelled: nothing was due, or a renewal replaced it
+    LAPSED = "lapsed"  # Stripe ended it (expired) before we captured
+
+
+class Authorization(NamedTuple):
+    """The hold placed on the user's card for a job's quoted price at submit (a manual-capture
+    PaymentIntent), captured for the amount due when the job ends."""
+
+    payment_intent: str
+    amount_cents: int
+    currency: str
+    status: AuthorizationStatus
+    authorized_at: datetime
+    renewals: int = 0  # how many times it was replaced before it could expire
+    renewal_failure: str | None = None  # why the last renewal failed, while it is retried
+
+    @property
+    def holding(self) -> bool:
+        return self.status == AuthorizationStatus.AUTHORIZED
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "payment_intent": self.payment_intent,
+            "amount_cents": self.amount_cents,
+            "currency": self.currency,
+            "status": self.status.value,
+            "authorized_at": self.authorized_at,
+            "renewals": self.renewals,
+            "renewal_failure": self.renewal_failure,
+        }
+
+    @staticmethod
+    def from_doc(doc: Mapping[str, Any]) -> "Authorization":
+        return Authorization(
+            payment_intent=doc["payment_intent"],
+            amount_cents=doc["amount_cents"],
+            currency=doc["currency"],
+            status=AuthorizationStatus(doc["status"]),
+            authorized_at=doc["authorized_at"],
+            renewals=doc.get("renewals", 0),
+            renewal_failure=doc.get("renewal_failure"),
+        )
+
+
 class Job(NamedTuple):
     id: str
     uid: str
@@ -395,6 +443,7 @@ class Job(NamedTuple):
     expires_at: datetime | None = None  # when its files are deleted (completed jobs)
     failure: JobFailure | None = None
     payment: Payment | None = None
+    authorization: Authorization | None = None
     # Written by the trainer (shared.contract), never by the API:
     progress: Progress | None = None
     trainer_result: TrainerResult | None = None
@@ -423,6 +472,7 @@ class Job(NamedTuple):
             "expires_at": self.expires_at,
             "failure": None if self.failure is None else self.failure.to_doc(),
             "payment": None if self.payment is None else self.payment.to_doc(),
+            "authorization": None if self.authorization is None else self.authorization.to_doc(),
         }
 
     @staticmethod
@@ -451,6 +501,7 @@ class Job(NamedTuple):
             expires_at=doc.get("expires_at"),
             failure=opt("failure", JobFailure.from_doc),
             payment=opt("payment", Payment.from_doc),
+            authorization=opt("authorization", Authorization.from_doc),
             progress=opt("progress", Progress.from_doc),
             trainer_result=opt("trainer_result", TrainerResult.from_doc),
             trainer_failure=opt("trainer_failure", TrainerFailure.from_doc),
@@ -539,6 +590,7 @@ class Charge(NamedTuple):
     payment_intent: str | None = None
     failure_code: str | None = None
     failure_message: str | None = None
+    authorization: str | None = None  # tuning: the held PaymentIntent this charge captures
 
     @property
     def idempotency_key(self) -> str:
@@ -568,6 +620,7 @@ class Charge(NamedTuple):
             "payment_intent": self.payment_intent,
             "failure_code": self.failure_code,
             "failure_message": self.failure_message,
+            "authorization": self.authorization,
         }
 
     @staticmethod
@@ -591,6 +644,7 @@ class Charge(NamedTuple):
             payment_intent=doc.get("payment_intent"),
             failure_code=doc.get("failure_code"),
             failure_message=doc.get("failure_message"),
+            authorization=doc.get("authorization"),
         )
 
 

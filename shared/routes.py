@@ -172,7 +172,7 @@ DEPLOYMENTS: dict[str, Deployment] = {
     "cards": Deployment("api", "512M", stripe=True),
     "billing": Deployment("api", "512M"),
     "stripe_webhook": Deployment("webhook", "512M", stripe=True),
-    "launch_job": Deployment("launcher", "512M"),
+    "launch_job": Deployment("launcher", "512M", stripe=True),
     "charge_job": Deployment("charger", "512M", stripe=True),
     "batch_events": Deployment("notifier", "512M"),
     "dataset_events": Deployment("api", "1Gi"),

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from shared.config import settings
 from shared.errors import Contended
 from shared.records import (
+    AuthorizationStatus,
     Charge,
     ChargeStatus,
     Dataset,
@@ -561,6 +562,20 @@ def stale_queued_jobs(before: datetime) -> list[str]:
     return [s.id for s in query.stream() if not s.get("batch_job")]
 
 
+def jobs_held_since(before: datetime) -> list[Job]:
+    """Jobs whose card hold was placed before `before` and still holds (the renewal sweep's)."""
+    from google.cloud.firestore_v1.base_query import FieldFilter
+
+    holding = AuthorizationStatus.AUTHORIZED.value
+    query = (
+        client()
+        .collection(JOBS)
+        .where(filter=FieldFilter("authorization.status", "==", holding))
+        .where(filter=FieldFilter("authorization.authorized_at", "<", before))
+    )
+    return [Job.from_doc(s.to_dict() or {}) for s in query.stream()]
+
+
 # --- rate limits -----------------------------------------------------------------------------
 
 
@@ -710,7 +725,10 @@ def _settlement(
         batch.set(_ref(LEDGER, ledger.id), ledger.to_doc())
         account[f"spend.{ledger.month}"] = firestore.Increment(ledger.amount_cents)
     if payment is not None:
-        batch.update(_ref(JOBS, charge.job_id), {"payment": payment.to_doc(), "updated_at": t})
+        job: dict[str, Any] = {"payment": payment.to_doc(), "updated_at": t}
+        if charge.authorization and charge.payment_intent == charge.authorization:
+            job["authorization.status"] = AuthorizationStatus.CAPTURED.value  # paid from the hold
+        batch.update(_ref(JOBS, charge.job_id), job)
         if _settles(payment):
             account[f"reserved.{charge.job_id}"] = firestore.DELETE_FIELD
     if pause is not None:

@@ -92,8 +92,10 @@ resource "google_artifact_registry_repository_iam_member" "trainer_pulls" {
   member     = "serviceAccount:${google_service_account.role["trainer"].email}"
 }
 
+# Every service account running a function that talks to Stripe (functions.json, from
+# shared/routes.py DEPLOYMENTS) reads the key; no other.
 resource "google_secret_manager_secret_iam_member" "stripe_key" {
-  for_each  = toset(["api", "charger", "webhook"])
+  for_each  = toset([for f in local.functions : f.sa if f.stripe])
   secret_id = google_secret_manager_secret.stripe["stripe-secret-key"].id
   role      = "roles/secretmanager.secretAccessor"
   member    = "serviceAccount:${google_service_account.role[each.value].email}"

@@ -62,7 +62,22 @@ resource "google_firestore_index" "stale_queued" {
   }
 }
 
-# Every 10 minutes, enqueue again the launch of jobs whose first enqueue failed.
+# authorization.renew_holds: authorization.status == authorized and authorization.authorized_at < t.
+resource "google_firestore_index" "held_since" {
+  database   = google_firestore_database.default.name
+  collection = "jobs"
+  fields {
+    field_path = "authorization.status"
+    order      = "ASCENDING"
+  }
+  fields {
+    field_path = "authorization.authorized_at"
+    order      = "ASCENDING"
+  }
+}
+
+# Every 10 minutes, enqueue again the launch of jobs whose first enqueue failed, and renew the
+# card holds of jobs active for 6 days (Stripe cancels a hold after 7).
 resource "google_cloud_scheduler_job" "relaunch_stale" {
   name      = "relaunch-stale-jobs"
   region    = var.region

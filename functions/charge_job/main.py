@@ -1,7 +1,8 @@
-"""Charges a job when it ends: a CloudEvent function on jobs/{id} updates (Eventarc, Firestore).
+"""Settles a job when it ends: a CloudEvent function on jobs/{id} updates (Eventarc, Firestore).
 
 Eventarc delivers the change as a protobuf DocumentEventData. We act only on the change into an
-ended state; the charge itself is exactly-once (shared.billing), and errors propagate so the
+ended state (completed and cancelled jobs are charged from their card hold, failed ones have
+their hold released); settling is exactly-once (shared.billing), and errors propagate so the
 trigger retries.
 """
 
@@ -13,7 +14,7 @@ from shared import billing, logs
 from shared.config import settings
 from shared.records import JobStatus
 
-CHARGEABLE = (JobStatus.COMPLETED, JobStatus.CANCELLED)
+ENDED = {s.value for s in JobStatus if s.ended}
 
 
 def _status(document) -> str | None:
@@ -26,7 +27,7 @@ def _status(document) -> str | None:
 def charge_job(event: CloudEvent) -> None:
     data = DocumentEventData.deserialize(event.data)
     new, old = _status(data.value), _status(data.old_value)
-    if new not in CHARGEABLE or new == old:
+    if new not in ENDED or new == old:
         return
     job_id = data.value.name.rsplit("/", 1)[-1]
     outcome = billing.charge_job(job_id, settings())

@@ -16,7 +16,15 @@ def launch(req: ApiRequest) -> Reply:
 
 
 def relaunch_stale(req: ApiRequest) -> Reply:
-    return Reply({"relaunched": core.relaunch_stale(req.settings)})
+    """The scheduled sweep of active jobs: launches that never happened, holds near expiry."""
+    from shared import authorization
+
+    return Reply(
+        {
+            "relaunched": core.relaunch_stale(req.settings),
+            "holds": authorization.renew_holds(req.settings),
+        }
+    )
 
 
 launch_job = serve("launch_job", {"launchJob": launch, "relaunchStale": relaunch_stale})

@@ -14,7 +14,13 @@ from shared import admission, errors, lifecycle, store
 from shared.config import settings
 from shared.contract import FailureKind, TrainerFailure
 from shared.pricing import MIN_CHARGE_CENTS
-from shared.records import JobStatus, Pause
+from shared.records import (
+    AuthorizationStatus,
+    FailureCode,
+    JobStatus,
+    Pause,
+    PaymentStatus,
+)
 from tests.support.api import (
     jsonl,
     result_of,
@@ -374,16 +380,38 @@ def test_a_job_whose_launch_task_was_lost_is_relaunched(api, stack_env) -> None:
     from datetime import timedelta
 
     user = api.new_user()
+    save_test_card(user.uid)
     old = store.now() - timedelta(minutes=30)
-    job_id = stored_job(user.uid, JobStatus.QUEUED, created_at=old)  # its launch task was lost
+    # Its submit stored it and died before placing the hold or enqueueing the launch.
+    job_id = stored_job(user.uid, JobStatus.QUEUED, created_at=old)
     fresh = stored_job(user.uid, JobStatus.QUEUED)  # queued just now: left alone
     resp = api.request("POST", "/internal/tasks/relaunch-stale")
     assert resp.status_code == 200 and resp.json()["relaunched"] == [job_id]
     deadline = time.monotonic() + 30
     while not store.get_job(job_id).batch_job and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert store.get_job(job_id).batch_job.endswith(f"/jobs/yachay-{job_id}")
+    job = store.get_job(job_id)
+    assert job.batch_job.endswith(f"/jobs/yachay-{job_id}")
+    assert job.authorization.status == AuthorizationStatus.AUTHORIZED  # placed before the GPU
     assert store.get_job(fresh).batch_job is None
+
+
+def test_a_relaunched_job_whose_card_refuses_the_hold_fails_free(api, stack_env) -> None:
+    """The launch is the last gate: a job that reached it without a hold gets one or never
+    runs (here the card declines: the job fails, free, with no Batch job)."""
+    from datetime import timedelta
+
+    user = api.new_user()
+    save_test_card(user.uid, card="declining")
+    job_id = stored_job(user.uid, JobStatus.QUEUED, created_at=store.now() - timedelta(hours=1))
+    outcome = lifecycle.launch(job_id, settings())
+    assert outcome.startswith("hold declined (card_declined)")
+    job = store.get_job(job_id)
+    assert job.status == JobStatus.FAILED and job.batch_job is None
+    assert job.failure.code == FailureCode.PAYMENT_DECLINED
+    assert job.payment.status == PaymentStatus.NOT_CHARGED
+    assert store.get_or_create_user(user.uid, None).active_jobs == {}
+    assert lifecycle.launch(job_id, settings()).startswith("nothing to do (failed)")
 
 
 def test_a_tasks_outage_does_not_fail_the_submission(api, tiny_in_store, monkeypatch) -> None:

@@ -15,7 +15,9 @@ from typing import Any
 import requests
 
 from devstack.emulators import sign_up
-from shared import store
+from devstack.local_checkout import TEST_CARDS
+from shared import payments, store
+from shared.config import settings
 from shared.contract import (
     FAILURE_FIELD,
     PROGRESS_FIELD,
@@ -61,11 +63,24 @@ def jsonl(records: list[dict[str, Any]]) -> bytes:
     return "".join(json.dumps(r) + "\n" for r in records).encode()
 
 
-def save_test_card(uid: str) -> None:
-    """Marks the user as having a saved card (the card-saving flow itself is tested in
-    test_billing; job tests need only its outcome)."""
-    store.get_or_create_user(uid, None)
-    store.set_payment_method(uid, PaymentMethod("pm_test", "visa", "4242"))
+def save_test_card(uid: str, card: str = "visa") -> None:
+    """Gives the user a Stripe customer on localstripe with a real test card attached, and
+    records it as their saved card (the card-saving flow itself, through the local Checkout
+    stand-in and its webhook, is tested in test_billing; job tests need only its outcome)."""
+    cfg = settings()
+    customer = store.get_or_create_user(uid, None).stripe_customer_id or (
+        store.set_stripe_customer_once(uid, payments.create_customer(cfg, uid, None))
+    )
+    number = TEST_CARDS[card][0]
+    stripe = payments.client(cfg)
+    pm = stripe.v1.payment_methods.create(
+        {
+            "type": "card",
+            "card": {"number": number, "exp_month": 12, "exp_year": 2034, "cvc": "123"},
+        }
+    )
+    stripe.v1.payment_methods.attach(pm.id, {"customer": customer})
+    store.set_payment_method(uid, PaymentMethod(pm.id, "visa", number[-4:]))
 
 
 def upload_dataset(
@@ -128,6 +143,7 @@ def job_record(
 ) -> Job:
     """A job of `uid` on the tiny model with TEST_QUOTE, as admission makes it, in `status`."""
     t = created_at or store.now()
+    changes.setdefault("quote", TEST_QUOTE)
     return Job(
         id=job_id or store.new_id("ft-"),
         uid=uid,
@@ -137,7 +153,6 @@ def job_record(
         dataset_object=f"datasets/{uid}/ds-x.jsonl",
         dataset_sha256="0" * 64,
         hyperparameters=Hyperparameters(epochs=1),
-        quote=TEST_QUOTE,
         status=status,
         created_at=t,
         updated_at=t,
