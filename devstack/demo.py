@@ -19,7 +19,7 @@ from pathlib import Path
 
 import requests
 
-from devstack.emulators import sign_up
+from devstack.emulators import sign_in, sign_up, verify_email
 from devstack.seed_models import seed
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,10 +69,11 @@ def main(model_folders: list[str]) -> int:
     step("health")
     print(call("GET", "/v1/healthz?ready=true"))
 
-    step("sign up a user in the Auth emulator")
+    step("sign up a user in the Auth emulator, and verify the email")
     email = f"demo-{uuid.uuid4().hex[:8]}@example.com"
-    token = sign_up(email)["idToken"]
-    print(f"signed up {email}")
+    verify_email(sign_up(email)["localId"])
+    token = sign_in(email)["idToken"]
+    print(f"signed up {email} (verified)")
 
     step("the model catalog")
     for m in call("GET", "/v1/models", token)["data"]:

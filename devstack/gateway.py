@@ -116,7 +116,7 @@ def _sweep_forever(every_s: float = 30.0) -> None:
     """Stand-ins for the Storage lifecycle rule (expired files) and for Cloud Scheduler (the
     relaunch of stale queued jobs, the renewal of ageing card holds), calling the same core
     functions."""
-    from shared import artifacts, authorization, lifecycle, logs
+    from shared import artifacts, authorization, datasets, lifecycle, logs
     from shared.config import settings
 
     while True:
@@ -125,8 +125,11 @@ def _sweep_forever(every_s: float = 30.0) -> None:
             gone = artifacts.sweep_expired(settings())
             relaunched = lifecycle.relaunch_stale(settings())
             holds = authorization.renew_holds(settings())
-            if gone or relaunched or holds:
-                logs.info("swept", files=len(gone), relaunched=relaunched, holds=holds)
+            uploads = datasets.sweep_abandoned(settings())
+            if gone or relaunched or holds or uploads:
+                logs.info(
+                    "swept", files=len(gone), relaunched=relaunched, holds=holds, uploads=uploads
+                )
         except Exception as exc:  # keep sweeping; the next round retries
             logs.warning("sweep failed", error=repr(exc))
 

@@ -234,6 +234,9 @@ class Stack:
                     "start",
                     "--quiet",
                     f"--host-port={self.host('firestore')}",
+                    # The production rules (deny every client): only our functions, with
+                    # server credentials, which rules do not apply to, read or write.
+                    f"--rules={ROOT / 'terraform' / 'firestore.rules'}",
                 ],
                 self.run_dir,
                 {"CLOUDSDK_CORE_DISABLE_PROMPTS": "1"},

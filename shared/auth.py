@@ -157,3 +157,63 @@ def _verify(token: str, cfg: Settings) -> Principal:
         email=claims.get("email"),
         email_verified=bool(claims.get("email_verified", False)),
     )
+
+
+# --- internal callers: Cloud Tasks and Cloud Scheduler -------------------------------------------
+
+GOOGLE_ISSUERS = ("https://accounts.google.com", "accounts.google.com")
+CERTS_TTL_S = 3600.0
+_certs_lock = threading.Lock()
+_certs: tuple[float, str, dict[str, str]] | None = None  # (fetched at, url, kid -> PEM)
+
+
+def _google_certs(url: str) -> dict[str, str]:
+    """Google's OIDC signing certificates (kid -> PEM), fetched at most once an hour."""
+    global _certs
+    with _certs_lock:
+        if _certs is None or _certs[1] != url or time.monotonic() - _certs[0] > CERTS_TTL_S:
+            import requests
+
+            resp = requests.get(url, timeout=10)
+            resp.raise_for_status()
+            _certs = (time.monotonic(), url, dict(resp.json()))
+        return _certs[2]
+
+
+def verify_internal_caller(header: str | None, cfg: Settings) -> None:
+    """Internal routes answer only our own infrastructure: an OIDC token signed by Google for the
+    tasks service account, with the launcher's URL as audience (Cloud Tasks and Cloud Scheduler
+    both send one). Checked here in code, besides ingress and IAM, so a mistake in either does
+    not open the route. Locally there is no tasks service account (the Tasks emulator sends no
+    token) and nothing to check; shared.config requires one in production.
+
+    Raises:
+        ApiError: 401 for a missing or malformed header, or a token that is not that caller's.
+    """
+    if cfg.tasks_service_account is None:
+        return
+    if not header:
+        raise ApiError(Code.AUTH_MISSING, "Internal route: send Google's OIDC token.")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError(Code.AUTH_NOT_BEARER, "Internal route: send 'Authorization: Bearer ...'.")
+    import google.auth.exceptions
+    import google.auth.jwt
+
+    try:
+        claims = google.auth.jwt.decode(  # type: ignore[no-untyped-call]
+            token.strip(),
+            certs=_google_certs(cfg.oidc_certs_url),
+            audience=cfg.task_target_url,
+            clock_skew_in_seconds=CLOCK_SKEW_S,
+        )
+    except (ValueError, google.auth.exceptions.GoogleAuthError) as exc:
+        raise ApiError(
+            Code.AUTH_INVALID, f"Internal route: the token is not valid ({exc})."
+        ) from None
+    if (
+        claims.get("iss") not in GOOGLE_ISSUERS
+        or claims.get("email") != cfg.tasks_service_account
+        or claims.get("email_verified") is not True
+    ):
+        raise ApiError(Code.AUTH_INVALID, "Internal route: the token is not our tasks identity.")

@@ -50,6 +50,8 @@ class Settings:
     checkpoints_bucket: str
     catalog_path: str | None
     dataset_max_bytes: int
+    dataset_max_count: int  # datasets per user
+    dataset_quota_bytes: int  # bytes declared by all of a user's datasets
     max_active_jobs: int
     startup_overhead_s: int
     signing_key_file: str | None  # local only: a locally made service-account key for V4 URLs
@@ -57,6 +59,7 @@ class Settings:
     tasks_queue: str
     task_target_url: str  # where Cloud Tasks delivers launch tasks (the launcher function)
     tasks_service_account: str | None  # OIDC identity Cloud Tasks uses to call the launcher
+    oidc_certs_url: str  # Google's OIDC signing certificates (internal callers' tokens)
     batch_backend: str  # "local" (a subprocess) or "cloud" (Cloud Batch)
     batch_topic: str  # Pub/Sub topic for Batch job state notifications
     batch_service_account: str | None
@@ -96,6 +99,11 @@ def load(environ: Mapping[str, str]) -> Settings:
             raise ConfigError(f"emulator settings are not allowed in production: {present}")
         if not environ.get("GOOGLE_CLOUD_PROJECT"):
             raise ConfigError("GOOGLE_CLOUD_PROJECT must be set in production")
+        if not environ.get("YACHAY_TASKS_SERVICE_ACCOUNT"):
+            raise ConfigError(
+                "YACHAY_TASKS_SERVICE_ACCOUNT must be set in production: internal routes verify "
+                "their caller's OIDC token against it"
+            )
     project = environ.get("GOOGLE_CLOUD_PROJECT", "demo-yachay")
     batch_backend = environ.get("YACHAY_BATCH_BACKEND", "local" if env == "local" else "cloud")
     if batch_backend not in ("local", "cloud"):
@@ -134,6 +142,8 @@ def load(environ: Mapping[str, str]) -> Settings:
         checkpoints_bucket=environ.get("YACHAY_CHECKPOINTS_BUCKET", f"{project}-checkpoints"),
         catalog_path=environ.get("YACHAY_CATALOG_PATH") or None,
         dataset_max_bytes=int(environ.get("YACHAY_DATASET_MAX_BYTES", 100 << 20)),
+        dataset_max_count=int(environ.get("YACHAY_DATASET_MAX_COUNT", 100)),
+        dataset_quota_bytes=int(environ.get("YACHAY_DATASET_QUOTA_BYTES", 2 << 30)),
         max_active_jobs=int(environ.get("YACHAY_MAX_ACTIVE_JOBS", 3)),
         startup_overhead_s=int(environ.get("YACHAY_STARTUP_OVERHEAD_S", 180)),
         signing_key_file=environ.get("YACHAY_SIGNING_KEY_FILE") or None,
@@ -148,6 +158,9 @@ def load(environ: Mapping[str, str]) -> Settings:
             environ.get("YACHAY_API_BASE_URL", "http://127.0.0.1:8700") + LAUNCH_PATH,
         ),
         tasks_service_account=environ.get("YACHAY_TASKS_SERVICE_ACCOUNT") or None,
+        oidc_certs_url=environ.get(
+            "YACHAY_OIDC_CERTS_URL", "https://www.googleapis.com/oauth2/v1/certs"
+        ),
         batch_backend=batch_backend,
         batch_topic=environ.get("YACHAY_BATCH_TOPIC", "batch-job-states"),
         batch_service_account=environ.get("YACHAY_BATCH_SERVICE_ACCOUNT") or None,

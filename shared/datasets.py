@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
-from shared import storage, store
+from shared import logs, storage, store
 from shared.config import Settings
 from shared.errors import ApiError, Code
 from shared.records import Dataset, DatasetStatus, LineError, ValidationReport
@@ -55,12 +56,19 @@ def _line_of(message: str) -> int | None:
     return int(head[5:]) if head.startswith("line ") and head[5:].isdigit() else None
 
 
-def validate(data: bytes, max_bytes: int) -> ValidationReport:
+def validate(data: bytes, max_bytes: int, declared: int | None = None) -> ValidationReport:
     """Checks every line; `status` is ready only when there is no error at all."""
     report = _Findings(bytes=len(data))
     error = report.error
     if not data:
         error(None, "the file is empty")
+        return report.report()
+    if declared is not None and len(data) > declared:
+        error(
+            None,
+            f"the file is larger than the {declared} bytes declared when the dataset was "
+            "created; create a new dataset with the file's real size",
+        )
         return report.report()
     if len(data) > max_bytes:
         error(None, f"the file is {len(data)} bytes; the limit is {max_bytes} bytes")
@@ -108,10 +116,17 @@ def validate(data: bytes, max_bytes: int) -> ValidationReport:
 
 ALLOWED_SUFFIXES = (".jsonl",)
 UPLOAD_CONTENT_TYPE = "application/jsonl"
+LENGTH_RANGE = "x-goog-content-length-range"
+ABANDONED_AFTER = timedelta(days=1)  # the upload URL lives an hour; a day later nothing comes
+
+
+def user_prefix(uid: str) -> str:
+    """Where all of a user's dataset files live."""
+    return f"datasets/{uid}/"
 
 
 def object_name(uid: str, dataset_id: str) -> str:
-    return f"datasets/{uid}/{dataset_id}.jsonl"
+    return f"{user_prefix(uid)}{dataset_id}.jsonl"
 
 
 def view(dataset: Dataset) -> dict[str, Any]:
@@ -187,19 +202,38 @@ def create(uid: str, body: dict[str, Any], cfg: Settings) -> dict[str, Any]:
         created_at=t,
         updated_at=t,
     )
-    store.new_dataset(dataset)
-    url, expires = storage.signed_url(
-        cfg.datasets_bucket, dataset.object_name, "PUT", content_type=UPLOAD_CONTENT_TYPE
-    )
+    try:
+        store.new_dataset(dataset, cfg.dataset_max_count, cfg.dataset_quota_bytes)
+    except store.Conflict as exc:
+        raise _over_quota(exc, size, cfg) from None
+    # Storage itself refuses a PUT larger than declared: the range is part of the signature.
+    headers = {"Content-Type": UPLOAD_CONTENT_TYPE, LENGTH_RANGE: f"0,{size}"}
+    url, expires = storage.signed_url(cfg.datasets_bucket, dataset.object_name, "PUT", headers)
     return {
         **view(dataset),
         "upload": {
             "url": url,
             "method": "PUT",
-            "headers": {"Content-Type": UPLOAD_CONTENT_TYPE},
+            "headers": headers,
             "expires_at": expires.isoformat(),
         },
     }
+
+
+def _over_quota(exc: Exception, size: int, cfg: Settings) -> ApiError:
+    if getattr(exc, "code", None) == "too_many_datasets":
+        return ApiError(
+            Code.TOO_MANY_DATASETS,
+            f"You have {cfg.dataset_max_count} datasets, the most an account keeps; delete "
+            "one you no longer need (DELETE /v1/datasets/{id}) and try again.",
+        )
+    used = getattr(exc, "detail", 0)
+    return ApiError(
+        Code.DATASET_STORAGE_FULL,
+        f"Your datasets take {used} of your {cfg.dataset_quota_bytes} bytes; this one "
+        f"({size} bytes) does not fit. Delete datasets you no longer need and try again.",
+        param="size_bytes",
+    )
 
 
 def owned(uid: str, dataset_id: str) -> Dataset:
@@ -217,8 +251,11 @@ def list_page(uid: str, limit: int, cursor: str | None) -> tuple[list[dict[str, 
 
 
 def validate_dataset(dataset: Dataset, cfg: Settings) -> Dataset:
-    """Reads the uploaded object and records the validation report; idempotent."""
-    data = storage.read_bytes(cfg.datasets_bucket, dataset.object_name, cfg.dataset_max_bytes)
+    """Reads the uploaded object and records the validation report; idempotent. A dataset never
+    stays `validating`: if validating fails unexpectedly it goes back to `pending_upload` (the
+    user, or the trigger's retry, validates it again)."""
+    limit = min(cfg.dataset_max_bytes, dataset.declared_bytes or cfg.dataset_max_bytes)
+    data = storage.read_bytes(cfg.datasets_bucket, dataset.object_name, limit)
     if data is None:
         raise ApiError(
             Code.UPLOAD_MISSING,
@@ -229,7 +266,12 @@ def validate_dataset(dataset: Dataset, cfg: Settings) -> Dataset:
     if dataset.sha256 == digest and dataset.status in done:
         return dataset  # this very file was validated already (the trigger and a request race)
     store.mark_validating(dataset.id)
-    return store.record_validation(dataset.id, validate(data, cfg.dataset_max_bytes), digest)
+    try:
+        report = validate(data, cfg.dataset_max_bytes, declared=dataset.declared_bytes)
+        return store.record_validation(dataset.id, report, digest)
+    except Exception:
+        store.unmark_validating(dataset.id)
+        raise
 
 
 def validate_uploaded_object(bucket: str, name: str, cfg: Settings) -> Dataset | None:
@@ -253,4 +295,23 @@ def delete(uid: str, dataset_id: str, cfg: Settings) -> None:
     """
     dataset = owned(uid, dataset_id)
     storage.delete_prefix(cfg.datasets_bucket, dataset.object_name)
-    store.delete_dataset(dataset_id)
+    store.delete_dataset(dataset)
+
+
+def sweep_abandoned(cfg: Settings, now: datetime | None = None) -> list[str]:
+    """Datasets whose upload never came (their URL died long ago) are deleted, so they stop
+    counting against the user's quotas; one whose file did arrive (its finalize event was lost)
+    is validated instead. Each is handled on its own; returns what was done."""
+    outcomes = []
+    for dataset in store.abandoned_uploads((now or store.now()) - ABANDONED_AFTER):
+        try:
+            if storage.read_bytes(cfg.datasets_bucket, dataset.object_name, 0) is None:
+                store.delete_dataset(dataset)
+                outcomes.append(f"{dataset.id}: deleted (never uploaded)")
+            else:
+                done = validate_dataset(dataset, cfg)
+                outcomes.append(f"{dataset.id}: validated ({done.status.value})")
+        except Exception as exc:
+            logs.warning("abandoned upload not swept", dataset_id=dataset.id, error=repr(exc))
+            outcomes.append(f"{dataset.id}: error")
+    return outcomes

@@ -57,6 +57,8 @@ class Code(StrEnum):
     TOO_MANY_ACTIVE_JOBS = ("too_many_active_jobs", 429)
     RATE_LIMITED = ("rate_limited", 429)
     DATASET_TOO_LARGE = ("dataset_too_large", 400)
+    TOO_MANY_DATASETS = ("too_many_datasets", 409)
+    DATASET_STORAGE_FULL = ("dataset_storage_full", 413)
     NOTHING_TO_RETRY = ("nothing_to_retry", 409)
     JOB_NOT_COMPLETED = ("job_not_completed", 409)
     PAYMENT_REQUIRED = ("payment_required", 402)

@@ -23,7 +23,7 @@ from typing import Any
 import flask
 
 from shared import logs
-from shared.auth import Principal, authenticate
+from shared.auth import Principal, authenticate, verify_internal_caller
 from shared.config import Settings, settings
 from shared.errors import ApiError, Code
 from shared.routes import Route, resolve, routes_of
@@ -55,6 +55,13 @@ class ApiRequest:
     def uid(self) -> str:
         assert self.principal is not None, "route is not authenticated"
         return self.principal.uid
+
+    @property
+    def email(self) -> str | None:
+        """The caller's email when Firebase says it is verified, else None: we never store or
+        write to an address its owner has not proven."""
+        p = self.principal
+        return p.email if p is not None and p.email_verified else None
 
     @property
     def query(self) -> Mapping[str, str]:
@@ -180,6 +187,8 @@ def serve(function: str, handlers: Mapping[str, Handler]) -> View:
                     assert route is not None
                     if route.auth:
                         principal = authenticate(request.headers.get(cfg.auth_header), cfg)
+                    elif route.internal:
+                        verify_internal_caller(request.headers.get("Authorization"), cfg)
                     if route.per_minute is not None:
                         _rate_limit(route, principal, request)
                     reply = handlers[route.operation_id](

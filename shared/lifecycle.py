@@ -106,7 +106,8 @@ def _free(job: Job) -> bool:
 
 
 def _mail(job: Job, status: JobStatus, message: str) -> Mail | None:
-    """The email for an ended job, when the user wants it."""
+    """The email for an ended job, when the user wants it, to their verified address (only
+    verified addresses are ever stored: shared.http.ApiRequest.email)."""
     user = store.get_or_create_user(job.uid, job.email)
     to = user.email or job.email
     if not user.notifications.get(f"job_{status.value}", True) or not to:

@@ -12,6 +12,7 @@ Checkout, no billing portal and ignores idempotency keys, so:
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -162,6 +163,15 @@ def payment_intent(cfg: Settings, intent_id: str) -> dict[str, Any] | None:
         "error_code": getattr(error, "code", None) if error else None,
         "error_message": getattr(error, "message", None) if error else None,
     }
+
+
+def detach_card(cfg: Settings, payment_method_id: str) -> None:
+    """Removes a saved card from its customer, so it can never be charged again; one already
+    detached (or unknown to Stripe) is done already."""
+    import stripe
+
+    with contextlib.suppress(stripe.InvalidRequestError):
+        client(cfg).v1.payment_methods.detach(payment_method_id)
 
 
 def make_default(cfg: Settings, customer_id: str, payment_method_id: str) -> None:

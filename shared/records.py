@@ -68,6 +68,7 @@ class UserRecord(NamedTuple):
     active_jobs: Mapping[str, int] = MappingProxyType({})  # queued or running: id -> quote cents
     reserved: Mapping[str, int] = MappingProxyType({})  # submitted, payment not recorded or failed
     spend: Mapping[str, int] = MappingProxyType({})  # month ("2026-11") -> cents settled
+    datasets: Mapping[str, int] = MappingProxyType({})  # dataset id -> bytes declared (quotas)
 
     def spent_in(self, month: str) -> int:
         """Cents settled (ledger entries) in `month`."""
@@ -102,6 +103,7 @@ class UserRecord(NamedTuple):
             "active_jobs": dict(self.active_jobs),
             "reserved": dict(self.reserved),
             "spend": dict(self.spend),
+            "datasets": dict(self.datasets),
         }
 
     @staticmethod
@@ -121,6 +123,7 @@ class UserRecord(NamedTuple):
             active_jobs=dict(doc.get("active_jobs") or {}),
             reserved=dict(doc.get("reserved") or {}),
             spend=dict(doc.get("spend") or {}),
+            datasets=dict(doc.get("datasets") or {}),
         )
 
 

@@ -116,7 +116,8 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/internal/tasks/launch-job", "launch_job", "launchJob",
           "Cloud Tasks target: launches a queued job's Batch job.", auth=False, internal=True),
     Route("POST", "/internal/tasks/relaunch-stale", "launch_job", "relaunchStale",
-          "Cloud Scheduler target: enqueues again queued jobs that never launched.",
+          "Cloud Scheduler target: the sweep (queued jobs that never launched, card holds "
+          "near expiry, dataset uploads that never came).",
           auth=False, internal=True),
 )
 # fmt: on
@@ -128,10 +129,10 @@ class Trigger:
     stack delivers the same CloudEvent."""
 
     function: str
-    kind: str  # "firestore", "pubsub" or "storage"
+    kind: str  # "firestore", "pubsub", "storage" or "auth" (Firebase Auth, a 1st-gen trigger)
     event_type: str
     # firestore: the document pattern; pubsub: the topic (the Settings field naming it);
-    # storage: the bucket (the Settings field naming it).
+    # storage: the bucket (the Settings field naming it); auth: unused.
     source: str
     summary: str
     # The local gateway's Pub/Sub push endpoint for it (pubsub and storage; the local stack's
@@ -149,6 +150,8 @@ TRIGGERS: tuple[Trigger, ...] = (
     Trigger("dataset_events", "storage", "google.cloud.storage.object.v1.finalized",
             "datasets_bucket", "Validates a dataset when its upload finishes.",
             local_push_path="/internal/pubsub/dataset-uploads"),
+    Trigger("auth_events", "auth", "providers/firebase.auth/eventTypes/user.delete",
+            "", "Erases the account of a deleted Firebase user."),
 )
 # fmt: on
 
@@ -176,6 +179,7 @@ DEPLOYMENTS: dict[str, Deployment] = {
     "charge_job": Deployment("charger", "512M", stripe=True),
     "batch_events": Deployment("notifier", "512M"),
     "dataset_events": Deployment("api", "1Gi"),
+    "auth_events": Deployment("eraser", "512M", stripe=True),
 }
 # fmt: on
 

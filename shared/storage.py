@@ -74,18 +74,23 @@ def signed_url(
     bucket: str,
     name: str,
     method: str,
-    content_type: str | None = None,
+    headers: dict[str, str] | None = None,
     now: datetime | None = None,
 ) -> tuple[str, datetime]:
-    """A V4 signed URL for one object and one method, valid for one hour; and its expiry."""
+    """A V4 signed URL for one object and one method, valid for one hour; and its expiry.
+
+    `headers` are signed too: the client must send them as given (Content-Type, and
+    `x-goog-content-length-range`, which makes Storage refuse a body outside the range)."""
     cfg = settings()
     expires = (now or datetime.now(UTC)) + SIGNED_URL_LIFETIME
     blob = client().bucket(bucket).blob(name)
+    signed = dict(headers or {})
     kwargs: dict[str, Any] = {
         "version": "v4",
         "expiration": SIGNED_URL_LIFETIME,
         "method": method,
-        "content_type": content_type,
+        "content_type": signed.pop("Content-Type", None),
+        "headers": signed or None,
     }
     if cfg.storage_emulator_host:
         kwargs["api_access_endpoint"] = cfg.storage_emulator_host

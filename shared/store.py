@@ -190,7 +190,9 @@ def _owned(collection: str, doc_id: str, uid: str) -> dict[str, Any] | None:
 
 
 def get_or_create_user(uid: str, email: str | None) -> UserRecord:
-    """The user's record, created on first call.
+    """The user's record, created on first call. `email` is a verified address from the
+    caller's token (or None): when it differs from the stored one (verified since, or changed),
+    the record takes it, in one write made only then.
 
     Race-safe without a transaction: `create()` succeeds for exactly one of any number of
     concurrent first calls (a precondition that the document does not exist); the others get
@@ -201,7 +203,11 @@ def get_or_create_user(uid: str, email: str | None) -> UserRecord:
     ref = _ref(USERS, uid)
     snap = ref.get()
     if snap.exists:
-        return UserRecord.from_doc(snap.to_dict())
+        user = UserRecord.from_doc(snap.to_dict())
+        if email and email != user.email:
+            ref.update({"email": email, "updated_at": now()})
+            user = user._replace(email=email)
+        return user
     record = UserRecord.new(uid, email, now())
     try:
         ref.create(record.to_doc())
@@ -284,8 +290,51 @@ def user_by_customer(customer_id: str) -> str | None:
 # --- datasets --------------------------------------------------------------------------------
 
 
-def new_dataset(dataset: Dataset) -> None:
-    _ref(DATASETS, dataset.id).create(dataset.to_doc())
+def new_dataset(dataset: Dataset, max_count: int, max_bytes: int, attempts: int = 30) -> None:
+    """Creates the dataset and its place on the user's account (UserRecord.datasets) in one
+    commit, within the user's quotas: at most `max_count` datasets and `max_bytes` declared in
+    all. Optimistic on the account record, like new_job, so concurrent creations cannot pass a
+    quota together.
+
+    Raises:
+        Conflict: "too_many_datasets" (detail: the count) or "dataset_storage_full" (detail: the
+            bytes declared already).
+        Contended: every attempt lost to concurrent writers.
+    """
+    from google.api_core.exceptions import AlreadyExists, FailedPrecondition, NotFound
+
+    db = client()
+    user_ref = _ref(USERS, dataset.uid)
+    for _ in _retrying(attempts, "account"):
+        snap = user_ref.get()
+        user = (
+            UserRecord.from_doc(snap.to_dict())
+            if snap.exists
+            else UserRecord.new(dataset.uid, None, dataset.created_at)
+        )
+        if len(user.datasets) >= max_count:
+            raise Conflict("too_many_datasets", len(user.datasets))
+        used = sum(user.datasets.values())
+        if used + dataset.declared_bytes > max_bytes:
+            raise Conflict("dataset_storage_full", used)
+        batch = db.batch()
+        batch.create(_ref(DATASETS, dataset.id), dataset.to_doc())
+        if not snap.exists:
+            batch.create(
+                user_ref, user._replace(datasets={dataset.id: dataset.declared_bytes}).to_doc()
+            )
+        else:
+            batch.update(
+                user_ref,
+                {f"datasets.{dataset.id}": dataset.declared_bytes, "updated_at": now()},
+                option=db.write_option(last_update_time=snap.update_time),
+            )
+        try:
+            batch.commit()
+        except (AlreadyExists, FailedPrecondition, NotFound):
+            continue  # another creation changed the account first: read it again
+        return
+    raise AssertionError("unreachable")
 
 
 def get_dataset(uid: str, dataset_id: str) -> Dataset | None:
@@ -316,6 +365,23 @@ def mark_validating(dataset_id: str) -> None:
         )
 
 
+def unmark_validating(dataset_id: str) -> None:
+    """validating -> pending_upload: a validation that failed unexpectedly leaves the dataset
+    ready to be validated again, never stuck in `validating`."""
+    from google.api_core.exceptions import FailedPrecondition
+
+    db = client()
+    ref = _ref(DATASETS, dataset_id)
+    snap = ref.get()
+    if not snap.exists or snap.get("status") != DatasetStatus.VALIDATING:
+        return
+    with contextlib.suppress(FailedPrecondition):
+        ref.update(
+            {"status": DatasetStatus.PENDING_UPLOAD.value, "updated_at": now()},
+            option=db.write_option(last_update_time=snap.update_time),
+        )
+
+
 def record_validation(dataset_id: str, report: ValidationReport, sha256: str) -> Dataset:
     """Stores the report about the file with hash `sha256`; returns the dataset as stored."""
     ref = _ref(DATASETS, dataset_id)
@@ -337,8 +403,31 @@ def record_token_count(dataset_id: str, key: str, count: TokenCount) -> None:
     _ref(DATASETS, dataset_id).update({f"token_counts.{key}": count._asdict()})
 
 
-def delete_dataset(dataset_id: str) -> None:
-    _ref(DATASETS, dataset_id).delete()
+def delete_dataset(dataset: Dataset) -> None:
+    """Deletes the dataset and frees its place in the user's quotas, in one commit."""
+    from google.cloud import firestore
+
+    batch = client().batch()
+    batch.delete(_ref(DATASETS, dataset.id))
+    batch.set(
+        _ref(USERS, dataset.uid),
+        {"datasets": {dataset.id: firestore.DELETE_FIELD}},
+        merge=True,
+    )
+    batch.commit()
+
+
+def abandoned_uploads(before: datetime) -> list[Dataset]:
+    """Datasets still waiting for their upload that were created before `before`."""
+    from google.cloud.firestore_v1.base_query import FieldFilter
+
+    query = (
+        client()
+        .collection(DATASETS)
+        .where(filter=FieldFilter("status", "==", DatasetStatus.PENDING_UPLOAD.value))
+        .where(filter=FieldFilter("created_at", "<", before))
+    )
+    return [Dataset.from_doc(s.to_dict() or {}) for s in query.stream()]
 
 
 # --- jobs ------------------------------------------------------------------------------------
@@ -574,6 +663,47 @@ def jobs_held_since(before: datetime) -> list[Job]:
         .where(filter=FieldFilter("authorization.authorized_at", "<", before))
     )
     return [Job.from_doc(s.to_dict() or {}) for s in query.stream()]
+
+
+# --- erasing an account ----------------------------------------------------------------------
+
+
+def find_user(uid: str) -> UserRecord | None:
+    """The user's record, or None when there is none (never created, or erased)."""
+    snap = _ref(USERS, uid).get()
+    return UserRecord.from_doc(snap.to_dict()) if snap.exists else None
+
+
+def jobs_of(uid: str) -> list[Job]:
+    """Every job of the user (for erasure; the API pages through list_jobs)."""
+    from google.cloud.firestore_v1.base_query import FieldFilter
+
+    query = client().collection(JOBS).where(filter=FieldFilter("uid", "==", uid))
+    return [Job.from_doc(s.to_dict() or {}) for s in query.stream()]
+
+
+ERASED_COLLECTIONS = (DATASETS, JOBS, MAIL, IDEMPOTENCY)  # by their `uid` field, then the user
+
+
+def erase_user_documents(uid: str) -> int:
+    """Deletes the user's datasets, jobs, emails, idempotency records and account record;
+    keeps their charges and ledger entries (accounting records). Returns how many documents
+    went. Idempotent: a second call finds nothing left to delete."""
+    from google.cloud.firestore_v1.base_query import FieldFilter
+
+    db = client()
+    refs = [
+        snap.reference
+        for collection in ERASED_COLLECTIONS
+        for snap in db.collection(collection).where(filter=FieldFilter("uid", "==", uid)).stream()
+    ]
+    refs.append(_ref(USERS, uid))
+    for start in range(0, len(refs), 400):  # a batch holds at most 500 writes
+        batch = db.batch()
+        for ref in refs[start : start + 400]:
+            batch.delete(ref)
+        batch.commit()
+    return len(refs)
 
 
 # --- rate limits -----------------------------------------------------------------------------

@@ -6,6 +6,9 @@
 locals {
   wiring    = jsondecode(file("${path.module}/functions.json"))
   functions = local.wiring.functions
+  # Firebase Auth events have no 2nd-gen trigger: those functions deploy as 1st gen.
+  gen2 = { for name, f in local.functions : name => f if f.kind != "auth" }
+  gen1 = { for name, f in local.functions : name => f if f.kind == "auth" }
 
   # Deterministic (no cycle through the function's own attributes); the path is its route.
   launcher_url = "https://${var.region}-${var.project_id}.cloudfunctions.net/launch-job"
@@ -26,11 +29,14 @@ locals {
     YACHAY_CHECKPOINTS_BUCKET    = google_storage_bucket.this["checkpoints"].name
     YACHAY_DATASET_MAX_BYTES     = tostring(var.dataset_max_bytes)
     YACHAY_MAX_ACTIVE_JOBS       = tostring(var.max_active_jobs)
+    YACHAY_DATASET_MAX_COUNT     = tostring(var.dataset_max_count)
+    YACHAY_DATASET_QUOTA_BYTES   = tostring(var.dataset_quota_bytes)
     YACHAY_STARTUP_OVERHEAD_S    = "180"
     YACHAY_RETENTION_DAYS        = tostring(var.retention_days)
     YACHAY_TASKS_QUEUE           = google_cloud_tasks_queue.launch.id
     YACHAY_TASK_TARGET_URL       = local.launch_url
     YACHAY_TASKS_SERVICE_ACCOUNT = google_service_account.role["tasks"].email
+    YACHAY_OIDC_CERTS_URL        = "https://www.googleapis.com/oauth2/v1/certs"
     YACHAY_BATCH_BACKEND         = "cloud"
     YACHAY_BATCH_TOPIC           = google_pubsub_topic.batch_states.name
     YACHAY_BATCH_SERVICE_ACCOUNT = google_service_account.role["trainer"].email
@@ -59,7 +65,7 @@ resource "google_storage_bucket_object" "function_source" {
 }
 
 resource "google_cloudfunctions2_function" "fn" {
-  for_each = local.functions
+  for_each = local.gen2
   name     = replace(each.key, "_", "-")
   location = var.region
 
@@ -169,4 +175,39 @@ resource "google_cloud_run_service_iam_member" "invoker" {
   service  = google_cloudfunctions2_function.fn[each.key].service_config[0].service
   role     = "roles/run.invoker"
   member   = "serviceAccount:${google_service_account.role[each.value].email}"
+}
+
+# Firebase Auth user deletion -> erase the account (functions/auth_events).
+resource "google_cloudfunctions_function" "auth" {
+  # checkov:skip=CKV_GCP_124:Event-triggered, no HTTP trigger: no public ingress to restrict.
+  for_each              = local.gen1
+  name                  = replace(each.key, "_", "-")
+  region                = var.region
+  runtime               = "python311"
+  entry_point           = each.key
+  available_memory_mb   = 512
+  timeout               = 300
+  service_account_email = google_service_account.role[each.value.sa].email
+  source_archive_bucket = google_storage_bucket.this["sources"].name
+  source_archive_object = google_storage_bucket_object.function_source[each.key].name
+  environment_variables = local.common_env
+
+  dynamic "secret_environment_variables" {
+    for_each = each.value.stripe ? [0] : []
+    content {
+      key        = "YACHAY_STRIPE_SECRET_KEY"
+      project_id = var.project_id
+      secret     = google_secret_manager_secret.stripe["stripe-secret-key"].secret_id
+      version    = "latest"
+    }
+  }
+
+  event_trigger {
+    event_type = each.value.event_type
+    resource   = "projects/${var.project_id}"
+    failure_policy {
+      retry = true
+    }
+  }
+  depends_on = [google_project_service.enabled]
 }

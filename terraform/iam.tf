@@ -8,6 +8,7 @@ locals {
     charger  = "Yachay job charger (Firestore trigger)"
     webhook  = "Yachay Stripe webhook receiver"
     notifier = "Yachay Batch state-notification handler"
+    eraser   = "Yachay account eraser (Firebase Auth user deletion)"
     tasks    = "Yachay Cloud Tasks OIDC identity"
     gateway  = "Yachay API Gateway backend identity"
   }
@@ -19,17 +20,19 @@ locals {
     charger  = ["roles/datastore.user", "roles/eventarc.eventReceiver"]
     webhook  = ["roles/datastore.user"]
     notifier = ["roles/datastore.user", "roles/eventarc.eventReceiver"]
+    eraser   = ["roles/datastore.user", "roles/batch.jobsEditor"]
     tasks    = []
     gateway  = []
   }
 
   bucket_roles = {
     api      = { models = "roles/storage.objectViewer", datasets = "roles/storage.objectAdmin", adapters = "roles/storage.objectAdmin" }
-    launcher = {}
+    launcher = { datasets = "roles/storage.objectViewer" } # the sweep: did an abandoned upload arrive?
     trainer  = { models = "roles/storage.objectViewer", datasets = "roles/storage.objectViewer", adapters = "roles/storage.objectAdmin", checkpoints = "roles/storage.objectAdmin" }
     charger  = {}
     webhook  = {}
     notifier = { adapters = "roles/storage.objectAdmin" }
+    eraser   = { datasets = "roles/storage.objectAdmin", adapters = "roles/storage.objectAdmin", checkpoints = "roles/storage.objectAdmin" }
     tasks    = {}
     gateway  = {}
   }

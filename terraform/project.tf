@@ -10,6 +10,7 @@ locals {
     "compute.googleapis.com",
     "eventarc.googleapis.com",
     "firebase.googleapis.com",
+    "firebaserules.googleapis.com",
     "firestore.googleapis.com",
     "iam.googleapis.com",
     "identitytoolkit.googleapis.com",
@@ -76,8 +77,23 @@ resource "google_firestore_index" "held_since" {
   }
 }
 
+# datasets.sweep_abandoned: status == pending_upload and created_at < t.
+resource "google_firestore_index" "abandoned_uploads" {
+  database   = google_firestore_database.default.name
+  collection = "datasets"
+  fields {
+    field_path = "status"
+    order      = "ASCENDING"
+  }
+  fields {
+    field_path = "created_at"
+    order      = "ASCENDING"
+  }
+}
+
 # Every 10 minutes, enqueue again the launch of jobs whose first enqueue failed, and renew the
-# card holds of jobs active for 6 days (Stripe cancels a hold after 7).
+# card holds of jobs active for 6 days (Stripe cancels a hold after 7), and delete datasets whose
+# upload never came.
 resource "google_cloud_scheduler_job" "relaunch_stale" {
   name      = "relaunch-stale-jobs"
   region    = var.region
@@ -89,6 +105,7 @@ resource "google_cloud_scheduler_job" "relaunch_stale" {
     uri         = "${local.launcher_url}${local.wiring.paths.relaunch_stale}"
     oidc_token {
       service_account_email = google_service_account.role["tasks"].email
+      audience              = local.launch_url # the audience the launcher verifies in code
     }
   }
   depends_on = [google_project_service.enabled]
@@ -167,4 +184,23 @@ resource "google_firestore_field" "rate_limit_ttl" {
   ttl_config {}
   # The TTL field needs no single-field index.
   index_config {}
+}
+
+# Firestore security rules: deny every client (terraform/firestore.rules, also loaded by the local
+# Firestore emulator and tested there).
+resource "google_firebaserules_ruleset" "firestore" {
+  project = var.project_id
+  source {
+    files {
+      name    = "firestore.rules"
+      content = file("${path.module}/firestore.rules")
+    }
+  }
+  depends_on = [google_project_service.enabled, google_firestore_database.default]
+}
+
+resource "google_firebaserules_release" "firestore" {
+  project      = var.project_id
+  name         = "cloud.firestore"
+  ruleset_name = "projects/${var.project_id}/rulesets/${google_firebaserules_ruleset.firestore.name}"
 }

@@ -47,13 +47,27 @@ resource "google_storage_bucket" "this" {
     }
   }
 
+  # A dataset upload is one signed PUT, so nothing half-uploaded stays; multipart (XML API)
+  # uploads someone starts and never finishes are aborted after a day.
+  dynamic "lifecycle_rule" {
+    for_each = each.key == "datasets" ? [0] : []
+    content {
+      condition {
+        age = 1
+      }
+      action {
+        type = "AbortIncompleteMultipartUpload"
+      }
+    }
+  }
+
   # Browsers upload datasets straight to signed URLs.
   dynamic "cors" {
     for_each = each.key == "datasets" ? [0] : []
     content {
       origin          = var.dashboard_origins
       method          = ["PUT"]
-      response_header = ["Content-Type"]
+      response_header = ["Content-Type", "x-goog-content-length-range"]
       max_age_seconds = 3600
     }
   }

@@ -47,6 +47,18 @@ variable "max_active_jobs" {
   default     = 3
 }
 
+variable "dataset_max_count" {
+  description = "Datasets one account may keep."
+  type        = number
+  default     = 100
+}
+
+variable "dataset_quota_bytes" {
+  description = "Bytes all of one account's datasets may declare together (2 GiB)."
+  type        = number
+  default     = 2147483648
+}
+
 variable "dataset_max_bytes" {
   description = "Largest dataset upload."
   type        = number

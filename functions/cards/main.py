@@ -5,8 +5,7 @@ from shared.http import ApiRequest, Reply, serve
 
 
 def setup_card(req: ApiRequest) -> Reply:
-    email = req.principal.email if req.principal else None
-    return Reply(billing.setup_card(req.uid, email, req.settings), status=201)
+    return Reply(billing.setup_card(req.uid, req.email, req.settings), status=201)
 
 
 cards = serve("cards", {"setupCard": setup_card})

@@ -10,21 +10,17 @@ from shared.idempotency import HEADER as IDEMPOTENCY_KEY
 from shared.jobs import list_page, owned, parse_status, view
 
 
-def _email(req: ApiRequest) -> str | None:
-    return req.principal.email if req.principal else None
-
-
 def estimate_job(req: ApiRequest) -> Reply:
     from shared import admission
 
-    return Reply(admission.estimate(req.uid, _email(req), req.json_object(), req.settings))
+    return Reply(admission.estimate(req.uid, req.email, req.json_object(), req.settings))
 
 
 def create_job(req: ApiRequest) -> Reply:
     from shared import admission
 
     job, created = admission.submit(
-        req.uid, _email(req), req.json_object(), req.header(IDEMPOTENCY_KEY), req.settings
+        req.uid, req.email, req.json_object(), req.header(IDEMPOTENCY_KEY), req.settings
     )
     headers = {} if created else {"Idempotent-Replayed": "true"}
     return Reply(job, status=201, headers=headers)

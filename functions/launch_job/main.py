@@ -16,13 +16,15 @@ def launch(req: ApiRequest) -> Reply:
 
 
 def relaunch_stale(req: ApiRequest) -> Reply:
-    """The scheduled sweep of active jobs: launches that never happened, holds near expiry."""
-    from shared import authorization
+    """The scheduled sweep: launches that never happened, card holds near expiry, dataset
+    uploads that never came."""
+    from shared import authorization, datasets
 
     return Reply(
         {
             "relaunched": core.relaunch_stale(req.settings),
             "holds": authorization.renew_holds(req.settings),
+            "abandoned_uploads": datasets.sweep_abandoned(req.settings),
         }
     )
 

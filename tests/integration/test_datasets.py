@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from datetime import timedelta
 from urllib.parse import parse_qs, urlparse
 
 import pytest
+import requests
 
-from shared import storage
+from shared import datasets, storage, store
 from shared.config import settings
+from shared.errors import ApiError
+from shared.records import Dataset, DatasetStatus
 from tests.support.api import upload_dataset
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
@@ -27,7 +33,14 @@ def test_upload_url_is_a_one_hour_put_into_the_users_own_prefix(api) -> None:
     query = parse_qs(url.query)
     assert query["X-Goog-Expires"] == ["3600"]
     assert query["X-Goog-Algorithm"] == ["GOOG4-RSA-SHA256"]
-    assert "content-type" in query["X-Goog-SignedHeaders"][0]
+    assert query["X-Goog-SignedHeaders"][0].split(";") == [
+        "content-type",
+        "host",
+        "x-goog-content-length-range",
+    ]
+    # Storage refuses a body outside the signed range (the emulator checks no signature, so the
+    # size is also checked at validation: see the next tests).
+    assert body["upload"]["headers"]["x-goog-content-length-range"] == "0,100"
     assert url.path == f"/{settings().datasets_bucket}/datasets/{user.uid}/{body['id']}.jsonl"
     assert body["upload"]["method"] == "PUT"
 
@@ -199,3 +212,135 @@ def test_an_upload_is_validated_without_asking(api) -> None:
             break
         time.sleep(0.2)
     assert status == "ready"
+
+
+def test_a_file_larger_than_declared_is_invalid(api) -> None:
+    user = api.new_user()
+    created = api.request(
+        "POST", "/v1/datasets", user, json={"filename": "t.jsonl", "size_bytes": len(GOOD) - 1}
+    ).json()
+    put = requests.put(created["upload"]["url"], data=GOOD, headers=created["upload"]["headers"])
+    assert put.status_code == 200  # the emulator does not enforce the signed range
+    ds = api.request("POST", f"/v1/datasets/{created['id']}/validate", user).json()
+    assert ds["status"] == "invalid"
+    assert "larger than the" in ds["errors"][0]["message"]
+
+
+def _create(uid: str, size: int, cfg) -> dict:
+    return datasets.create(uid, {"filename": "q.jsonl", "size_bytes": size}, cfg)
+
+
+def test_dataset_quotas_hold_under_concurrent_creates(api, monkeypatch) -> None:
+    user = api.new_user()
+    cfg = replace(settings(), dataset_max_count=3, dataset_quota_bytes=1000)
+    # In-process, with this test's quotas; signing the upload URL is tested above.
+    monkeypatch.setattr(storage, "signed_url", lambda *a, **k: ("http://x", store.now()))
+    with ThreadPoolExecutor(6) as pool:
+        outcomes = list(pool.map(lambda _: _try(lambda: _create(user.uid, 100, cfg)), range(6)))
+    assert sorted(outcomes) == ["created"] * 3 + ["too_many_datasets"] * 3
+    listed = api.request("GET", "/v1/datasets", user).json()["data"]
+    assert len(listed) == 3
+    api.request("DELETE", f"/v1/datasets/{listed[0]['id']}", user)  # frees a place
+    assert _try(lambda: _create(user.uid, 801, cfg)) == "dataset_storage_full"  # 200 + 801
+    assert _try(lambda: _create(user.uid, 800, cfg)) == "created"
+    with pytest.raises(ApiError) as full:
+        _create(user.uid, 1, cfg)
+    assert full.value.status == 409 and "delete one" in full.value.message
+
+
+def _try(create) -> str:
+    try:
+        create()
+    except ApiError as exc:
+        assert exc.status in (409, 413), exc.message
+        return exc.code.value
+    return "created"
+
+
+def test_the_quota_answers_over_http(api, monkeypatch) -> None:
+    user = api.new_user()
+    big = {"filename": "a.jsonl", "size_bytes": settings().dataset_max_bytes}
+    # The stack's quota is 2 GiB and 100 MiB a file: the 21st maximum-size dataset does not fit.
+    for _ in range(20):
+        assert api.request("POST", "/v1/datasets", user, json=big).status_code == 201
+    resp = api.request("POST", "/v1/datasets", user, json=big)
+    assert resp.status_code == 413 and resp.json()["error"]["code"] == "dataset_storage_full"
+    assert resp.json()["error"]["param"] == "size_bytes"
+
+
+def test_abandoned_uploads_are_swept_and_late_ones_validated(api) -> None:
+    cfg = settings()
+    user = api.new_user()
+    abandoned = api.request(
+        "POST", "/v1/datasets", user, json={"filename": "a.jsonl", "size_bytes": 10}
+    ).json()
+    late = _unwatched(user.uid, timedelta(days=2))  # its file came, its finalize event was lost
+    outcomes = datasets.sweep_abandoned(cfg, now=store.now() + timedelta(days=2))
+    assert f"{abandoned['id']}: deleted (never uploaded)" in outcomes
+    assert f"{late.id}: validated (ready)" in outcomes
+    assert api.request("GET", f"/v1/datasets/{abandoned['id']}", user).status_code == 404
+    assert api.request("GET", f"/v1/datasets/{late.id}", user).json()["status"] == "ready"
+    assert set(store.get_or_create_user(user.uid, None).datasets) == {late.id}
+
+
+def _unwatched(uid: str, age: timedelta) -> Dataset:
+    """A pending dataset whose file is uploaded where the finalize trigger does not look (so
+    no event validates it behind the test's back)."""
+    late = Dataset(
+        id=store.new_id("ds-"),
+        uid=uid,
+        filename="late.jsonl",
+        declared_bytes=len(GOOD),
+        object_name="",
+        status=DatasetStatus.PENDING_UPLOAD,
+        created_at=store.now() - age,
+        updated_at=store.now() - age,
+    )
+    late = late._replace(object_name=f"datasets/{uid}/unwatched/{late.id}.jsonl")
+    storage.client().bucket(settings().datasets_bucket).blob(late.object_name).upload_from_string(
+        GOOD
+    )
+    store.new_dataset(late, 100, 1 << 30)
+    return late
+
+
+def test_a_validation_that_fails_never_leaves_the_dataset_validating(api, monkeypatch) -> None:
+    user = api.new_user()
+    dataset = _unwatched(user.uid, timedelta(0))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug in the validator")
+
+    working = datasets.validate
+    monkeypatch.setattr(datasets, "validate", broken)
+    with pytest.raises(RuntimeError):
+        datasets.validate_dataset(dataset, settings())
+    assert store.get_dataset(user.uid, dataset.id).status == DatasetStatus.PENDING_UPLOAD
+    monkeypatch.setattr(datasets, "validate", working)  # validating again works
+    assert datasets.validate_dataset(dataset, settings()).status == DatasetStatus.READY
+
+
+def test_the_upload_trigger_retries_only_transient_failures(monkeypatch) -> None:
+    from cloudevents.http import CloudEvent
+    from google.api_core.exceptions import ServiceUnavailable
+
+    from functions.dataset_events import main
+
+    event = CloudEvent(
+        {"type": "google.cloud.storage.object.v1.finalized", "source": "test"},
+        {"bucket": settings().datasets_bucket, "name": "datasets/u/ds-x.jsonl"},
+    )
+
+    def fails_with(exc):
+        def validate(*args):
+            raise exc
+
+        return validate
+
+    monkeypatch.setattr(datasets, "validate_uploaded_object", fails_with(RuntimeError("bug")))
+    main.dataset_events(event)  # permanent: logged, not raised (Eventarc would redeliver it)
+    monkeypatch.setattr(
+        datasets, "validate_uploaded_object", fails_with(ServiceUnavailable("firestore"))
+    )
+    with pytest.raises(ServiceUnavailable):
+        main.dataset_events(event)

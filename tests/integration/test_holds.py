@@ -23,11 +23,12 @@ from shared.records import (
 )
 from tests.support.api import (
     TEST_QUOTE,
+    complete,
+    held_job,
     jsonl,
-    result_of,
     save_test_card,
+    settled,
     stored_job,
-    trainer_reports,
     upload_dataset,
 )
 from tests.support.stripe import localstripe, payment_intents, save_card
@@ -37,26 +38,10 @@ from tests.support.tiny import chat_records
 BIG_QUOTE = TEST_QUOTE._replace(billable_tokens=5_000_000, price_cents=500)
 
 
-def held_job(uid: str, status: JobStatus = JobStatus.RUNNING, **changes) -> Job:
-    """A stored job with a real hold of its quoted price on localstripe."""
-    job_id = stored_job(uid, status, **changes)
-    return authorization.hold(store.get_job(job_id), settings())
 
 
-def settled(job_id: str, timeout: float = 30.0) -> Job:
-    """The job once its payment is recorded (the local trigger relay settles it)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = store.get_job(job_id)
-        if job.payment is not None and (job.authorization is None or not job.authorization.holding):
-            return job
-        time.sleep(0.2)
-    raise AssertionError(f"never settled: {store.get_job(job_id)}")
 
 
-def complete(job_id: str, trained_tokens: int) -> None:
-    trainer_reports(job_id, result=result_of(trained_tokens))
-    lifecycle.on_batch_state(f"x/jobs/yachay-{job_id}", "SUCCEEDED", settings())
 
 
 def intent(stack, intent_id: str) -> dict:

@@ -88,3 +88,26 @@ def test_wrong_method_on_me(api) -> None:
     resp = api.request("DELETE", "/v1/me", api.new_user())
     assert resp.status_code == 405
     assert set(resp.headers["Allow"].split(", ")) == {"GET", "PATCH"}
+
+
+def test_only_a_verified_email_is_kept_and_written_to(api, stack_env) -> None:
+    from devstack.emulators import sign_in, verify_email
+    from shared import lifecycle
+    from shared.config import settings
+    from tests.support.api import stored_job
+
+    user = api.new_user(verified=False)
+    assert api.request("GET", "/v1/me", user).json()["email"] is None
+    job_id = stored_job(user.uid, email=None)
+    lifecycle.on_batch_state(f"x/jobs/yachay-{job_id}", "FAILED", settings())
+    assert store.get_job(job_id).status.value == "failed"
+    assert not store.client().collection("mail").document(f"{job_id}-failed").get().exists
+
+    verify_email(user.uid, auth_host=stack_env.host("auth"))
+    token = sign_in(user.email, auth_host=stack_env.host("auth"))["idToken"]
+    me = api.request("GET", "/v1/me", token=token).json()  # the next signed-in call keeps it
+    assert me["email"] == user.email
+    verified = stored_job(user.uid, email=None)
+    lifecycle.on_batch_state(f"x/jobs/yachay-{verified}", "FAILED", settings())
+    mail = store.client().collection("mail").document(f"{verified}-failed").get()
+    assert mail.exists and mail.to_dict()["to"] == user.email

@@ -14,7 +14,7 @@ from typing import Any
 
 import requests
 
-from devstack.emulators import sign_up
+from devstack.emulators import sign_in, sign_up, verify_email
 from devstack.local_checkout import TEST_CARDS
 from shared import payments, store
 from shared.config import settings
@@ -43,9 +43,14 @@ class Api:
     base: str
     auth_host: str
 
-    def new_user(self) -> User:
+    def new_user(self, verified: bool = True) -> User:
+        """A new Firebase user; with a verified email unless asked otherwise (we write only to
+        verified addresses)."""
         email = f"u-{uuid.uuid4().hex[:10]}@example.com"
         data = sign_up(email, auth_host=self.auth_host)
+        if verified:
+            verify_email(data["localId"], auth_host=self.auth_host)
+            data = sign_in(email, auth_host=self.auth_host)
         return User(uid=data["localId"], email=email, token=data["idToken"])
 
     def request(
@@ -144,10 +149,10 @@ def job_record(
     """A job of `uid` on the tiny model with TEST_QUOTE, as admission makes it, in `status`."""
     t = created_at or store.now()
     changes.setdefault("quote", TEST_QUOTE)
+    changes.setdefault("email", f"{uid}@example.com")
     return Job(
         id=job_id or store.new_id("ft-"),
         uid=uid,
-        email=f"{uid}@example.com",
         model=TINY_ID,
         dataset_id="ds-x",
         dataset_object=f"datasets/{uid}/ds-x.jsonl",
@@ -200,3 +205,37 @@ def result_of(trained_tokens: int) -> TrainerResult:
         last_epoch_mean_loss=1.0,
         train_seconds=0.1,
     )
+
+
+def held_job(uid: str, status: JobStatus = JobStatus.RUNNING, **changes: Any) -> Job:
+    """A stored job with a real hold of its quoted price on localstripe (the user needs a
+    card: save_test_card)."""
+    from shared import authorization
+
+    job_id = stored_job(uid, status, **changes)
+    stored = store.get_job(job_id)
+    assert stored is not None
+    return authorization.hold(stored, settings())
+
+
+def complete(job_id: str, trained_tokens: int) -> None:
+    """The trainer reports its result and Batch says the job succeeded."""
+    from shared import lifecycle
+
+    trainer_reports(job_id, result=result_of(trained_tokens))
+    lifecycle.on_batch_state(f"x/jobs/yachay-{job_id}", "SUCCEEDED", settings())
+
+
+def settled(job_id: str, timeout: float = 30.0) -> Job:
+    """The job once its payment is recorded and its hold ended (the local trigger relay
+    settles it)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = store.get_job(job_id)
+        assert job is not None
+        if job.payment is not None and (
+            job.authorization is None or not job.authorization.holding
+        ):
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"never settled: {store.get_job(job_id)}")

@@ -44,6 +44,7 @@ def test_production_with_a_project_loads() -> None:
             "YACHAY_ENV": "production",
             "GOOGLE_CLOUD_PROJECT": "yachay-prod",
             "YACHAY_AUTH_HEADER": "X-Forwarded-Authorization",
+            "YACHAY_TASKS_SERVICE_ACCOUNT": "tasks@yachay-prod.iam.gserviceaccount.com",
         }
     )
     assert not cfg.is_local

@@ -92,6 +92,7 @@ def test_every_function_is_reached_one_way_and_the_gateway_delivers_every_trigge
         "firestore",
         "pubsub",
         "storage",
+        "auth",
     }
     pushed = {t.function for t in routes.TRIGGERS if t.kind in ("pubsub", "storage")}
     assert {f for f, _ in gateway.PUSH_ENDPOINTS.values()} == pushed

@@ -76,6 +76,11 @@ def test_trigger_sources_name_what_exists() -> None:
             assert t.source == store.job_document("{jobId}")
         elif t.kind == "pubsub":  # the topic config reads and Terraform creates
             assert f'name       = "{getattr(cfg, t.source)}"' in project_tf
+        elif t.kind == "auth":  # the project's own Firebase Auth users: no source to name
+            assert (
+                t.source == ""
+                and 'resource   = "projects/${var.project_id}"' in (TF / "functions.tf").read_text()
+            )
         else:  # a bucket of terraform/storage.tf, the one config names
             assert table[t.function]["bucket"] in local("buckets")
             assert getattr(cfg, t.source) == f"{cfg.project_id}-{table[t.function]['bucket']}"
@@ -152,6 +157,7 @@ EXPECTED_ROLES = {
     "charger": {"roles/datastore.user", "roles/eventarc.eventReceiver"},
     "webhook": {"roles/datastore.user"},
     "notifier": {"roles/datastore.user", "roles/eventarc.eventReceiver"},
+    "eraser": {"roles/datastore.user", "roles/batch.jobsEditor"},
     "tasks": set(),
     "gateway": set(),
 }
@@ -164,6 +170,8 @@ EXPECTED_BUCKETS = {
         "checkpoints": "admin",
     },
     "notifier": {"adapters": "admin"},
+    "launcher": {"datasets": "viewer"},  # the sweep checks whether an abandoned upload arrived
+    "eraser": {"datasets": "admin", "adapters": "admin", "checkpoints": "admin"},
 }
 
 

@@ -1,0 +1,84 @@
+"""Deleting a Firebase user erases their account (shared.erasure), delivered as the Firebase
+Auth `user.delete` event to functions/auth_events. The local stack has no Auth-event delivery
+(the Auth emulator emits none), so the test delivers the same event to the function; every
+service behind it is the real local one."""
+
+from __future__ import annotations
+
+from cloudevents.http import CloudEvent
+
+from shared import storage, store
+from shared.config import settings
+from shared.records import AuthorizationStatus, JobStatus, PaymentStatus
+from tests.support.api import (
+    complete,
+    held_job,
+    save_test_card,
+    settled,
+    upload_dataset,
+)
+from tests.support.stripe import localstripe, payment_intents
+
+GOOD = b'{"prompt": "a", "completion": "b"}\n'
+
+
+def deleted(uid: str) -> CloudEvent:
+    return CloudEvent(
+        {"type": "google.firebase.auth.user.v1.deleted", "source": "firebaseauth.googleapis.com"},
+        {"uid": uid, "email": "gone@example.com"},
+    )
+
+
+def test_a_deleted_user_leaves_only_their_accounting_records(api, stack_env) -> None:
+    from functions.auth_events.main import auth_events
+
+    cfg = settings()
+    user, other = api.new_user(), api.new_user()
+    for u in (user, other):
+        save_test_card(u.uid)
+        upload_dataset(api, u, GOOD)
+    paid = held_job(user.uid)
+    complete(paid.id, trained_tokens=30_000)
+    assert settled(paid.id).payment.status == PaymentStatus.PAID
+    bucket = storage.client().bucket(cfg.artifacts_bucket)
+    bucket.blob(f"jobs/{paid.id}/adapter_model.safetensors").upload_from_string(b"w")
+    running = held_job(user.uid)
+    others_job = held_job(other.uid)
+    card = store.get_or_create_user(user.uid, None).payment_method.id
+    ledger = store.ledger_entries(user.uid)
+    assert [e.amount_cents for e in ledger] == [50]
+
+    auth_events(deleted(user.uid))
+
+    assert store.find_user(user.uid) is None
+    assert store.jobs_of(user.uid) == []
+    assert store.list_datasets(user.uid, 10, None)[0] == []
+    assert storage.list_names(cfg.datasets_bucket, f"datasets/{user.uid}/") == []
+    assert storage.list_names(cfg.artifacts_bucket, f"jobs/{paid.id}/") == []
+    assert store.ledger_entries(user.uid) == ledger  # kept: accounting records
+    assert store.get_charge(paid.id) is not None
+    [hold] = payment_intents(stack_env, running.id)  # the running job: stopped, not charged
+    assert hold["status"] == "canceled"
+    assert localstripe(stack_env, "GET", f"/v1/payment_methods/{card}")["customer"] is None
+    # Another user's account is untouched.
+    assert store.find_user(other.uid) is not None
+    assert len(store.list_datasets(other.uid, 10, None)[0]) == 1
+    kept = store.get_job(others_job.id)
+    assert kept.status == JobStatus.RUNNING and kept.authorization.status == (
+        AuthorizationStatus.AUTHORIZED
+    )
+
+    auth_events(deleted(user.uid))  # delivered again: nothing left, nothing fails
+    assert store.find_user(user.uid) is None
+
+
+def test_an_event_without_a_user_erases_nothing(api, stack_env) -> None:
+    from functions.auth_events.main import auth_events
+
+    user = api.new_user()
+    api.request("GET", "/v1/me", user)
+    for data in ({}, {"uid": ""}, {"uid": "../users"}, {"uid": 7}):
+        auth_events(
+            CloudEvent({"type": "google.firebase.auth.user.v1.deleted", "source": "t"}, data)
+        )
+    assert store.find_user(user.uid) is not None
