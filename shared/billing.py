@@ -45,6 +45,21 @@ def setup_card(uid: str, email: str | None, cfg: Settings) -> dict[str, Any]:
     return {"object": "setup_session", "url": url, "expires_at": expires.isoformat()}
 
 
+def portal_session(uid: str, email: str | None, cfg: Settings) -> dict[str, Any]:
+    """POST /v1/billing/portal-session: a Stripe billing-portal page for the user's customer.
+
+    Raises:
+        ApiError: payment_method_required (402) when the user never saved a card.
+    """
+    user = store.get_or_create_user(uid, email)
+    if not user.stripe_customer_id:
+        raise ApiError(
+            Code.PAYMENT_METHOD_REQUIRED,
+            "There is no billing account yet: save a card first (POST /v1/jobs/setup-card).",
+        )
+    return {"object": "portal_session", "url": payments.portal_url(cfg, user.stripe_customer_id)}
+
+
 def handle_event(event: dict[str, Any], cfg: Settings) -> str:
     """Acts on one verified Stripe event; returns what it did."""
     event_id, kind = event["id"], event["type"]

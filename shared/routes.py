@@ -111,6 +111,8 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/jobs/setup-card", "cards", "setupCard",
           "A Stripe Checkout page (setup mode) to save the card jobs are charged to.",
           per_minute=10),
+    Route("POST", "/v1/billing/portal-session", "cards", "createPortalSession",
+          "A Stripe billing-portal page (cards, receipts), made on demand.", per_minute=10),
     Route("POST", "/v1/stripe/webhook", "stripe_webhook", "stripeWebhook",
           "Stripe events (verified by Stripe-Signature, not Firebase).", auth=False),
     Route("POST", "/internal/tasks/launch-job", "launch_job", "launchJob",

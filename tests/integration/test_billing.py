@@ -30,6 +30,7 @@ from shared.records import (
 from tests.support.api import (
     jsonl,
     result_of,
+    save_test_card,
     stored_job,
     trainer_reports,
     upload_dataset,
@@ -503,3 +504,16 @@ def test_a_job_whose_payment_is_recorded_is_never_charged_again(api, stack_env) 
         assert billing.charge_job(job_id, settings()) == f"already {payment.status.value}"
         assert store.get_charge(job_id) is None
         assert store.get_job(job_id).payment == payment
+
+
+def test_a_portal_session_is_made_on_demand(api, stack_env) -> None:
+    user = api.new_user()
+    none = api.request("POST", "/v1/billing/portal-session", user)
+    assert none.status_code == 402 and none.json()["error"]["code"] == "payment_method_required"
+    save_test_card(user.uid)
+    resp = api.request("POST", "/v1/billing/portal-session", user)
+    assert resp.status_code == 201, resp.text
+    body = resp.json()
+    assert body["object"] == "portal_session" and "/local/portal/" in body["url"]  # stand-in
+    other = api.new_user()
+    assert api.request("POST", "/v1/billing/portal-session", other).status_code == 402

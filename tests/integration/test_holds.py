@@ -38,12 +38,6 @@ from tests.support.tiny import chat_records
 BIG_QUOTE = TEST_QUOTE._replace(billable_tokens=5_000_000, price_cents=500)
 
 
-
-
-
-
-
-
 def intent(stack, intent_id: str) -> dict:
     return localstripe(stack, "GET", f"/v1/payment_intents/{intent_id}")
 

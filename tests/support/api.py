@@ -233,9 +233,7 @@ def settled(job_id: str, timeout: float = 30.0) -> Job:
     while time.monotonic() < deadline:
         job = store.get_job(job_id)
         assert job is not None
-        if job.payment is not None and (
-            job.authorization is None or not job.authorization.holding
-        ):
+        if job.payment is not None and (job.authorization is None or not job.authorization.holding):
             return job
         time.sleep(0.2)
     raise AssertionError(f"never settled: {store.get_job(job_id)}")
