@@ -9,13 +9,13 @@ PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
 export PYTHONPATH := $(CURDIR):$(CURDIR)/trainer_image
 export NO_GCE_CHECK := true
 
-.PHONY: help install dev demo test test-fast lint format openapi bench bench-trainer lock clean
+.PHONY: help install dev demo test test-fast lint format openapi bench bench-trainer bench-count lock clean
 
 help:
 	@echo "make demo   - install, start the local stack, run the main flow end to end, stop"
 	@echo "make test   - install, lint, run every test (starts and stops what the tests need)"
 	@echo "make dev    - the local stack in the foreground until Ctrl-C"
-	@echo "make bench  - cold-start benchmark; make bench-trainer - trainer throughput vs HF"
+	@echo "make bench  - cold-start benchmark; make bench-trainer - trainer throughput vs HF; make bench-count - token counting MB/s vs a bare encode"
 
 # --- install (each step re-runs only when its inputs change) ---------------------------------
 install: $(LOCAL)/.venv.ok $(LOCAL)/.tasks-venv.ok $(LOCAL)/.stripe-venv.ok $(LOCAL)/.npm.ok \
@@ -91,6 +91,9 @@ openapi: $(LOCAL)/.venv.ok
 
 bench: install
 	$(PY) -m bench.cold_start
+
+bench-count: install $(SMOLLM2)/manifest.json
+	$(PY) -m bench.token_count
 
 bench-trainer: install $(SMOLLM2)/manifest.json
 	$(PY) -m bench.trainer_throughput

@@ -20,16 +20,18 @@ import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
+from itertools import islice
 from pathlib import Path
 from typing import Any, NamedTuple
 
 ROLES = ("system", "user", "assistant")
 MAX_LINE_BYTES = 4 << 20  # one record; a longer line is refused rather than read
-# Marking assistant turns renders the conversation up to each of them, so a record's work grows
-# with its messages squared: these caps bound it (a file's work then grows linearly with its
-# records). Well above what chat fine-tuning data holds.
+# A template whose turns cannot be found in one render is rendered up to each assistant turn, so
+# a record's work grows with its messages squared: these caps bound it (a file's work then grows
+# linearly with its records). Well above what chat fine-tuning data holds.
 MAX_MESSAGES = 200
 MAX_MESSAGE_CHARS = 200_000
+COUNT_CHUNK = 256  # records encoded together when counting a file
 
 
 class RecordError(ValueError):
@@ -213,31 +215,40 @@ class ChatTokenizer:
 
     def encode(self, record: Any, max_seq_length: int) -> EncodedExample:
         """Token ids and training targets of one record (see the module docstring)."""
-        fmt = record_format(record)
-        if fmt == "chat":
-            text, spans = self._chat_text(check_messages(record["messages"]))
-        else:
-            prompt, completion = record["prompt"], record["completion"]
-            if not isinstance(prompt, str) or not isinstance(completion, str):
-                raise RecordError("'prompt' and 'completion' must be strings")
-            if not completion:
-                raise RecordError("'completion' is empty: there is nothing to train on")
-            text = self.bos_token + prompt + completion + self.eos_token
-            spans = [(len(self.bos_token) + len(prompt), len(text))]
-        enc = self._tok.encode(text, add_special_tokens=False)
-        ids = enc.ids[:max_seq_length]
-        trained = _in_spans([start for start, _ in enc.offsets[: len(ids)]], spans)
-        return EncodedExample(ids, trained, truncated=len(enc.ids) > max_seq_length)
+        text, spans = self._text_and_spans(record)
+        return _example(self._tok.encode(text, add_special_tokens=False), spans, max_seq_length)
+
+    def _text_and_spans(self, record: Any) -> tuple[str, list[tuple[int, int]]]:
+        """The record's text as the model sees it, and the character spans it trains on."""
+        if record_format(record) == "chat":
+            return self._chat_text(check_messages(record["messages"]))
+        prompt, completion = record["prompt"], record["completion"]
+        if not isinstance(prompt, str) or not isinstance(completion, str):
+            raise RecordError("'prompt' and 'completion' must be strings")
+        if not completion:
+            raise RecordError("'completion' is empty: there is nothing to train on")
+        text = self.bos_token + prompt + completion + self.eos_token
+        return text, [(len(self.bos_token) + len(prompt), len(text))]
 
     def _chat_text(self, messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
         """The rendered conversation and the character spans of its assistant turns.
 
         A turn's span runs from the end of the conversation-so-far rendered with a generation
         prompt to the end of the conversation including that turn, which takes in the template's
-        end-of-turn marker. Templates where a turn is not a pure extension of the text before it
-        are refused rather than mis-labelled.
+        end-of-turn marker. One render marks them all when the template's turns are plain (the
+        turn markers learned once per tokenizer, checked around every turn); otherwise each turn
+        is rendered on its own (`_spans_by_render`, exact, work growing with turns squared).
         """
         full = self.render(messages)
+        spans = self._spans_in_one_render(full, messages)
+        if spans is None:
+            spans = self._spans_by_render(full, messages)
+        return full, spans
+
+    def _spans_by_render(self, full: str, messages: list[dict[str, str]]) -> list[tuple[int, int]]:
+        """Spans by rendering the conversation up to each assistant turn: the definition.
+        Templates where a turn is not a pure extension of the text before it are refused
+        rather than mis-labelled."""
         spans = []
         for i, m in enumerate(messages):
             if m["role"] != "assistant":
@@ -247,21 +258,108 @@ class ChatTokenizer:
             if not (through.startswith(before) and full.startswith(through)):
                 raise RecordError("this model's chat template cannot mark assistant turns here")
             spans.append((len(before), len(through)))
-        return full, spans
+        return spans
+
+    @cached_property
+    def _turn_markers(self) -> tuple[str, str] | None:
+        """(what precedes an assistant turn's text, what follows it), when one render of these
+        probe conversations marks exactly the spans `_spans_by_render` marks; else None."""
+        probe = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]
+        try:
+            [(start, end)] = self._spans_by_render(self.render(probe), probe)
+            through = self.render(probe)
+        except (RecordError, ValueError):
+            return None
+        plain = self.render(probe[:1])
+        prompted = self.render(probe[:1], add_generation_prompt=True)
+        if through[start : start + 1] != "A" or not prompted.startswith(plain):
+            return None
+        markers = (prompted[len(plain) :], through[start + 1 : end])
+        if not markers[0] or not markers[1].strip():
+            return None
+        for conversation in _PROBES:
+            full = self.render(conversation)
+            try:
+                exact = self._spans_by_render(full, conversation)
+            except RecordError:
+                return None
+            if _find_spans(full, conversation, markers) != exact:
+                return None
+        return markers
+
+    def _spans_in_one_render(
+        self, full: str, messages: list[dict[str, str]]
+    ) -> list[tuple[int, int]] | None:
+        markers = self._turn_markers
+        return None if markers is None else _find_spans(full, messages, markers)
 
     def count(self, records: Iterable[Any], max_seq_length: int) -> TokenCount:
-        """Totals over records, exactly as the trainer will see them."""
+        """Totals over records, exactly as the trainer will see them (`encode` of each). The
+        texts are encoded a chunk at a time with the library's batch encoder, which spreads the
+        work over the machine's cores."""
         kept = dropped = tokens = trained = truncated = 0
-        for record in records:
-            ex = self.encode(record, max_seq_length)
-            if ex.n_trained == 0:
-                dropped += 1
-                continue
-            kept += 1
-            tokens += ex.n_tokens
-            trained += ex.n_trained
-            truncated += ex.truncated
+        it = iter(records)
+        while chunk := [self._text_and_spans(r) for r in islice(it, COUNT_CHUNK)]:
+            encodings = self._tok.encode_batch([t for t, _ in chunk], add_special_tokens=False)
+            for (_, spans), enc in zip(chunk, encodings, strict=True):
+                ex = _example(enc, spans, max_seq_length)
+                if ex.n_trained == 0:
+                    dropped += 1
+                    continue
+                kept += 1
+                tokens += ex.n_tokens
+                trained += ex.n_trained
+                truncated += ex.truncated
         return TokenCount(kept, dropped, tokens, trained, truncated)
+
+
+def _example(enc: Any, spans: list[tuple[int, int]], max_seq_length: int) -> EncodedExample:
+    ids = enc.ids[:max_seq_length]
+    trained = _in_spans([start for start, _ in enc.offsets[: len(ids)]], spans)
+    return EncodedExample(ids, trained, truncated=len(enc.ids) > max_seq_length)
+
+
+_PROBES = (
+    [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hi"},
+        {"role": "user", "content": "Hi\nagain"},
+        {"role": "assistant", "content": " spaced  "},
+    ],
+    [
+        {"role": "user", "content": "x"},
+        {"role": "assistant", "content": "y"},
+        {"role": "assistant", "content": "z"},
+    ],
+)
+
+
+def _find_spans(
+    full: str, messages: list[dict[str, str]], markers: tuple[str, str]
+) -> list[tuple[int, int]] | None:
+    """The assistant spans of one rendered conversation found in a single left-to-right pass:
+    each message's text must appear in order, each assistant text right after the generation
+    prompt's tail and right before the end-of-turn marker. None when the rendered text does not
+    look like that (the caller then renders turn by turn)."""
+    lead, tail = markers
+    spans = []
+    cursor = 0
+    for m in messages:
+        content = m["content"]
+        if lead.strip() in content or tail.strip() in content:  # text that looks like markers
+            return None
+        at = full.find(content, cursor)
+        if at < 0 or (m["role"] == "assistant" and not content):
+            return None
+        end = at + len(content)
+        if m["role"] == "assistant":
+            if not full.startswith(lead, at - len(lead)) or not full.startswith(tail, end):
+                return None
+            end += len(tail)
+            spans.append((at, end))
+        cursor = end
+    return spans
 
 
 def _excerpt(value: Any, limit: int = 40) -> str:

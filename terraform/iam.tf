@@ -13,14 +13,18 @@ locals {
     gateway  = "Yachay API Gateway backend identity"
   }
 
+  # The API and the eraser only stop Batch jobs (a cancel, an erased account): a custom role that
+  # can read and delete them, never create one. Only the launcher creates Batch jobs.
+  batch_job_stopper = "projects/${var.project_id}/roles/yachayBatchJobStopper"
+
   project_roles = {
-    api      = ["roles/datastore.user", "roles/cloudtasks.enqueuer", "roles/batch.jobsEditor", "roles/firebaseauth.viewer", "roles/eventarc.eventReceiver"]
+    api      = ["roles/datastore.user", "roles/cloudtasks.enqueuer", local.batch_job_stopper, "roles/firebaseauth.viewer", "roles/eventarc.eventReceiver"]
     launcher = ["roles/datastore.user", "roles/batch.jobsEditor"]
     trainer  = ["roles/datastore.user", "roles/batch.agentReporter", "roles/logging.logWriter"]
     charger  = ["roles/datastore.user", "roles/eventarc.eventReceiver"]
     webhook  = ["roles/datastore.user"]
     notifier = ["roles/datastore.user", "roles/eventarc.eventReceiver"]
-    eraser   = ["roles/datastore.user", "roles/batch.jobsEditor"]
+    eraser   = ["roles/datastore.user", local.batch_job_stopper]
     tasks    = []
     gateway  = []
   }
@@ -53,11 +57,20 @@ resource "google_service_account" "role" {
   display_name = each.value
 }
 
+resource "google_project_iam_custom_role" "batch_job_stopper" {
+  project     = var.project_id
+  role_id     = "yachayBatchJobStopper"
+  title       = "Yachay: stop Batch jobs"
+  description = "Read and delete Cloud Batch jobs; never create one."
+  permissions = ["batch.jobs.get", "batch.jobs.delete"]
+}
+
 resource "google_project_iam_member" "role" {
-  for_each = { for b in local.project_bindings : "${b.sa}-${b.role}" => b }
-  project  = var.project_id
-  role     = each.value.role
-  member   = "serviceAccount:${google_service_account.role[each.value.sa].email}"
+  for_each   = { for b in local.project_bindings : "${b.sa}-${b.role}" => b }
+  project    = var.project_id
+  role       = each.value.role
+  member     = "serviceAccount:${google_service_account.role[each.value.sa].email}"
+  depends_on = [google_project_iam_custom_role.batch_job_stopper]
 }
 
 resource "google_storage_bucket_iam_member" "role" {

@@ -148,7 +148,7 @@ EXPECTED_ROLES = {
     "api": {
         "roles/datastore.user",
         "roles/cloudtasks.enqueuer",
-        "roles/batch.jobsEditor",
+        "${local.batch_job_stopper}",  # get and delete Batch jobs, never create
         "roles/firebaseauth.viewer",
         "roles/eventarc.eventReceiver",
     },
@@ -157,7 +157,7 @@ EXPECTED_ROLES = {
     "charger": {"roles/datastore.user", "roles/eventarc.eventReceiver"},
     "webhook": {"roles/datastore.user"},
     "notifier": {"roles/datastore.user", "roles/eventarc.eventReceiver"},
-    "eraser": {"roles/datastore.user", "roles/batch.jobsEditor"},
+    "eraser": {"roles/datastore.user", "${local.batch_job_stopper}"},
     "tasks": set(),
     "gateway": set(),
 }
@@ -187,6 +187,16 @@ def test_service_accounts_have_exactly_the_roles_their_code_needs() -> None:
     assert not any("roles/owner" in r or "roles/editor" in r for r in roles.values())
     everything = "".join(p.read_text() for p in TF.glob("*.tf"))
     assert not re.search(r"member\s*=\s*\"all(Authenticated)?Users\"", everything)
+
+
+def test_only_the_launcher_creates_batch_jobs() -> None:
+    assert local("batch_job_stopper").endswith("/roles/yachayBatchJobStopper")
+    iam = (TF / "iam.tf").read_text()
+    assert 'permissions = ["batch.jobs.get", "batch.jobs.delete"]' in iam
+    creators = {
+        sa for sa, roles in local("project_roles").items() if "roles/batch.jobsEditor" in roles
+    }
+    assert creators == {"launcher"}
 
 
 def test_internal_functions_are_not_reachable_from_the_internet() -> None:

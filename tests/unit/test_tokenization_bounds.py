@@ -58,12 +58,8 @@ def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> ChatTokenizer:
     return ChatTokenizer.from_dir(folder)
 
 
-def test_the_longest_record_allowed_renders_a_bounded_number_of_times(
-    tokenizer, monkeypatch
-) -> None:
-    """Rendering is the quadratic part; at the cap it is 1 + 2 per assistant turn, so a file's
-    work grows linearly with its records."""
-    calls = []
+def _counting_renders(tokenizer, monkeypatch) -> list[int]:
+    calls: list[int] = []
     real = tokenizer.render
 
     def counting(messages, add_generation_prompt=False):
@@ -71,9 +67,64 @@ def test_the_longest_record_allowed_renders_a_bounded_number_of_times(
         return real(messages, add_generation_prompt)
 
     monkeypatch.setattr(tokenizer, "render", counting)
-    tokenizer.count([conversation(MAX_MESSAGES)] * 3, max_seq_length=1 << 20)
-    assert len(calls) == 3 * (1 + MAX_MESSAGES)
-    assert max(calls) == MAX_MESSAGES
+    return calls
+
+
+def test_a_record_renders_once_whatever_its_length(tokenizer, monkeypatch) -> None:
+    """Rendering is the costly part: one render per record (then one linear scan), so the work
+    grows linearly with the input, not with a record's turns squared."""
+    assert tokenizer._turn_markers is not None  # learned once per tokenizer, before counting
+    calls = _counting_renders(tokenizer, monkeypatch)
+    for n in (2, 20, MAX_MESSAGES):
+        calls.clear()
+        tokenizer.count([conversation(n)] * 3, max_seq_length=1 << 20)
+        assert calls == [n] * 3
+
+
+def _random_conversation(rng: random.Random) -> list[dict[str, str]]:
+    words = ["hi", "user", "assistant", "Hi", " ", "x\n", "ok", "<|im_start|>", "é"]
+    messages = []
+    if rng.random() < 0.3:
+        messages.append({"role": "system", "content": rng.choice(words) * rng.randint(1, 3)})
+    for _ in range(rng.randint(1, 6)):
+        for role in ("user", "assistant"):
+            text = "".join(rng.choice(words) for _ in range(rng.randint(1, 5)))
+            messages.append({"role": role, "content": text})
+    return messages
+
+
+def test_one_render_marks_exactly_what_rendering_every_turn_marks(tokenizer) -> None:
+    rng = random.Random(11)
+    fast = 0
+    for _ in range(400):
+        messages = _random_conversation(rng)
+        full = tokenizer.render(messages)
+        found = tokenizer._spans_in_one_render(full, messages)
+        if found is not None:
+            fast += 1
+            assert found == tokenizer._spans_by_render(full, messages), messages
+    assert fast > 200  # the common path; texts holding marker look-alikes fall back
+
+
+def test_a_template_whose_turns_are_not_plain_falls_back_to_rendering_each_turn(
+    tmp_path: Path,
+) -> None:
+    """A template that rewrites the text (here: strips it) cannot be scanned; counting still
+    marks the exact spans, turn by turn."""
+    build_tokenizer(tmp_path)
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    config["chat_template"] = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] | trim }}"
+        "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    (tmp_path / "chat_template.jinja").unlink(missing_ok=True)
+    tok = ChatTokenizer.from_dir(tmp_path)
+    assert tok._turn_markers is None
+    messages = [{"role": "user", "content": " q "}, {"role": "assistant", "content": " a "}]
+    full, spans = tok._chat_text(messages)
+    assert spans == tok._spans_by_render(full, messages)
+    assert full[spans[0][0] : spans[0][1]] == "a<|im_end|>\n"
 
 
 def test_a_report_quotes_user_values_briefly_and_stays_small() -> None:
