@@ -202,9 +202,14 @@ def relaunch_stale(cfg: Settings, now: datetime | None = None) -> list[str]:
     first enqueue failed after the job was stored). Launching is idempotent, so a job whose task
     is merely slow is not harmed."""
     ids = store.stale_queued_jobs((now or store.now()) - STALE_AFTER)
-    for job_id in ids:
-        tasks.enqueue_launch(job_id, cfg)
-    return ids
+    enqueued = []
+    for job_id in ids:  # each on its own: one that fails is logged and retried next sweep
+        try:
+            tasks.enqueue_launch(job_id, cfg)
+            enqueued.append(job_id)
+        except Exception as exc:
+            logs.warning("relaunch not enqueued", job_id=job_id, error=repr(exc))
+    return enqueued
 
 
 # --- Batch notifications ---------------------------------------------------------------------

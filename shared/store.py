@@ -648,7 +648,7 @@ def stale_queued_jobs(before: datetime) -> list[str]:
         .where(filter=FieldFilter("status", "==", JobStatus.QUEUED.value))
         .where(filter=FieldFilter("created_at", "<", before))
     )
-    return [s.id for s in query.stream() if not s.get("batch_job")]
+    return [s.id for s in query.stream() if not (s.to_dict() or {}).get("batch_job")]
 
 
 def jobs_held_since(before: datetime) -> list[Job]:

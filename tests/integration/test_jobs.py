@@ -590,3 +590,31 @@ def test_a_trainer_dies_with_the_local_batch_that_started_it(stack_env, tmp_path
         os.killpg(parent.pid, signal.SIGKILL)
         parent.wait()
     assert trainers_stop(cfg.job_id)
+
+
+def test_one_malformed_job_never_stops_the_relaunch_sweep(api, stack_env, monkeypatch) -> None:
+    from datetime import timedelta
+
+    from google.cloud import firestore
+
+    from shared import tasks
+
+    user = api.new_user()
+    old = store.now() - timedelta(minutes=30)
+    broken = stored_job(user.uid, JobStatus.QUEUED, created_at=old)
+    # A document written by an older version, without the field the sweep reads.
+    store.client().document(store.job_document(broken)).update(
+        {"batch_job": firestore.DELETE_FIELD}
+    )
+    failing = stored_job(user.uid, JobStatus.QUEUED, created_at=old)
+    fine = stored_job(user.uid, JobStatus.QUEUED, created_at=old)
+    enqueued = []
+
+    def enqueue(job_id, cfg):
+        if job_id == failing:
+            raise ConnectionError("Cloud Tasks refused this one")
+        enqueued.append(job_id)
+
+    monkeypatch.setattr(tasks, "enqueue_launch", enqueue)
+    swept = lifecycle.relaunch_stale(settings())
+    assert sorted(swept) == sorted(enqueued) == sorted([broken, fine])
