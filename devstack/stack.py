@@ -168,7 +168,22 @@ class Stack:
     # -- lifecycle -----------------------------------------------------------------------------
 
     def start(self, timeout_s: float = 120.0) -> Stack:
-        """Start every service and wait until each answers; on any failure stop them all."""
+        """Start every service and wait until each answers; on any failure stop them all.
+
+        Raises:
+            LeftoverTrainers: a trainer started by an earlier stack of this checkout still runs (it
+                would write into this stack's emulators); nothing is started.
+        """
+        if self.with_api:
+            from shared.batch import local_trainers
+
+            leftover = local_trainers(ROOT)
+            if leftover:
+                raise LeftoverTrainers(
+                    f"trainers of an earlier local stack of {ROOT} still run (pids "
+                    f"{', '.join(map(str, leftover))}); stop them first: kill -9 "
+                    + " ".join(map(str, leftover))
+                )
         try:
             _write_signing_key(self.run_dir / "signing-key.json")
             for name, argv, cwd, extra_env in self._commands():
@@ -469,6 +484,10 @@ class StackError(RuntimeError):
     def __init__(self, service: str, problem: str, log: Path) -> None:
         tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
         super().__init__(f"{service} {problem}; log {log}:\n{tail}")
+
+
+class LeftoverTrainers(RuntimeError):
+    """Trainers of an earlier stack of this checkout still run."""
 
 
 def _signal_group(popen: subprocess.Popen[bytes], sig: int) -> None:

@@ -156,6 +156,21 @@ _DIE_WITH_PARENT = (
 )
 
 
+TRAINER_MARK = "YACHAY_LOCAL_TRAINER_OF"  # the checkout a local trainer belongs to
+
+
+def local_trainers(root: Path) -> list[int]:
+    """Pids of local trainers started from the checkout at `root` that are still running (read
+    from /proc: each carries TRAINER_MARK in its environment)."""
+    mark = f"{TRAINER_MARK}={root}".encode()
+    pids = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        with contextlib.suppress(OSError):
+            if mark in environ.read_bytes().split(b"\0"):
+                pids.append(int(environ.parent.name))
+    return sorted(pids)
+
+
 class LocalBatch:
     """Runs each job's trainer as a subprocess of this process (the local gateway)."""
 
@@ -203,6 +218,7 @@ class LocalBatch:
         env["GOOGLE_CLOUD_PROJECT"] = self.cfg.project_id
         env["HF_HUB_OFFLINE"] = "1"  # as in the image: the trainer never calls a model hub
         env["PYTHONPATH"] = f"{root}{os.pathsep}{root / 'trainer_image'}"
+        env[TRAINER_MARK] = str(root)  # local_trainers() finds it by this
         return env
 
     def _run(self, name: str, trainer: TrainerConfig) -> None:

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from devstack.stack import ROOT
 from shared import admission, errors, lifecycle, store
+from shared.batch import local_trainers
 from shared.config import settings
 from shared.contract import FailureKind, TrainerFailure
 from shared.pricing import MIN_CHARGE_CENTS
@@ -138,6 +140,7 @@ def test_sigterm_mid_run_is_retried_and_resumes_to_the_same_count(
     wait_for_step(stack, job["id"], 5)
     pids = trainer_pids(job["id"])
     assert pids, "the trainer should be running"
+    assert set(pids) <= set(local_trainers(ROOT))  # what a new stack refuses to start beside
     for pid in pids:
         os.kill(pid, signal.SIGTERM)  # what a Spot preemption notice does
     done = wait_for(api, user, job["id"], lambda j: j["status"] in ENDED)

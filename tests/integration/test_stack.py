@@ -82,3 +82,28 @@ def test_stopping_ends_every_process_group(tmp_path: Path) -> None:
     stack.stop()
     assert not processes_mentioning(marks)
     assert not (tmp_path / "stack.json").exists()
+
+
+def test_a_stack_refuses_to_start_beside_an_earlier_stacks_trainer(tmp_path: Path) -> None:
+    """A trainer left by an earlier stack of this checkout would write into the new stack's
+    emulators on the same ports: the new stack names it and starts nothing."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from devstack.stack import ROOT, LeftoverTrainers
+    from shared.batch import TRAINER_MARK
+
+    orphan = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(120)"],
+        env={**os.environ, TRAINER_MARK: str(ROOT)},
+        start_new_session=True,
+    )
+    try:
+        with pytest.raises(LeftoverTrainers, match=f"kill -9 .*{orphan.pid}"):
+            Stack(tmp_path).start(timeout_s=60)
+        assert not processes_mentioning([str(tmp_path)])
+    finally:
+        os.killpg(orphan.pid, signal.SIGKILL)
+        orphan.wait()
