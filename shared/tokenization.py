@@ -17,6 +17,7 @@ Depends only on `tokenizers` and `jinja2`, never on transformers, so functions s
 from __future__ import annotations
 
 import json
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -302,15 +303,30 @@ class ChatTokenizer:
         while chunk := [self._text_and_spans(r) for r in islice(it, COUNT_CHUNK)]:
             encodings = self._tok.encode_batch([t for t, _ in chunk], add_special_tokens=False)
             for (_, spans), enc in zip(chunk, encodings, strict=True):
-                ex = _example(enc, spans, max_seq_length)
-                if ex.n_trained == 0:
+                offsets = enc.offsets
+                n_tokens, n_trained = _counted(offsets, spans, max_seq_length)
+                if n_trained == 0:
                     dropped += 1
                     continue
                 kept += 1
-                tokens += ex.n_tokens
-                trained += ex.n_trained
-                truncated += ex.truncated
+                tokens += n_tokens
+                trained += n_trained
+                truncated += len(offsets) > max_seq_length
         return TokenCount(kept, dropped, tokens, trained, truncated)
+
+
+def _counted(
+    offsets: list[tuple[int, int]], spans: list[tuple[int, int]], max_seq_length: int
+) -> tuple[int, int]:
+    """(tokens, trained tokens) of one encoding cut to max_seq_length: what `_example` counts,
+    without building the mask. A token is trained when its start lies in a span; token starts
+    never decrease, so each span's tokens are found by bisection."""
+    n = min(len(offsets), max_seq_length)
+    trained = sum(
+        bisect_left(offsets, (end,), 0, n) - bisect_left(offsets, (start,), 0, n)
+        for start, end in spans
+    )
+    return n, trained
 
 
 def _example(enc: Any, spans: list[tuple[int, int]], max_seq_length: int) -> EncodedExample:

@@ -138,3 +138,19 @@ def test_a_report_quotes_user_values_briefly_and_stays_small() -> None:
     assert all(len(e.message) <= MAX_ERROR_CHARS for e in report.errors)
     assert report.errors[0].line == 1 and "messages[0].role" in report.errors[0].message
     assert len(json.dumps(report.to_doc())) < 20_000
+
+
+def test_counting_a_file_agrees_with_encoding_each_record(tokenizer) -> None:
+    """count() (batched, trained tokens found by bisection) totals exactly what encode() (the
+    trainer's path, a mask per token) gives record by record, truncation included."""
+    rng = random.Random(5)
+    records = [{"messages": _random_conversation(rng)} for _ in range(700)]
+    records += [{"prompt": "p " * rng.randint(0, 9), "completion": "c é" * rng.randint(1, 9)}]
+    for max_len in (8, 64, 4096):
+        examples = [tokenizer.encode(r, max_len) for r in records]
+        kept = [e for e in examples if e.n_trained]
+        total = tokenizer.count(records, max_len)
+        assert total.examples == len(kept) and total.dropped == len(examples) - len(kept)
+        assert total.tokens == sum(e.n_tokens for e in kept)
+        assert total.trained_tokens == sum(e.n_trained for e in kept)
+        assert total.truncated == sum(e.truncated for e in kept)
