@@ -417,17 +417,24 @@ def delete_dataset(dataset: Dataset) -> None:
     batch.commit()
 
 
-def abandoned_uploads(before: datetime) -> list[Dataset]:
-    """Datasets still waiting for their upload that were created before `before`."""
+def _in_status_since(collection: str, status: str, before: datetime) -> Iterator[Any]:
+    """Snapshots of the documents in `status` created before `before` (one composite index
+    each, in terraform/project.tf)."""
     from google.cloud.firestore_v1.base_query import FieldFilter
 
     query = (
         client()
-        .collection(DATASETS)
-        .where(filter=FieldFilter("status", "==", DatasetStatus.PENDING_UPLOAD.value))
+        .collection(collection)
+        .where(filter=FieldFilter("status", "==", status))
         .where(filter=FieldFilter("created_at", "<", before))
     )
-    return [Dataset.from_doc(s.to_dict() or {}) for s in query.stream()]
+    return iter(query.stream())
+
+
+def abandoned_uploads(before: datetime) -> list[Dataset]:
+    """Datasets still waiting for their upload that were created before `before`."""
+    snaps = _in_status_since(DATASETS, DatasetStatus.PENDING_UPLOAD.value, before)
+    return [Dataset.from_doc(s.to_dict() or {}) for s in snaps]
 
 
 # --- jobs ------------------------------------------------------------------------------------
@@ -640,15 +647,8 @@ def set_job_payment(job: Job, payment: Payment) -> None:
 
 def stale_queued_jobs(before: datetime) -> list[str]:
     """Ids of jobs still queued without a Batch job that were created before `before`."""
-    from google.cloud.firestore_v1.base_query import FieldFilter
-
-    query = (
-        client()
-        .collection(JOBS)
-        .where(filter=FieldFilter("status", "==", JobStatus.QUEUED.value))
-        .where(filter=FieldFilter("created_at", "<", before))
-    )
-    return [s.id for s in query.stream() if not (s.to_dict() or {}).get("batch_job")]
+    snaps = _in_status_since(JOBS, JobStatus.QUEUED.value, before)
+    return [s.id for s in snaps if not (s.to_dict() or {}).get("batch_job")]
 
 
 def jobs_held_since(before: datetime) -> list[Job]:
