@@ -24,6 +24,7 @@ import threading
 from pathlib import Path
 from typing import Any, Protocol
 
+from shared import logs
 from shared.catalog import ModelSpec
 from shared.config import Settings
 from shared.contract import EXIT_OK, FAIL_EXIT_CODES, RETRYABLE_EXIT_CODES, TrainerConfig
@@ -51,6 +52,10 @@ class BatchBackend(Protocol):
 
     def delete(self, name: str) -> None:
         """Stops and deletes the Batch job; deleting one that is gone is not an error."""
+
+    def state(self, name: str) -> str | None:
+        """Batch's own state of the job (QUEUED, SCHEDULED, RUNNING, SUCCEEDED, FAILED, ...),
+        or None when Batch knows no such job."""
 
 
 def job_name(cfg: Settings, job_id: str) -> str:
@@ -133,6 +138,14 @@ class CloudBatch:
         with contextlib.suppress(NotFound):
             self.client.delete_job(name=name)
 
+    def state(self, name: str) -> str | None:
+        from google.api_core.exceptions import NotFound
+
+        try:
+            return str(self.client.get_job(name=name).status.state.name)
+        except NotFound:
+            return None
+
 
 # --- local -----------------------------------------------------------------------------------
 
@@ -142,6 +155,7 @@ class _LocalJob:
         self.process: subprocess.Popen[bytes] | None = None
         self.deleted = False
         self.exit_codes: list[int] = []
+        self.state = "QUEUED"
 
 
 # Starts the trainer so that it dies with the process that started it (Linux: the parent-death
@@ -200,6 +214,11 @@ class LocalBatch:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(job.process.pid, signal.SIGKILL)
 
+    def state(self, name: str) -> str | None:
+        with self._lock:
+            job = self._jobs.get(name)
+        return None if job is None else job.state
+
     def environment(self, trainer: TrainerConfig) -> dict[str, str]:
         """Exactly the container's environment, plus where the emulators are."""
         root = Path(__file__).resolve().parent.parent
@@ -222,6 +241,19 @@ class LocalBatch:
         return env
 
     def _run(self, name: str, trainer: TrainerConfig) -> None:
+        """Runs the job; if the executor itself fails before the trainer starts (a Pub/Sub
+        publish that times out, say), the job is forgotten, as Batch would fail to create it:
+        its state reads None and the reconciler launches it again."""
+        try:
+            self._attempts(name, trainer)
+        except Exception as exc:
+            job = self._jobs.get(name)
+            if job is not None and job.process is None:
+                with self._lock:
+                    self._jobs.pop(name, None)
+            logs.warning("local Batch job failed to run", name=name, error=repr(exc))
+
+    def _attempts(self, name: str, trainer: TrainerConfig) -> None:
         job = self._jobs[name]
         self._publish(name, "SCHEDULED")
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -253,6 +285,9 @@ class LocalBatch:
     def _publish(self, name: str, state: str) -> None:
         from google.cloud import pubsub_v1  # type: ignore[attr-defined]  # ships no types
 
+        job = self._jobs.get(name)
+        if job is not None:
+            job.state = state
         publisher = pubsub_v1.PublisherClient()
         topic = publisher.topic_path(self.cfg.project_id, self.cfg.batch_topic)
         data = json.dumps({"name": name, "status": {"state": state}}).encode()

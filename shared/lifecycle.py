@@ -212,6 +212,66 @@ def relaunch_stale(cfg: Settings, now: datetime | None = None) -> list[str]:
     return enqueued
 
 
+# --- the reconciler --------------------------------------------------------------------------
+
+STUCK_AFTER = timedelta(minutes=30)  # an active job unchanged this long: ask Batch itself
+SETTLE_AFTER = timedelta(minutes=10)  # an ended job its charge trigger should have settled
+
+
+def reconcile(cfg: Settings, now: datetime | None = None) -> list[str]:
+    """The scheduled repair of what at-least-once delivery can still lose: asks Batch for the
+    real state of every active job unchanged for STUCK_AFTER and applies it through the same
+    state machine (a notification Eventarc finally dropped), launches again a job whose Batch
+    job never came to be, and settles ended jobs whose charge trigger never ran (or whose hold
+    is still held). Each job is handled on its own; returns what was done."""
+    t = now or store.now()
+    outcomes = []
+    for job in store.active_jobs_unchanged_since(t - STUCK_AFTER):
+        outcomes.append(_each(job, lambda j: _ask_batch(j, cfg)))
+    for job in store.ended_jobs_unsettled_since(t - SETTLE_AFTER):
+        outcomes.append(_each(job, lambda j: _settle(j, cfg)))
+    return [o for o in outcomes if o]
+
+
+def _each(job: Job, act: Callable[[Job], str | None]) -> str | None:
+    try:
+        done = act(job)
+    except Exception as exc:
+        logs.warning(
+            "reconcile failed for a job; the next sweep retries", job_id=job.id, error=repr(exc)
+        )
+        return f"{job.id}: error"
+    return None if done is None else f"{job.id}: {done}"
+
+
+def _ask_batch(job: Job, cfg: Settings) -> str | None:
+    name = job.batch_job
+    if name is None:
+        return None  # never launched: relaunch_stale's
+    state = batch.backend(cfg).state(name)
+    if state in ("SUCCEEDED", "FAILED") or (state == "RUNNING" and job.status == JobStatus.QUEUED):
+        return f"Batch says {state}: {on_batch_state(name, state, cfg)}"
+    if state is not None:
+        return None  # Batch agrees it is still going
+    if job.status == JobStatus.RUNNING:  # Batch lost a running job
+        return f"Batch knows no such job: {on_batch_state(name, 'FAILED', cfg)}"
+
+    def forget(j: Job) -> tuple[Job, Mail | None] | None:
+        if j.status != JobStatus.QUEUED or j.batch_job != name:
+            return None
+        return j._replace(batch_job=None), None
+
+    store.update_job(job.id, forget)
+    tasks.enqueue_launch(job.id, cfg)
+    return "its Batch job never came to be: launched again"
+
+
+def _settle(job: Job, cfg: Settings) -> str | None:
+    from shared import billing
+
+    return f"settled: {billing.charge_job(job.id, cfg)}"
+
+
 # --- Batch notifications ---------------------------------------------------------------------
 
 NO_RESULT = JobFailure(
@@ -250,6 +310,10 @@ def on_batch_state(batch_name: str, state: str, cfg: Settings) -> str:
         else:
             return f"ignored {state}"
     except InvalidTransition as exc:
+        if state == "SUCCEEDED" and exc.current == JobStatus.COMPLETED:
+            done = store.get_job(job_id)  # a redelivery: the retention write may have failed
+            if done is not None and done.expires_at is not None:
+                artifacts.set_retention(job_id, done.expires_at, cfg)
         return f"already {exc.current.value}"
     return f"{job_id}: {state}"
 

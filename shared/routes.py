@@ -118,8 +118,8 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/internal/tasks/launch-job", "launch_job", "launchJob",
           "Cloud Tasks target: launches a queued job's Batch job.", auth=False, internal=True),
     Route("POST", "/internal/tasks/relaunch-stale", "launch_job", "relaunchStale",
-          "Cloud Scheduler target: the sweep (queued jobs that never launched, card holds "
-          "near expiry, dataset uploads that never came).",
+          "Cloud Scheduler target: the sweep (queued jobs that never launched, the "
+          "reconciler, card holds near expiry, dataset uploads that never came).",
           auth=False, internal=True),
 )
 # fmt: on

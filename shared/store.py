@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from shared.config import settings
 from shared.errors import Contended
 from shared.records import (
+    ACTIVE_STATUSES,
     AuthorizationStatus,
     Charge,
     ChargeStatus,
@@ -649,6 +650,39 @@ def stale_queued_jobs(before: datetime) -> list[str]:
     """Ids of jobs still queued without a Batch job that were created before `before`."""
     snaps = _in_status_since(JOBS, JobStatus.QUEUED.value, before)
     return [s.id for s in snaps if not (s.to_dict() or {}).get("batch_job")]
+
+
+def active_jobs_unchanged_since(before: datetime) -> list[Job]:
+    """Queued or running jobs whose record has not changed since `before` (the reconciler's)."""
+    from google.cloud.firestore_v1.base_query import FieldFilter
+
+    query = (
+        client()
+        .collection(JOBS)
+        .where(filter=FieldFilter("status", "in", [s.value for s in ACTIVE_STATUSES]))
+        .where(filter=FieldFilter("updated_at", "<", before))
+    )
+    return [Job.from_doc(s.to_dict() or {}) for s in query.stream()]
+
+
+def ended_jobs_unsettled_since(before: datetime) -> list[Job]:
+    """Jobs ended before `before` whose payment was never recorded, or whose card hold still
+    holds (their charge trigger never ran to the end)."""
+    from google.cloud.firestore_v1.base_query import FieldFilter
+
+    ended = [JobStatus.COMPLETED.value, JobStatus.CANCELLED.value, JobStatus.FAILED.value]
+    unpaid = (
+        client()
+        .collection(JOBS)
+        .where(filter=FieldFilter("status", "in", ended))
+        .where(filter=FieldFilter("payment", "==", None))
+        .where(filter=FieldFilter("ended_at", "<", before))
+    )
+    found = {s.id: Job.from_doc(s.to_dict() or {}) for s in unpaid.stream()}
+    for job in jobs_held_since(before):
+        if job.status.ended and job.ended_at is not None and job.ended_at < before:
+            found[job.id] = job
+    return list(found.values())
 
 
 def jobs_held_since(before: datetime) -> list[Job]:

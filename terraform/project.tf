@@ -77,6 +77,37 @@ resource "google_firestore_index" "held_since" {
   }
 }
 
+# lifecycle.reconcile: status in (queued, running) and updated_at < t; ended jobs with no payment.
+resource "google_firestore_index" "unchanged_active" {
+  database   = google_firestore_database.default.name
+  collection = "jobs"
+  fields {
+    field_path = "status"
+    order      = "ASCENDING"
+  }
+  fields {
+    field_path = "updated_at"
+    order      = "ASCENDING"
+  }
+}
+
+resource "google_firestore_index" "unsettled_ended" {
+  database   = google_firestore_database.default.name
+  collection = "jobs"
+  fields {
+    field_path = "status"
+    order      = "ASCENDING"
+  }
+  fields {
+    field_path = "payment"
+    order      = "ASCENDING"
+  }
+  fields {
+    field_path = "ended_at"
+    order      = "ASCENDING"
+  }
+}
+
 # datasets.sweep_abandoned: status == pending_upload and created_at < t.
 resource "google_firestore_index" "abandoned_uploads" {
   database   = google_firestore_database.default.name

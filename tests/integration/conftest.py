@@ -31,6 +31,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     extra = {
         "YACHAY_CATALOG_PATH": str(tiny_catalog(run_dir / "catalog.json")),
         "YACHAY_LOCAL_BATCH_LOGS": str(run_dir / "batch-logs"),
+        # No background sweep: each test runs the sweep it checks, so none races its records.
+        "YACHAY_LOCAL_SWEEP_S": "0",
     }
     s = Stack(run_dir, extra_env=extra)
     s.start()
