@@ -17,12 +17,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from shared import logs
 from shared.catalog import ModelSpec
@@ -46,6 +47,14 @@ def our_job_id(batch_name: str) -> str | None:
     return short.removeprefix(JOB_PREFIX) if short.startswith(JOB_PREFIX) else None
 
 
+class RunEnd(NamedTuple):
+    """How a Batch job's runs ended: how many attempts, and the last one's exit code (negative:
+    killed by that signal, as Popen reports; None when Batch did not say)."""
+
+    attempts: int
+    exit_code: int | None
+
+
 class BatchBackend(Protocol):
     def submit(self, job_id: str, trainer: TrainerConfig, spec: ModelSpec) -> str:
         """Creates the Batch job `job_id` (or finds it made already); returns its name."""
@@ -56,6 +65,9 @@ class BatchBackend(Protocol):
     def state(self, name: str) -> str | None:
         """Batch's own state of the job (QUEUED, SCHEDULED, RUNNING, SUCCEEDED, FAILED, ...),
         or None when Batch knows no such job."""
+
+    def run_end(self, name: str) -> RunEnd | None:
+        """How the job's attempts ended, or None when Batch cannot say."""
 
 
 def job_name(cfg: Settings, job_id: str) -> str:
@@ -146,6 +158,18 @@ class CloudBatch:
         except NotFound:
             return None
 
+    def run_end(self, name: str) -> RunEnd | None:
+        """From the job's status events: Batch writes one per failed attempt, naming its exit
+        code ("... failed ... with exit code 137")."""
+        from google.api_core.exceptions import NotFound
+
+        try:
+            events = self.client.get_job(name=name).status.status_events
+        except NotFound:
+            return None
+        codes = [int(m) for e in events for m in _EXIT_CODE.findall(e.description or "")]
+        return RunEnd(len(codes), codes[-1]) if codes else None
+
 
 # --- local -----------------------------------------------------------------------------------
 
@@ -170,6 +194,7 @@ _DIE_WITH_PARENT = (
 )
 
 
+_EXIT_CODE = re.compile(r"exit code (-?\d+)")
 TRAINER_MARK = "YACHAY_LOCAL_TRAINER_OF"  # the checkout a local trainer belongs to
 
 
@@ -218,6 +243,13 @@ class LocalBatch:
         with self._lock:
             job = self._jobs.get(name)
         return None if job is None else job.state
+
+    def run_end(self, name: str) -> RunEnd | None:
+        with self._lock:
+            job = self._jobs.get(name)
+        if job is None or not job.exit_codes:
+            return None
+        return RunEnd(len(job.exit_codes), job.exit_codes[-1])
 
     def environment(self, trainer: TrainerConfig) -> dict[str, str]:
         """Exactly the container's environment, plus where the emulators are."""

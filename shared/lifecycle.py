@@ -13,6 +13,7 @@ the job id), a repeated state notification finds the transition already done.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -303,7 +304,9 @@ def on_batch_state(batch_name: str, state: str, cfg: Settings) -> str:
             )
             artifacts.set_retention(job_id, expires, cfg)
         elif state in ("SUCCEEDED", "FAILED"):
-            failure = NO_RESULT if state == "SUCCEEDED" else failure_of(job)
+            failure = (
+                NO_RESULT if state == "SUCCEEDED" else failure_of(job, _run_end(batch_name, cfg))
+            )
             transition(
                 job_id, JobStatus.FAILED, failure.message, lambda j: j._replace(failure=failure)
             )
@@ -318,8 +321,36 @@ def on_batch_state(batch_name: str, state: str, cfg: Settings) -> str:
     return f"{job_id}: {state}"
 
 
-def failure_of(job: Job) -> JobFailure:
-    """The user's reason for a failed run, from what the trainer reported (if anything)."""
+def _run_end(name: str, cfg: Settings) -> batch.RunEnd | None:
+    try:
+        return batch.backend(cfg).run_end(name)
+    except Exception as exc:  # the reason is a courtesy: never fail the transition for it
+        logs.warning("Batch did not say how the job ended", name=name, error=repr(exc))
+        return None
+
+
+def _how_it_ended(end: batch.RunEnd | None) -> str:
+    """What happened to the last attempt, in words, and whether there were retries."""
+    if end is None:
+        return "The training run failed on our side"
+    code = end.exit_code
+    if code is not None and (code < 0 or code > 128 and code - 128 < 65):
+        number = -code if code < 0 else code - 128
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            name = f"signal {number}"
+        how = f"The trainer was killed by {name}"
+    elif code is not None:
+        how = f"The trainer stopped with exit code {code}"
+    else:
+        how = "The training run failed on our side"
+    return how + (f" (after {end.attempts} attempts)" if end.attempts > 1 else "")
+
+
+def failure_of(job: Job, end: batch.RunEnd | None = None) -> JobFailure:
+    """The user's reason for a failed run, from what the trainer reported (if anything) and
+    how Batch says its attempts ended."""
     reported = job.trainer_failure
     if reported is not None and reported.kind == FailureKind.USER_ERROR:
         return JobFailure(
@@ -331,8 +362,8 @@ def failure_of(job: Job) -> JobFailure:
         return JobFailure(FailureCode.OUT_OF_MEMORY, reported.message)
     return JobFailure(
         FailureCode.PLATFORM_ERROR,
-        "The training run failed on our side (after retries); you are not charged. Submit "
-        "again, or contact support with the job id.",
+        f"{_how_it_ended(end)}; you are not charged. Submit again, or contact support with "
+        "the job id.",
     )
 
 

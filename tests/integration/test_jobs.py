@@ -161,7 +161,9 @@ def test_trainer_killed_mid_run_fails_with_an_actionable_reason(api, stack, tiny
     done = wait_for(api, user, job["id"], lambda j: j["status"] in ENDED)
     assert done["status"] == "failed"
     assert done["failure"]["code"] == "platform_error"
-    assert "not charged" in done["failure"]["message"]
+    message = done["failure"]["message"]
+    assert "not charged" in message and "killed by SIGKILL" in message, message
+    assert "attempts" not in message  # a SIGKILL is not retried: one attempt, no "after"
 
 
 def test_cancel_running_stops_the_trainer(api, stack, tiny_in_store) -> None:
