@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import queue
 import re
 import signal
 import subprocess
@@ -211,14 +212,22 @@ def local_trainers(root: Path) -> list[int]:
 
 
 class LocalBatch:
-    """Runs each job's trainer as a subprocess of this process (the local gateway)."""
+    """Runs each job's trainer as a subprocess of this process (the local gateway).
+
+    Like Batch on a machine with room for `slots` tasks: jobs wait in submission order (QUEUED)
+    until a slot frees, then run (SCHEDULED, RUNNING). One slot by default, so local runs never
+    thrash a small machine (YACHAY_LOCAL_BATCH_SLOTS); each trainer gets an equal share of the
+    cores for torch's threads."""
 
     _jobs: dict[str, _LocalJob] = {}
     _lock = threading.Lock()
+    _queue: queue.SimpleQueue[tuple[str, TrainerConfig]] = queue.SimpleQueue()
+    _workers = 0
 
     def __init__(self, cfg: Settings) -> None:
         self.cfg = cfg
         self.logs = Path(os.environ.get("YACHAY_LOCAL_BATCH_LOGS", "/tmp/yachay-local-batch"))
+        self.slots = max(1, int(os.environ.get("YACHAY_LOCAL_BATCH_SLOTS", "1")))
 
     def submit(self, job_id: str, trainer: TrainerConfig, spec: ModelSpec) -> str:
         name = job_name(self.cfg, job_id)
@@ -226,8 +235,20 @@ class LocalBatch:
             if name in self._jobs:
                 return name  # Batch would answer ALREADY_EXISTS
             self._jobs[name] = _LocalJob()
-        threading.Thread(target=self._run, args=(name, trainer), daemon=True).start()
+            start_worker = LocalBatch._workers < self.slots
+            LocalBatch._workers += start_worker
+        self._queue.put((name, trainer))
+        if start_worker:
+            threading.Thread(target=self._work, daemon=True).start()
         return name
+
+    def _work(self) -> None:
+        """One slot: runs queued jobs one after another, in the order they came."""
+        while True:
+            name, trainer = self._queue.get()
+            job = self._jobs.get(name)
+            if job is not None and not job.deleted:
+                self._run(name, trainer)
 
     def delete(self, name: str) -> None:
         with self._lock:
@@ -270,6 +291,8 @@ class LocalBatch:
         env["HF_HUB_OFFLINE"] = "1"  # as in the image: the trainer never calls a model hub
         env["PYTHONPATH"] = f"{root}{os.pathsep}{root / 'trainer_image'}"
         env[TRAINER_MARK] = str(root)  # local_trainers() finds it by this
+        threads = str(max(1, (os.cpu_count() or 1) // self.slots))
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = threads  # a fair share of the cores
         return env
 
     def _run(self, name: str, trainer: TrainerConfig) -> None:

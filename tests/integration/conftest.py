@@ -33,6 +33,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "YACHAY_LOCAL_BATCH_LOGS": str(run_dir / "batch-logs"),
         # No background sweep: each test runs the sweep it checks, so none races its records.
         "YACHAY_LOCAL_SWEEP_S": "0",
+        # Trainers of several cases run side by side (a case never waits on an earlier one's).
+        "YACHAY_LOCAL_BATCH_SLOTS": "4",
     }
     s = Stack(run_dir, extra_env=extra)
     s.start()

@@ -675,3 +675,64 @@ def test_a_burst_of_submissions_answers_only_created_replayed_or_limited(
             f"max {max(latencies):.2f} s per submission"
         )
     assert max(latencies) < 30  # a hang detector; the figure above is what the note quotes
+
+
+LOCAL_BATCH_OF_TWO = """
+import json, os, time
+from shared.batch import LocalBatch
+from shared.catalog import catalog
+from shared.config import settings
+from shared.contract import TrainerConfig
+
+batch = LocalBatch(settings())
+for env in json.loads(os.environ["TRAINERS_JSON"]):
+    trainer = TrainerConfig.from_env(env)
+    batch.submit("yachay-" + trainer.job_id, trainer, catalog().models[0])
+time.sleep(600)  # killed by the test long before
+"""
+
+
+def test_local_batch_runs_one_trainer_at_a_time_in_order(stack_env, tmp_path) -> None:
+    """With one slot (the default), the second job waits until the first one ends, then runs
+    with all the cores; four trainers at once on two cores made each step 40x slower."""
+    import json
+    import subprocess
+    import sys
+    from dataclasses import replace
+
+    from tests.support.tiny import build_tiny_model, write_jsonl
+    from tests.support.trainer import make_config
+
+    model = build_tiny_model(tmp_path / "model")
+    data = write_jsonl(chat_records(400, seed=4), tmp_path / "train.jsonl")
+    first, second = (
+        replace(make_config(model, data, tmp_path / name, epochs=5, batch_size=1), job_id=name)
+        for name in ("slot-first", "slot-second")
+    )
+    env = {
+        **os.environ,
+        "YACHAY_LOCAL_BATCH_SLOTS": "1",
+        "TRAINERS_JSON": json.dumps([first.to_env(), second.to_env()]),
+    }
+    parent = subprocess.Popen(
+        [sys.executable, "-c", LOCAL_BATCH_OF_TWO], env=env, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not trainer_pids(first.job_id) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert trainer_pids(first.job_id), "the first trainer never started"
+        time.sleep(2)
+        assert trainer_pids(second.job_id) == []  # waiting for the slot
+        for pid in trainer_pids(first.job_id):
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while not trainer_pids(second.job_id) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        [pid] = trainer_pids(second.job_id)
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        assert f"OMP_NUM_THREADS={os.cpu_count()}".encode() in environ  # every core, one slot
+    finally:
+        os.killpg(parent.pid, signal.SIGKILL)
+        parent.wait()
+    assert trainers_stop(first.job_id) and trainers_stop(second.job_id)
