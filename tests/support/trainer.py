@@ -37,10 +37,14 @@ def make_config(model: Path, data: Path, out: Path, **hp: object) -> TrainerConf
     )
 
 
-def trainer_process(cfg: TrainerConfig, **popen: object) -> subprocess.Popen[str]:
-    """The trainer as Batch runs it: its own process, configured only by the contract env."""
+def trainer_process(
+    cfg: TrainerConfig, extra_env: dict[str, str] | None = None, **popen: object
+) -> subprocess.Popen[str]:
+    """The trainer as Batch runs it: its own process, configured only by the contract env
+    (plus `extra_env`)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("YACHAY_")}
     env.update(cfg.to_env())
+    env.update(extra_env or {})
     env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{ROOT / 'trainer_image'}"
     return subprocess.Popen(
         [sys.executable, "-m", "yachay_trainer"],

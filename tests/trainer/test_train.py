@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -147,3 +148,34 @@ def test_bad_data_exits_with_the_user_error_code(tiny_model, tmp_path, content, 
     failure = next(e for e in events(out) if e["event"] == "failure")
     assert failure["kind"] == "user_error"
     assert reason in failure["message"]
+
+
+def test_a_stop_that_cannot_finish_gives_up_within_the_grace(
+    tiny_model, tiny_data, tmp_path
+) -> None:
+    """SIGTERM while Storage is gone (here: a server that accepts and never answers): the
+    trainer exits retryable after its grace instead of retrying for minutes."""
+    import socket
+    import time
+
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen()
+    cfg = make_config(tiny_model, tiny_data, tmp_path, epochs=1, batch_size=4)
+    cfg = replace(cfg, checkpoint_uri="gs://checkpoints/jobs/stuck")
+    host = f"http://127.0.0.1:{hole.getsockname()[1]}"
+    proc = trainer_process(cfg, {"STORAGE_EMULATOR_HOST": host, "YACHAY_TRAINER_STOP_GRACE_S": "2"})
+    try:
+        hole.settimeout(120)
+        conn, _ = hole.accept()  # the trainer is up and waiting on Storage
+        proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == EXIT_RETRYABLE, err[-2000:]
+        assert any(e["event"] == "stop_grace_exceeded" for e in events(out))
+        assert time.monotonic() - started < 30  # 2 s of grace, then out (not minutes)
+        conn.close()
+    finally:
+        proc.kill()
+        proc.wait()
+        hole.close()

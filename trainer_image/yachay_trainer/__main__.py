@@ -40,11 +40,31 @@ def _transient(exc: BaseException) -> bool:
     )
 
 
+STOP_GRACE_S = float(os.environ.get("YACHAY_TRAINER_STOP_GRACE_S", "30"))
+
+
+def _stop_within_grace(stop: threading.Event) -> None:
+    """Asks for a clean stop, and gives up if it has not come within STOP_GRACE_S (a checkpoint
+    upload to a Storage that is gone would otherwise retry for minutes): exits retryable, so the
+    run resumes from the last checkpoint that did land."""
+    if stop.is_set():
+        return
+    stop.set()
+
+    def give_up() -> None:
+        Reporter.log("stop_grace_exceeded", grace_s=STOP_GRACE_S)
+        os._exit(EXIT_RETRYABLE)
+
+    timer = threading.Timer(STOP_GRACE_S, give_up)
+    timer.daemon = True
+    timer.start()
+
+
 def main() -> int:
     # SIGTERM (Spot preemption notice, a Batch delete) asks for a clean stop at the next step
     # boundary: checkpoint, then exit as retryable. Installed first, so it holds at every stage.
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: _stop_within_grace(stop))
     cfg = TrainerConfig.from_env(os.environ)
     reporter = Reporter(cfg)
     import torch
