@@ -55,9 +55,12 @@ def to_document(path: str, doc: dict[str, Any] | None) -> Document | None:
 
 
 class FirestoreRelay:
-    def __init__(self, collection: str, function: Callable[[CloudEvent], None]) -> None:
+    def __init__(
+        self, collection: str, function: Callable[[CloudEvent], None], event_type: str
+    ) -> None:
         self.collection = collection
         self.function = function
+        self.event_type = event_type  # the one change kind the trigger subscribes to, as Eventarc
         self.previous: dict[str, dict[str, Any]] = {}
         self.queue: queue.Queue[CloudEvent] = queue.Queue()
         self.watch: Any = None
@@ -82,6 +85,8 @@ class FirestoreRelay:
             kind = {"ADDED": "created", "MODIFIED": "updated", "REMOVED": "deleted"}[
                 change.type.name
             ]
+            if f"google.cloud.firestore.document.v1.{kind}" != self.event_type:
+                continue  # Eventarc delivers only the trigger's own event type
             path = doc.reference.path
             name = f"projects/{settings().project_id}/databases/(default)/documents/{path}"
             data = DocumentEventData(value=to_document(name, new), old_value=to_document(name, old))

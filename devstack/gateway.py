@@ -155,7 +155,7 @@ def main() -> None:
     for trigger in routes.TRIGGERS:
         if trigger.kind == "firestore":
             collection = trigger.source.split("/", 1)[0]
-            FirestoreRelay(collection, load_function(trigger.function)).start()
+            FirestoreRelay(collection, load_function(trigger.function), trigger.event_type).start()
     # YACHAY_LOCAL_SWEEP_S=0 turns the scheduler stand-in off (the test stack: each test runs
     # the sweep it checks, so no background sweep races a test's records).
     every_s = float(os.environ.get("YACHAY_LOCAL_SWEEP_S", "30"))
