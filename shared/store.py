@@ -352,33 +352,27 @@ def list_datasets(uid: str, limit: int, cursor: str | None) -> tuple[list[Datase
 def mark_validating(dataset_id: str) -> None:
     """pending_upload -> validating, only if nobody wrote the dataset since we read it (so a
     validation that finished meanwhile is never overwritten by this intermediate state)."""
-    from google.api_core.exceptions import FailedPrecondition
-
-    db = client()
-    ref = _ref(DATASETS, dataset_id)
-    snap = ref.get()
-    if not snap.exists or snap.get("status") != DatasetStatus.PENDING_UPLOAD:
-        return
-    with contextlib.suppress(FailedPrecondition):
-        ref.update(
-            {"status": DatasetStatus.VALIDATING.value, "updated_at": now()},
-            option=db.write_option(last_update_time=snap.update_time),
-        )
+    _move_dataset(dataset_id, DatasetStatus.PENDING_UPLOAD, DatasetStatus.VALIDATING)
 
 
 def unmark_validating(dataset_id: str) -> None:
     """validating -> pending_upload: a validation that failed unexpectedly leaves the dataset
     ready to be validated again, never stuck in `validating`."""
+    _move_dataset(dataset_id, DatasetStatus.VALIDATING, DatasetStatus.PENDING_UPLOAD)
+
+
+def _move_dataset(dataset_id: str, frm: DatasetStatus, to: DatasetStatus) -> None:
+    """frm -> to, conditioned on the dataset being unchanged since it was read."""
     from google.api_core.exceptions import FailedPrecondition
 
     db = client()
     ref = _ref(DATASETS, dataset_id)
     snap = ref.get()
-    if not snap.exists or snap.get("status") != DatasetStatus.VALIDATING:
+    if not snap.exists or snap.get("status") != frm:
         return
     with contextlib.suppress(FailedPrecondition):
         ref.update(
-            {"status": DatasetStatus.PENDING_UPLOAD.value, "updated_at": now()},
+            {"status": to.value, "updated_at": now()},
             option=db.write_option(last_update_time=snap.update_time),
         )
 

@@ -556,17 +556,19 @@ def test_the_account_record_follows_each_job_to_its_end(api, stack_env) -> None:
         assert store.get_job(job_id).payment.status == "not_charged"
 
 
-LOCAL_BATCH_THEN_WAIT = """
+LOCAL_BATCH_OF = """
 import json, os, time
 from shared.batch import LocalBatch
 from shared.catalog import catalog
 from shared.config import settings
 from shared.contract import TrainerConfig
 
-trainer = TrainerConfig.from_env(json.loads(os.environ["TRAINER_ENV_JSON"]))
-LocalBatch(settings()).submit("yachay-" + trainer.job_id, trainer, catalog().models[0])
+batch = LocalBatch(settings())
+for env in json.loads(os.environ["TRAINERS_JSON"]):
+    trainer = TrainerConfig.from_env(env)
+    batch.submit("yachay-" + trainer.job_id, trainer, catalog().models[0])
 time.sleep(600)  # killed by the test long before
-"""
+"""  # a local Batch in its own process, given the trainers of TRAINERS_JSON
 
 
 def test_a_trainer_dies_with_the_local_batch_that_started_it(stack_env, tmp_path) -> None:
@@ -583,9 +585,9 @@ def test_a_trainer_dies_with_the_local_batch_that_started_it(stack_env, tmp_path
     model = build_tiny_model(tmp_path / "model")
     data = write_jsonl(chat_records(400, seed=4), tmp_path / "train.jsonl")
     cfg = make_config(model, data, tmp_path, epochs=5, batch_size=1)
-    env = {**os.environ, "TRAINER_ENV_JSON": json.dumps(cfg.to_env())}
+    env = {**os.environ, "TRAINERS_JSON": json.dumps([cfg.to_env()])}
     parent = subprocess.Popen(
-        [sys.executable, "-c", LOCAL_BATCH_THEN_WAIT], env=env, start_new_session=True
+        [sys.executable, "-c", LOCAL_BATCH_OF], env=env, start_new_session=True
     )
     try:
         deadline = time.monotonic() + 60
@@ -677,21 +679,6 @@ def test_a_burst_of_submissions_answers_only_created_replayed_or_limited(
     assert max(latencies) < 30  # a hang detector; the figure above is what the note quotes
 
 
-LOCAL_BATCH_OF_TWO = """
-import json, os, time
-from shared.batch import LocalBatch
-from shared.catalog import catalog
-from shared.config import settings
-from shared.contract import TrainerConfig
-
-batch = LocalBatch(settings())
-for env in json.loads(os.environ["TRAINERS_JSON"]):
-    trainer = TrainerConfig.from_env(env)
-    batch.submit("yachay-" + trainer.job_id, trainer, catalog().models[0])
-time.sleep(600)  # killed by the test long before
-"""
-
-
 def test_local_batch_runs_one_trainer_at_a_time_in_order(stack_env, tmp_path) -> None:
     """With one slot (the default), the second job waits until the first one ends, then runs
     with all the cores; four trainers at once on two cores made each step 40x slower."""
@@ -715,7 +702,7 @@ def test_local_batch_runs_one_trainer_at_a_time_in_order(stack_env, tmp_path) ->
         "TRAINERS_JSON": json.dumps([first.to_env(), second.to_env()]),
     }
     parent = subprocess.Popen(
-        [sys.executable, "-c", LOCAL_BATCH_OF_TWO], env=env, start_new_session=True
+        [sys.executable, "-c", LOCAL_BATCH_OF], env=env, start_new_session=True
     )
     try:
         deadline = time.monotonic() + 60
