@@ -35,6 +35,7 @@ SDKS: dict[str, tuple[str, ...]] = {
     "datasets": ("firebase_admin.auth", "google.cloud.firestore"),
     "jobs": ("firebase_admin.auth", "google.cloud.firestore"),
     "billing": ("firebase_admin.auth", "google.cloud.firestore"),
+    "api_keys": ("firebase_admin.auth", "google.cloud.firestore"),
 }
 PATHS = {
     "healthz": "/v1/healthz",
@@ -43,6 +44,7 @@ PATHS = {
     "datasets": "/v1/datasets",
     "jobs": "/v1/jobs",
     "billing": "/v1/billing/summary",
+    "api_keys": "/v1/api-keys",
 }
 
 

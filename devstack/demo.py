@@ -1,6 +1,7 @@
 """`make demo`: the whole product on the local stack, as a user would drive it.
 
-Signs a user up, saves a card (local Checkout stand-in), uploads and validates a small dataset of
+Signs a user up, saves a card (local Checkout stand-in), mints an API key (which follows the job
+and downloads it, as a customer's script would), uploads and validates a small dataset of
 made-up facts, gets the exact price, submits a real LoRA fine-tune of SmolLM2-135M-Instruct,
 follows it to `completed`, shows the charge, downloads the adapter through its signed URLs,
 verifies every checksum, and asks the tuned model one of the facts. Exits non-zero at the first
@@ -92,6 +93,19 @@ def main(model_folders: list[str]) -> int:
     )
     print(f"  saved: {me['payment_method']['brand']} ending {me['payment_method']['last4']}")
 
+    step("mint an API key for scripts (the secret is shown once; we keep only its hash)")
+    minted = call(
+        "POST",
+        "/v1/api-keys",
+        token,
+        expect=201,
+        json={"name": "demo-script", "scopes": ["jobs:read", "jobs:write"]},
+    )
+    key = minted["secret"]
+    print(f"  {minted['prefix']}... scopes {', '.join(minted['scopes'])}")
+    call("POST", "/v1/api-keys", key, expect=403, json={"name": "x", "scopes": ["jobs:read"]})
+    print("  (a key cannot mint keys: 403 session_required); the demo follows the job with it")
+
     step("upload a dataset (six made-up facts) and validate it")
     data = (ROOT / "devstack" / "sample_dataset.jsonl").read_bytes()
     ds = call(
@@ -132,7 +146,7 @@ def main(model_folders: list[str]) -> int:
     )
 
     def progress():
-        j = call("GET", f"/v1/jobs/{job['id']}", token)
+        j = call("GET", f"/v1/jobs/{job['id']}", key)
         p = j.get("progress") or {}
         if p:
             print(
@@ -162,7 +176,7 @@ def main(model_folders: list[str]) -> int:
         raise SystemExit("demo failed: the job was not paid")
 
     step("download the adapter and verify every checksum")
-    links = call("GET", f"/v1/jobs/{job['id']}/download", token)
+    links = call("GET", f"/v1/jobs/{job['id']}/download", key)
     out = ROOT / ".local" / "demo-output" / job["id"]
     out.mkdir(parents=True, exist_ok=True)
     for f in links["files"]:

@@ -110,6 +110,13 @@ def create_app() -> flask.Flask:
             return not_found_response(flask.request)
         return views[route.function](flask.request)
 
+    # What Flask's own routing refuses before `dispatch` (a path with a newline, a method such
+    # as TRACE) answers our JSON error too, as API Gateway answers JSON, never an HTML page.
+    @app.errorhandler(404)
+    @app.errorhandler(405)
+    def unrouted(exc: Exception) -> flask.Response:
+        return not_found_response(flask.request)
+
     return app
 
 

@@ -151,24 +151,15 @@ class PricedRequest:
 
 
 def _parse(uid: str, body: dict[str, Any]) -> tuple[ModelSpec, Dataset, Hyperparameters]:
-    for key in body:
-        if key not in ("model", "dataset_id", "hyperparameters"):
-            raise ApiError(Code.UNKNOWN_FIELD, f"Unknown field '{key}'.", param=key)
-    model_id = body.get("model")
-    if not isinstance(model_id, str):
-        raise ApiError(
-            Code.MISSING_FIELD, "Send 'model', a model id from GET /v1/models.", param="model"
-        )
+    """The model, the caller's ready dataset and the resolved hyperparameters of a request
+    body already checked against schemas.JobRequest (so its fields have their types)."""
+    model_id = body["model"]
     spec = catalog().get(model_id)
     if spec is None:
         raise ApiError(
             Code.INVALID_VALUE, f"Unknown model '{model_id}'; see GET /v1/models.", param="model"
         )
-    dataset_id = body.get("dataset_id")
-    if not isinstance(dataset_id, str):
-        raise ApiError(
-            Code.MISSING_FIELD, "Send 'dataset_id', from POST /v1/datasets.", param="dataset_id"
-        )
+    dataset_id = body["dataset_id"]
     dataset = owned_dataset(uid, dataset_id)
     if dataset.status != DatasetStatus.READY:
         raise ApiError(
@@ -177,7 +168,7 @@ def _parse(uid: str, body: dict[str, Any]) -> tuple[ModelSpec, Dataset, Hyperpar
             "dataset can be used.",
             param="dataset_id",
         )
-    return spec, dataset, resolve_hyperparameters(spec, body.get("hyperparameters"))
+    return spec, dataset, resolve_hyperparameters(spec, body.get("hyperparameters") or {})
 
 
 def _count(spec: ModelSpec, dataset: Dataset, hp: Hyperparameters, cfg: Settings) -> TokenCount:

@@ -1,4 +1,5 @@
-"""Who is calling: Firebase ID tokens, verified with firebase-admin (the Auth adapter).
+"""Who is calling: Firebase ID tokens, verified with firebase-admin (the Auth adapter), or our
+own API keys (`yk_...`, checked by shared.apikeys), both as `Authorization: Bearer <token>`.
 
 We read the token's header and claims ourselves first, only to *classify* a bad token with its own
 error code (expired, wrong project, unsigned, ...); the decision to accept a token is always
@@ -16,10 +17,14 @@ import json
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared.config import Settings
 from shared.errors import ApiError, Code
+
+if TYPE_CHECKING:
+    from shared.apikeys import KeyGrant
+    from shared.routes import Route
 
 CLOCK_SKEW_S = 60
 _app_lock = threading.Lock()
@@ -31,6 +36,7 @@ class Principal:
     uid: str
     email: str | None
     email_verified: bool
+    key: KeyGrant | None = None  # set when the caller used an API key, not a session
 
 
 def _b64json(segment: str) -> dict[str, Any]:
@@ -108,8 +114,38 @@ def authenticate(header_value: str | None, cfg: Settings) -> Principal:
     token = token.strip()
     if not token:
         raise ApiError(Code.AUTH_MALFORMED, "The Bearer scheme is there but the token is empty.")
+    from shared import apikeys
+
+    if apikeys.is_api_key(token):
+        uid, grant = apikeys.check(token)
+        return Principal(uid=uid, email=None, email_verified=False, key=grant)
     classify(token, cfg)
     return _verify(token, cfg)
+
+
+def authorize(route: Route, principal: Principal) -> None:
+    """Whether this caller may call `route`: a session may call every route; an API key only
+    routes open to keys (Route.key_scopes) and holding one of the scopes the route names.
+
+    Raises:
+        ApiError: session_required or insufficient_scope (403).
+    """
+    key = principal.key
+    if key is None:
+        return
+    needed = route.key_scopes
+    where = f"{route.method} {route.path}"
+    if needed is None:
+        raise ApiError(
+            Code.SESSION_REQUIRED,
+            f"{where} takes a signed-in session (a Firebase ID token), never an API key.",
+        )
+    if needed and not set(needed) & set(key.scopes):
+        raise ApiError(
+            Code.INSUFFICIENT_SCOPE,
+            f"This API key lacks the scope {' or '.join(repr(s) for s in needed)} that {where} "
+            "needs; mint a key with it (POST /v1/api-keys).",
+        )
 
 
 def _verify(token: str, cfg: Settings) -> Principal:

@@ -42,6 +42,10 @@ class Code(StrEnum):
     AUTH_USER_DISABLED = ("auth_user_disabled", 401)
     AUTH_INVALID = ("auth_invalid", 401)
     AUTH_UNAVAILABLE = ("auth_unavailable", 503)
+    API_KEY_REVOKED = ("api_key_revoked", 401)
+    # Authorization: who may do what
+    INSUFFICIENT_SCOPE = ("insufficient_scope", 403)
+    SESSION_REQUIRED = ("session_required", 403)  # only a signed-in user, never an API key
     # Routing
     NOT_FOUND = ("not_found", 404)
     METHOD_NOT_ALLOWED = ("method_not_allowed", 405)
@@ -59,6 +63,7 @@ class Code(StrEnum):
     DATASET_TOO_LARGE = ("dataset_too_large", 400)
     TOO_MANY_DATASETS = ("too_many_datasets", 409)
     DATASET_STORAGE_FULL = ("dataset_storage_full", 413)
+    TOO_MANY_API_KEYS = ("too_many_api_keys", 409)
     NOTHING_TO_RETRY = ("nothing_to_retry", 409)
     JOB_NOT_COMPLETED = ("job_not_completed", 409)
     PAYMENT_REQUIRED = ("payment_required", 402)

@@ -23,10 +23,11 @@ from typing import Any
 import flask
 
 from shared import logs
-from shared.auth import Principal, authenticate, verify_internal_caller
+from shared.auth import Principal, authenticate, authorize, verify_internal_caller
 from shared.config import Settings, settings
 from shared.errors import ApiError, Code
 from shared.routes import Route, resolve, routes_of
+from shared.schemas import Operation, checked_body, checked_query, operation
 
 MAX_BODY_BYTES = 1 << 20
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9_.-]{8,64}$")
@@ -50,6 +51,10 @@ class ApiRequest:
     request_id: str
     settings: Settings
     _flask: flask.Request
+    # The body and query string, checked against the operation's schemas (shared.schemas)
+    # before the handler runs; filled by `serve`.
+    body: dict[str, Any] = field(default_factory=dict)
+    args: dict[str, Any] = field(default_factory=dict)
 
     @property
     def uid(self) -> str:
@@ -80,13 +85,8 @@ class ApiRequest:
         return req.get_data(cache=True)
 
     def page(self) -> tuple[int, str | None]:
-        """`limit` (1-100, default 20) and `after` (an opaque cursor) from the query string."""
-        raw = self.query.get("limit", "20")
-        if not re.fullmatch(r"[0-9]{1,3}", raw) or not 1 <= int(raw) <= 100:
-            raise ApiError(
-                Code.INVALID_QUERY, "'limit' must be a whole number from 1 to 100.", param="limit"
-            )
-        cursor = self.query.get("after") or None
+        """`limit` (default 20) and `after` (a cursor we gave out) from the checked query."""
+        cursor = self.args.get("after") or None
         if cursor is not None:
             from shared.store import decode_cursor
 
@@ -99,7 +99,7 @@ class ApiRequest:
                     "the 'next_cursor' of the previous page.",
                     param="after",
                 ) from None
-        return int(raw), cursor
+        return int(self.args.get("limit", 20)), cursor
 
     def json_object(self) -> dict[str, Any]:
         """The body as a JSON object, or an ApiError a person can act on."""
@@ -187,14 +187,19 @@ def serve(function: str, handlers: Mapping[str, Handler]) -> View:
                     assert route is not None
                     if route.auth:
                         principal = authenticate(request.headers.get(cfg.auth_header), cfg)
+                        authorize(route, principal)
                     elif route.internal:
                         verify_internal_caller(request.headers.get("Authorization"), cfg)
                     if route.per_minute is not None:
                         _rate_limit(route, principal, request)
-                    reply = handlers[route.operation_id](
-                        ApiRequest(route, resolution.params, principal, request_id, cfg, request)
+                    api_request = ApiRequest(
+                        route, resolution.params, principal, request_id, cfg, request
                     )
+                    _check_request(api_request, operation(route.operation_id))
+                    reply = handlers[route.operation_id](api_request)
                     response = _json_response(reply.body, reply.status, reply.headers)
+                    if route.sunset is not None:
+                        _mark_deprecated(response, route.sunset)
             except ApiError as exc:
                 code = exc.code.value
                 headers = {"Allow": exc.allow} if isinstance(exc, _MethodNotAllowed) else {}
@@ -228,6 +233,27 @@ def serve(function: str, handlers: Mapping[str, Handler]) -> View:
 
     view.__name__ = function
     return view
+
+
+def _mark_deprecated(response: flask.Response, sunset: str) -> None:
+    """RFC 8594: the date a deprecated route stops answering, as an HTTP date."""
+    from datetime import UTC, datetime
+    from email.utils import format_datetime
+
+    day = datetime.fromisoformat(sunset).replace(tzinfo=UTC)
+    response.headers["Sunset"] = format_datetime(day, usegmt=True)
+    response.headers["Deprecation"] = "true"
+
+
+def _check_request(req: ApiRequest, op: Operation) -> None:
+    """Fills req.body and req.args from the request, checked against the operation's schemas.
+
+    Raises:
+        ApiError: the schema's complaint, with its code and the field at fault in `param`.
+    """
+    req.args = checked_query(op.query, req.query)
+    if op.body is not None:
+        req.body = checked_body(op.body, req.json_object())
 
 
 class _MethodNotAllowed(ApiError):

@@ -76,24 +76,6 @@ def owned(uid: str, job_id: str) -> Job:
     return job
 
 
-def parse_status(raw: str | None) -> JobStatus | None:
-    """The `status` filter of a job list.
-
-    Raises:
-        ApiError: invalid_query for a status that does not exist.
-    """
-    if not raw:
-        return None
-    try:
-        return JobStatus(raw)
-    except ValueError:
-        raise ApiError(
-            Code.INVALID_QUERY,
-            f"'status' must be one of: {', '.join(s.value for s in JobStatus)}.",
-            param="status",
-        ) from None
-
-
 def list_page(
     uid: str, limit: int, cursor: str | None, status: JobStatus | None
 ) -> tuple[list[dict[str, Any]], str | None]:

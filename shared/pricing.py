@@ -11,6 +11,7 @@ count), and the price of keeping a job's files longer.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from shared.contract import Hyperparameters
@@ -36,42 +37,19 @@ LORA_FIELDS = {"lora_rank": "rank", "lora_alpha": "alpha", "lora_dropout": "drop
 KNOWN = (*INT_FIELDS, *FLOAT_FIELDS, *LORA_FIELDS, "lora_target_modules")
 
 
-def _number(name: str, value: Any, integer: bool) -> float | int:
-    param = f"hyperparameters.{name}"
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ApiError(Code.INVALID_VALUE, f"'{param}' must be a number.", param=param)
-    if integer and (isinstance(value, float) and not value.is_integer()):
-        raise ApiError(Code.INVALID_VALUE, f"'{param}' must be a whole number.", param=param)
-    if not math.isfinite(value):
-        raise ApiError(Code.INVALID_VALUE, f"'{param}' must be finite.", param=param)
-    return int(value) if integer else float(value)
-
-
-def resolve_hyperparameters(spec: ModelSpec, raw: Any) -> Hyperparameters:
-    """The catalog's defaults overlaid with the caller's values, each checked against the
-    model's bounds.
+def resolve_hyperparameters(spec: ModelSpec, raw: Mapping[str, Any]) -> Hyperparameters:
+    """The catalog's defaults overlaid with the caller's values (already checked against
+    schemas.HyperparametersIn, so each has its type), each checked against the model's bounds.
 
     Raises:
         ApiError: naming the field (param `hyperparameters.<name>`).
     """
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ApiError(
-            Code.INVALID_VALUE, "'hyperparameters' must be an object.", param="hyperparameters"
-        )
-    for key in raw:
-        if key not in KNOWN:
-            raise ApiError(
-                Code.UNKNOWN_FIELD,
-                f"Unknown hyperparameter '{key}'; known ones: {', '.join(KNOWN)}.",
-                param=f"hyperparameters.{key}",
-            )
     values: dict[str, Any] = {}
     bounds = {**spec.hyperparameters, **{k: spec.lora[v] for k, v in LORA_FIELDS.items()}}
     for name, bound in bounds.items():
         integer = name in INT_FIELDS or name in ("lora_rank", "lora_alpha")
-        value = _number(name, raw[name], integer) if name in raw else bound.default
+        value = raw.get(name, bound.default)
+        value = int(value) if integer else float(value)
         if not bound.min <= value <= bound.max:
             raise ApiError(
                 Code.INVALID_VALUE,
@@ -82,17 +60,12 @@ def resolve_hyperparameters(spec: ModelSpec, raw: Any) -> Hyperparameters:
         values[name] = value
     targets = raw.get("lora_target_modules", spec.lora_target_modules_default)
     if targets != "all-linear":
-        ok = (
-            isinstance(targets, list)
-            and targets
-            and all(isinstance(t, str) and t in spec.lora_target_modules_allowed for t in targets)
-        )
-        if not ok:
+        allowed = spec.lora_target_modules_allowed
+        if not isinstance(targets, list) or not all(t in allowed for t in targets):
             raise ApiError(
                 Code.INVALID_VALUE,
                 "'hyperparameters.lora_target_modules' must be "
-                '"all-linear" or a list drawn from: '
-                f"{', '.join(spec.lora_target_modules_allowed)}.",
+                f'"all-linear" or a list drawn from: {", ".join(allowed)}.',
                 param="hyperparameters.lora_target_modules",
             )
         targets = tuple(dict.fromkeys(targets))

@@ -69,6 +69,7 @@ class UserRecord(NamedTuple):
     reserved: Mapping[str, int] = MappingProxyType({})  # submitted, payment not recorded or failed
     spend: Mapping[str, int] = MappingProxyType({})  # month ("2026-11") -> cents settled
     datasets: Mapping[str, int] = MappingProxyType({})  # dataset id -> bytes declared (quotas)
+    api_keys: Mapping[str, str] = MappingProxyType({})  # live key id -> its api_keys document
 
     def spent_in(self, month: str) -> int:
         """Cents settled (ledger entries) in `month`."""
@@ -104,6 +105,7 @@ class UserRecord(NamedTuple):
             "reserved": dict(self.reserved),
             "spend": dict(self.spend),
             "datasets": dict(self.datasets),
+            "api_keys": dict(self.api_keys),
         }
 
     @staticmethod
@@ -124,6 +126,39 @@ class UserRecord(NamedTuple):
             reserved=dict(doc.get("reserved") or {}),
             spend=dict(doc.get("spend") or {}),
             datasets=dict(doc.get("datasets") or {}),
+            api_keys=dict(doc.get("api_keys") or {}),
+        )
+
+
+class ApiKeyRecord(NamedTuple):
+    """An API key as stored: never the secret, only its sha256 (the document id, so checking a
+    key is one read) and the first characters people recognise it by."""
+
+    id: str  # public id, for listing and revoking
+    uid: str
+    name: str
+    prefix: str
+    scopes: tuple[str, ...]
+    secret_sha256: str
+    created_at: datetime
+    last_used_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+    def to_doc(self) -> dict[str, Any]:
+        return {**self._asdict(), "scopes": list(self.scopes)}
+
+    @staticmethod
+    def from_doc(doc: Mapping[str, Any]) -> "ApiKeyRecord":
+        return ApiKeyRecord(
+            id=doc["id"],
+            uid=doc["uid"],
+            name=doc["name"],
+            prefix=doc["prefix"],
+            scopes=tuple(doc.get("scopes") or ()),
+            secret_sha256=doc["secret_sha256"],
+            created_at=doc["created_at"],
+            last_used_at=doc.get("last_used_at"),
+            revoked_at=doc.get("revoked_at"),
         )
 
 

@@ -27,6 +27,14 @@ _ID = re.compile(ID_CHARS)
 _RESERVED = re.compile(r"__.*__")
 
 
+# API key scopes (shared.schemas.SCOPES lists them for the spec).
+JOBS_READ = "jobs:read"
+JOBS_WRITE = "jobs:write"
+DATASETS_WRITE = "datasets:write"
+BILLING_READ = "billing:read"
+SCOPES = (JOBS_READ, JOBS_WRITE, DATASETS_WRITE, BILLING_READ)
+
+
 def valid_id(value: object) -> bool:
     """Whether `value` can be an id of ours; anything else names nothing of ours."""
     return (
@@ -53,6 +61,12 @@ class Route:
     # At most this many requests per minute per caller (its uid, or its IP when the route takes
     # no auth); None: unlimited. Over it: 429 rate_limited with Retry-After.
     per_minute: int | None = None
+    # What an API key needs to call it: any one of these scopes (shared.schemas.SCOPES); ()
+    # lets any key call it; None refuses every key (a signed-in Firebase session only).
+    key_scopes: tuple[str, ...] | None = None
+    # A deprecated route: the date (ISO, "2027-06-30") it goes. The spec marks it deprecated and
+    # every answer carries a Sunset header (RFC 8594); it must stay at least six months.
+    sunset: str | None = None
 
     @cached_property
     def pattern(self) -> re.Pattern[str]:
@@ -73,46 +87,64 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/healthz", "healthz", "getHealth",
           "Liveness; with ?ready=true also checks Firestore.", auth=False,
           backend_path="/v1/health"),
+    Route("GET", "/v1/openapi.json", "healthz", "getOpenApi",
+          "This API's OpenAPI 3.1 document.", auth=False),
     Route("GET", "/v1/models", "models", "listModels",
-          "The model catalog, with each model's price, limits, LoRA defaults and availability."),
+          "The model catalog, with each model's price, limits, LoRA defaults and availability.",
+          key_scopes=()),
     Route("GET", "/v1/me", "me", "getMe",
-          "The caller's account: payment method, pause flags, notification preferences."),
+          "The caller's account: payment method, pause flags, notification preferences.",
+          key_scopes=(BILLING_READ,)),
     Route("PATCH", "/v1/me", "me", "updateMe",
-          "Updates the caller's notification preferences."),
+          "Updates the caller's notification preferences and monthly spend limit."),
     Route("POST", "/v1/datasets", "datasets", "createDataset",
-          "Registers a JSONL dataset; answers with a one-hour signed upload URL."),
+          "Registers a JSONL dataset; answers with a one-hour signed upload URL.",
+          key_scopes=(DATASETS_WRITE,)),
     Route("GET", "/v1/datasets", "datasets", "listDatasets",
-          "The caller's datasets, newest first (cursor pagination)."),
+          "The caller's datasets, newest first (cursor pagination).",
+          key_scopes=(DATASETS_WRITE, JOBS_READ)),
     Route("GET", "/v1/datasets/{dataset_id}", "datasets", "getDataset",
-          "One dataset with its validation report."),
+          "One dataset with its validation report.", key_scopes=(DATASETS_WRITE, JOBS_READ)),
     Route("DELETE", "/v1/datasets/{dataset_id}", "datasets", "deleteDataset",
-          "Deletes a dataset and its file."),
+          "Deletes a dataset and its file.", key_scopes=(DATASETS_WRITE,)),
     Route("POST", "/v1/datasets/{dataset_id}/validate", "datasets", "validateDataset",
-          "Validates the uploaded file now (it also runs when the upload finishes)."),
+          "Validates the uploaded file now (it also runs when the upload finishes).",
+          key_scopes=(DATASETS_WRITE,)),
     Route("POST", "/v1/jobs/estimate", "jobs", "estimateJob",
           "The exact price, token counts and duration of a job, before anything runs.",
-          per_minute=30),
+          per_minute=30, key_scopes=(JOBS_READ, JOBS_WRITE)),
     Route("POST", "/v1/jobs", "jobs", "createJob",
-          "Submits a fine-tuning job (honours Idempotency-Key).", per_minute=20),
+          "Submits a fine-tuning job (honours Idempotency-Key).", per_minute=20,
+          key_scopes=(JOBS_WRITE,)),
     Route("GET", "/v1/jobs", "jobs", "listJobs",
-          "The caller's jobs, newest first (cursor pagination, filter by status)."),
+          "The caller's jobs, newest first (cursor pagination, filter by status).",
+          key_scopes=(JOBS_READ,)),
     Route("GET", "/v1/jobs/{job_id}", "jobs", "getJob",
-          "One job: status, progress, events, result."),
+          "One job: status, progress, events, result.", key_scopes=(JOBS_READ,)),
     Route("POST", "/v1/jobs/{job_id}/cancel", "jobs", "cancelJob",
-          "Cancels a queued or running job."),
+          "Cancels a queued or running job.", key_scopes=(JOBS_WRITE,)),
     Route("GET", "/v1/jobs/{job_id}/download", "jobs", "downloadJob",
-          "One-hour signed URLs for the adapter files, with size and sha256."),
+          "One-hour signed URLs for the adapter files, with size and sha256.",
+          key_scopes=(JOBS_READ,)),
     Route("POST", "/v1/jobs/{job_id}/retry-payment", "jobs", "retryPayment",
-          "Retries a failed payment for the job with the saved card."),
+          "Retries a failed payment for the job with the saved card.", key_scopes=(JOBS_WRITE,)),
     Route("POST", "/v1/jobs/{job_id}/extend-storage", "jobs", "extendStorage",
-          "Keeps the job's files longer: {days}, charged at once (needs Idempotency-Key)."),
+          "Keeps the job's files longer: {days}, charged at once (needs Idempotency-Key).",
+          key_scopes=(JOBS_WRITE,)),
     Route("GET", "/v1/billing/summary", "billing", "billingSummary",
-          "Lifetime and monthly spend, tuning and storage totals, outstanding amounts."),
+          "Lifetime and monthly spend, tuning and storage totals, outstanding amounts.",
+          key_scopes=(BILLING_READ,)),
     Route("POST", "/v1/jobs/setup-card", "cards", "setupCard",
           "A Stripe Checkout page (setup mode) to save the card jobs are charged to.",
           per_minute=10),
     Route("POST", "/v1/billing/portal-session", "cards", "createPortalSession",
           "A Stripe billing-portal page (cards, receipts), made on demand.", per_minute=10),
+    Route("POST", "/v1/api-keys", "api_keys", "createApiKey",
+          "Mints an API key (the secret is shown once); signed-in users only.", per_minute=30),
+    Route("GET", "/v1/api-keys", "api_keys", "listApiKeys",
+          "The caller's live API keys (never their secrets); signed-in users only."),
+    Route("DELETE", "/v1/api-keys/{key_id}", "api_keys", "deleteApiKey",
+          "Revokes an API key at once; signed-in users only."),
     Route("POST", "/v1/stripe/webhook", "stripe_webhook", "stripeWebhook",
           "Stripe events (verified by Stripe-Signature, not Firebase).", auth=False),
     Route("POST", "/internal/tasks/launch-job", "launch_job", "launchJob",
@@ -176,6 +208,7 @@ DEPLOYMENTS: dict[str, Deployment] = {
     "jobs": Deployment("api", "1Gi", stripe=True),
     "cards": Deployment("api", "512M", stripe=True),
     "billing": Deployment("api", "512M"),
+    "api_keys": Deployment("api", "512M"),
     "stripe_webhook": Deployment("webhook", "512M", stripe=True),
     "launch_job": Deployment("launcher", "512M", stripe=True),
     "charge_job": Deployment("charger", "512M", stripe=True),

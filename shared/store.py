@@ -11,6 +11,7 @@ document shape; nothing outside this module sees a document, a collection or the
     ledger/{id}            LedgerEntry: one per charge that moved money (the charge's id).
     stripe_events/{id}     Stripe event ids already handled.
     mail/{job}-{status}    Mail for the Firebase "Trigger Email" extension.
+    api_keys/{sha256}      ApiKeyRecord: keyed by the hash of the secret (one read per check).
 
 Writes that must happen together are one commit here (a transition and its email; a charge's
 outcome, its ledger entry, the job's payment and the account's pause flag), so a crash between
@@ -35,6 +36,7 @@ from shared.config import settings
 from shared.errors import Contended
 from shared.records import (
     ACTIVE_STATUSES,
+    ApiKeyRecord,
     AuthorizationStatus,
     Charge,
     ChargeStatus,
@@ -69,6 +71,7 @@ LEDGER = "ledger"
 STRIPE_EVENTS = "stripe_events"
 MAIL = "mail"
 RATE_LIMITS = "rate_limits"
+API_KEYS = "api_keys"
 
 _lock = threading.Lock()
 _client: firestore.Client | None = None
@@ -710,7 +713,13 @@ def jobs_of(uid: str) -> list[Job]:
     return [Job.from_doc(s.to_dict() or {}) for s in query.stream()]
 
 
-ERASED_COLLECTIONS = (DATASETS, JOBS, MAIL, IDEMPOTENCY)  # by their `uid` field, then the user
+ERASED_COLLECTIONS = (
+    DATASETS,
+    JOBS,
+    MAIL,
+    IDEMPOTENCY,
+    API_KEYS,
+)  # by their `uid` field, then the user
 
 
 def erase_user_documents(uid: str) -> int:
@@ -732,6 +741,97 @@ def erase_user_documents(uid: str) -> int:
             batch.delete(ref)
         batch.commit()
     return len(refs)
+
+
+# --- API keys ------------------------------------------------------------------------------
+
+
+def new_api_key(key: ApiKeyRecord, max_live: int, attempts: int = 30) -> None:
+    """Stores the key and its place on the account (UserRecord.api_keys) in one commit, at most
+    `max_live` live keys per account (optimistic on the account record, as new_dataset).
+
+    Raises:
+        Conflict: "too_many_api_keys" (detail: the live count).
+        Contended: every attempt lost to concurrent writers.
+    """
+    from google.api_core.exceptions import AlreadyExists, FailedPrecondition, NotFound
+
+    db = client()
+    user_ref = _ref(USERS, key.uid)
+    for _ in _retrying(attempts, "account"):
+        snap = user_ref.get()
+        user = (
+            UserRecord.from_doc(snap.to_dict())
+            if snap.exists
+            else UserRecord.new(key.uid, None, key.created_at)
+        )
+        if len(user.api_keys) >= max_live:
+            raise Conflict("too_many_api_keys", len(user.api_keys))
+        batch = db.batch()
+        batch.create(_ref(API_KEYS, key.secret_sha256), key.to_doc())
+        if not snap.exists:
+            batch.create(user_ref, user._replace(api_keys={key.id: key.secret_sha256}).to_doc())
+        else:
+            batch.update(
+                user_ref,
+                {f"api_keys.{key.id}": key.secret_sha256, "updated_at": now()},
+                option=db.write_option(last_update_time=snap.update_time),
+            )
+        try:
+            batch.commit()
+        except (AlreadyExists, FailedPrecondition, NotFound):
+            continue
+        return
+    raise AssertionError("unreachable")
+
+
+def get_api_key(secret_sha256: str) -> tuple[ApiKeyRecord, datetime] | None:
+    """The key with this hash and when its document was last written, or None: one read."""
+    snap = _ref(API_KEYS, secret_sha256).get()
+    if not snap.exists:
+        return None
+    return ApiKeyRecord.from_doc(snap.to_dict() or {}), snap.update_time
+
+
+def live_api_keys(uid: str) -> list[ApiKeyRecord]:
+    """The user's live keys, newest first (at most the per-account limit: no paging)."""
+    user = find_user(uid)
+    if user is None or not user.api_keys:
+        return []
+    refs = [_ref(API_KEYS, h) for h in user.api_keys.values()]
+    found = [ApiKeyRecord.from_doc(s.to_dict() or {}) for s in client().get_all(refs) if s.exists]
+    return sorted(
+        (k for k in found if k.revoked_at is None), key=lambda k: k.created_at, reverse=True
+    )
+
+
+def revoke_api_key(uid: str, key_id: str) -> bool:
+    """Marks the user's key revoked and frees its place, in one commit; False when the user has
+    no live key `key_id` (never had, someone else's, or revoked already)."""
+    from google.cloud import firestore
+
+    user = find_user(uid)
+    secret_sha256 = None if user is None else user.api_keys.get(key_id)
+    if secret_sha256 is None:
+        return False
+    t = now()
+    batch = client().batch()
+    batch.update(_ref(API_KEYS, secret_sha256), {"revoked_at": t})
+    batch.update(_ref(USERS, uid), {f"api_keys.{key_id}": firestore.DELETE_FIELD, "updated_at": t})
+    batch.commit()
+    return True
+
+
+def touch_api_key(secret_sha256: str, t: datetime, read_at: datetime) -> None:
+    """Records a use of the key, only if nobody wrote the key since `read_at` (so concurrent
+    requests write it once, and a revoke is never overwritten)."""
+    from google.api_core.exceptions import FailedPrecondition, NotFound
+
+    db = client()
+    with contextlib.suppress(FailedPrecondition, NotFound):
+        _ref(API_KEYS, secret_sha256).update(
+            {"last_used_at": t}, option=db.write_option(last_update_time=read_at)
+        )
 
 
 # --- rate limits -----------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from shared.http import ApiRequest, Reply, list_reply, serve
 
 
 def create_dataset(req: ApiRequest) -> Reply:
-    return Reply(ds.create(req.uid, req.json_object(), req.settings), status=201)
+    return Reply(ds.create(req.uid, req.body, req.settings), status=201)
 
 
 def list_datasets(req: ApiRequest) -> Reply:

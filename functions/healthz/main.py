@@ -1,4 +1,5 @@
-"""GET /v1/healthz: liveness (no SDK imported), and with ?ready=true a Firestore check."""
+"""GET /v1/healthz: liveness (no SDK imported), and with ?ready=true a Firestore check; GET
+/v1/openapi.json: this API's OpenAPI 3.1 document, made from the route table and schemas."""
 
 from shared.errors import ApiError, Code
 from shared.http import ApiRequest, Reply, serve
@@ -6,7 +7,7 @@ from shared.http import ApiRequest, Reply, serve
 
 def get_health(req: ApiRequest) -> Reply:
     body = {"status": "ok", "version": req.settings.version}
-    if req.query.get("ready", "").lower() not in ("true", "1"):
+    if not req.args.get("ready"):
         return Reply(body)
     from shared import store  # imported only for readiness: keeps the liveness cold start bare
 
@@ -19,4 +20,10 @@ def get_health(req: ApiRequest) -> Reply:
     return Reply({**body, "checks": {"firestore": "ok"}})
 
 
-healthz = serve("healthz", {"getHealth": get_health})
+def get_openapi(req: ApiRequest) -> Reply:
+    from shared.openapi import public_spec
+
+    return Reply(public_spec())
+
+
+healthz = serve("healthz", {"getHealth": get_health, "getOpenApi": get_openapi})

@@ -7,20 +7,21 @@ adapters or billing.
 
 from shared.http import ApiRequest, Reply, list_reply, serve
 from shared.idempotency import HEADER as IDEMPOTENCY_KEY
-from shared.jobs import list_page, owned, parse_status, view
+from shared.jobs import list_page, owned, view
+from shared.records import JobStatus
 
 
 def estimate_job(req: ApiRequest) -> Reply:
     from shared import admission
 
-    return Reply(admission.estimate(req.uid, req.email, req.json_object(), req.settings))
+    return Reply(admission.estimate(req.uid, req.email, req.body, req.settings))
 
 
 def create_job(req: ApiRequest) -> Reply:
     from shared import admission
 
     job, created = admission.submit(
-        req.uid, req.email, req.json_object(), req.header(IDEMPOTENCY_KEY), req.settings
+        req.uid, req.email, req.body, req.header(IDEMPOTENCY_KEY), req.settings
     )
     headers = {} if created else {"Idempotent-Replayed": "true"}
     return Reply(job, status=201, headers=headers)
@@ -28,7 +29,7 @@ def create_job(req: ApiRequest) -> Reply:
 
 def list_jobs(req: ApiRequest) -> Reply:
     limit, cursor = req.page()
-    status = parse_status(req.query.get("status"))
+    status = JobStatus(req.args["status"]) if "status" in req.args else None
     return list_reply(*list_page(req.uid, limit, cursor, status))
 
 
@@ -55,7 +56,7 @@ def extend_storage(req: ApiRequest) -> Reply:
         billing.extend_storage(
             req.uid,
             req.params["job_id"],
-            req.json_object(),
+            req.body,
             req.header(IDEMPOTENCY_KEY),
             req.settings,
         )

@@ -9,7 +9,7 @@ def get_me(req: ApiRequest) -> Reply:
 
 
 def update_me(req: ApiRequest) -> Reply:
-    return Reply(accounts.update_account(req.uid, req.email, req.json_object(), req.settings))
+    return Reply(accounts.update_account(req.uid, req.email, req.body, req.settings))
 
 
 me = serve("me", {"getMe": get_me, "updateMe": update_me})

@@ -142,7 +142,7 @@ def test_validate_before_upload_is_409(api) -> None:
         ({"filename": "a.jsonl"}, "missing_field", "size_bytes"),
         ({"filename": "a.jsonl", "size_bytes": 0}, "invalid_value", "size_bytes"),
         ({"filename": "a.jsonl", "size_bytes": (100 << 20) + 1}, "invalid_value", "size_bytes"),
-        ({"filename": "a.jsonl", "size_bytes": "10"}, "missing_field", "size_bytes"),
+        ({"filename": "a.jsonl", "size_bytes": "10"}, "invalid_value", "size_bytes"),
         ({"filename": "a.jsonl", "size_bytes": 10, "x": 1}, "unknown_field", "x"),
     ],
 )

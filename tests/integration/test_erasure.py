@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from cloudevents.http import CloudEvent
 
-from shared import storage, store
+from shared import apikeys, storage, store
 from shared.config import settings
 from shared.records import AuthorizationStatus, JobStatus, PaymentStatus
 from tests.support.api import (
@@ -45,12 +45,17 @@ def test_a_deleted_user_leaves_only_their_accounting_records(api, stack_env) -> 
     running = held_job(user.uid)
     others_job = held_job(other.uid)
     card = store.get_or_create_user(user.uid, None).payment_method.id
+    key = api.request(
+        "POST", "/v1/api-keys", user, json={"name": "k", "scopes": ["jobs:read"]}
+    ).json()["secret"]
     ledger = store.ledger_entries(user.uid)
     assert [e.amount_cents for e in ledger] == [50]
 
     auth_events(deleted(user.uid))
 
     assert store.find_user(user.uid) is None
+    assert store.get_api_key(apikeys.digest(key)) is None  # its keys are gone with it
+    assert api.request("GET", "/v1/jobs", token=key).status_code == 401
     assert store.jobs_of(user.uid) == []
     assert store.list_datasets(user.uid, 10, None)[0] == []
     assert storage.list_names(cfg.datasets_bucket, f"datasets/{user.uid}/") == []

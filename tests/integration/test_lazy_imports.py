@@ -41,6 +41,7 @@ print(json.dumps({{"status": resp.status_code, "at_load": at_load, "after": load
         ("datasets", "/v1/datasets", ["firebase_admin", "google.cloud.firestore"]),
         ("jobs", "/v1/jobs", ["firebase_admin", "google.cloud.firestore"]),
         ("billing", "/v1/billing/summary", ["firebase_admin", "google.cloud.firestore"]),
+        ("api_keys", "/v1/api-keys", ["firebase_admin", "google.cloud.firestore"]),
     ],
 )
 def test_function_loads_only_the_sdks_it_uses(api, target: str, path: str, needs: list) -> None:

@@ -4,6 +4,7 @@ contract where a test plays the trainer."""
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 import uuid
@@ -11,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 
@@ -27,7 +29,11 @@ from shared.contract import (
     TrainerFailure,
     TrainerResult,
 )
+from shared.openapi import public_spec
 from shared.records import Job, JobStatus, PaymentMethod, Quote
+from shared.routes import resolve
+from shared.schema import Invalid
+from shared.schemas import check_response
 from tests.support.catalog import TINY_ID
 
 
@@ -56,12 +62,46 @@ class Api:
     def request(
         self, method: str, path: str, user: User | None = None, token: str | None = None, **kw: Any
     ) -> requests.Response:
+        """One request; its answer is held to the spec (status documented, body of the shape
+        the operation's schema gives), so every integration test also tests the spec."""
         headers = dict(kw.pop("headers", {}))
         if user is not None:
             headers["Authorization"] = f"Bearer {user.token}"
         elif token is not None:
             headers["Authorization"] = f"Bearer {token}"
-        return requests.request(method, self.base + path, headers=headers, timeout=30, **kw)
+        resp = requests.request(method, self.base + path, headers=headers, timeout=30, **kw)
+        conforms(method, path, resp)
+        return resp
+
+
+@functools.cache
+def _documented() -> dict[str, set[int]]:
+    spec = public_spec()
+    return {
+        op["operationId"]: {int(status) for status in op["responses"]}
+        for item in spec["paths"].values()
+        for op in item.values()
+    }
+
+
+def conforms(method: str, path: str, resp: requests.Response) -> None:
+    """Raises AssertionError when a public operation answers with a status its spec does not
+    document or a body that does not fit the schema of that status."""
+    route = resolve(method, urlsplit(path).path).route
+    if route is None or route.internal:
+        return
+    status = resp.status_code
+    where = f"{method} {path} -> {status}"
+    assert status in _documented()[route.operation_id], f"{where}: status not in the spec"
+    if not resp.content:
+        return
+    assert resp.headers.get("Content-Type", "").startswith("application/json"), where
+    try:
+        check_response(route.operation_id, status, resp.json())
+    except Invalid as exc:
+        raise AssertionError(
+            f"{where}: body does not fit the spec at '{exc.path}': {exc}"
+        ) from None
 
 
 def jsonl(records: list[dict[str, Any]]) -> bytes:

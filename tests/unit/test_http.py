@@ -117,7 +117,7 @@ def test_unexpected_exception_is_a_json_500_without_internals(capsys) -> None:
     def boom(req: ApiRequest) -> Reply:
         raise KeyError("secret internal detail")
 
-    resp = call(serve("healthz", {"getHealth": boom}), "GET", "/v1/healthz")
+    resp = call(serve("healthz", {"getHealth": boom, "getOpenApi": boom}), "GET", "/v1/healthz")
     assert resp.status_code == 500
     body = resp.get_json()
     assert body["error"]["code"] == "internal_error"
@@ -134,7 +134,9 @@ def test_a_contended_write_is_a_retryable_503_not_a_404() -> None:
     def contended(req: ApiRequest) -> Reply:
         raise Contended("job")
 
-    resp = call(serve("healthz", {"getHealth": contended}), "GET", "/v1/healthz")
+    resp = call(
+        serve("healthz", {"getHealth": contended, "getOpenApi": contended}), "GET", "/v1/healthz"
+    )
     assert resp.status_code == 503
     assert resp.headers["Retry-After"] == "1"
     body = resp.get_json()["error"]
@@ -145,7 +147,7 @@ def test_api_error_is_mapped_with_its_status_and_param() -> None:
     def refuse(req: ApiRequest) -> Reply:
         raise ApiError(Code.INVALID_VALUE, "no", param="x")
 
-    resp = call(serve("healthz", {"getHealth": refuse}), "GET", "/v1/healthz")
+    resp = call(serve("healthz", {"getHealth": refuse, "getOpenApi": refuse}), "GET", "/v1/healthz")
     assert resp.status_code == 400
     assert resp.get_json()["error"]["param"] == "x"
 
@@ -161,7 +163,7 @@ def echo_me(monkeypatch):
     monkeypatch.setattr(http, "authenticate", lambda header, cfg: Principal("u1", None, False))
 
     def echo(req: ApiRequest) -> Reply:
-        return Reply(req.json_object())
+        return Reply(req.body)
 
     return serve("me", {"getMe": echo, "updateMe": echo})
 
@@ -186,5 +188,45 @@ def test_bad_bodies(echo_me, data, content_type: str, code: str) -> None:
 
 
 def test_good_body_reaches_the_handler(echo_me) -> None:
-    resp = call(echo_me, "PATCH", "/v1/me", json={"a": [1, 2]})
-    assert resp.status_code == 200 and resp.get_json() == {"a": [1, 2]}
+    body = {"notifications": {"job_failed": False}, "monthly_spend_limit_cents": 100}
+    resp = call(echo_me, "PATCH", "/v1/me", json=body)
+    assert resp.status_code == 200 and resp.get_json() == body
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "param"),
+    [
+        ({"a": 1}, "unknown_field", "a"),
+        ({}, "missing_field", "notifications"),
+        ({"monthly_spend_limit_cents": "5"}, "invalid_value", "monthly_spend_limit_cents"),
+    ],
+)
+def test_a_body_that_does_not_fit_its_schema_never_reaches_the_handler(
+    echo_me, body: dict, code: str, param: str
+) -> None:
+    resp = call(echo_me, "PATCH", "/v1/me", json=body)
+    assert resp.status_code == 400
+    assert (resp.get_json()["error"]["code"], resp.get_json()["error"]["param"]) == (code, param)
+
+
+def test_a_deprecated_route_answers_with_a_sunset_header(monkeypatch) -> None:
+    from dataclasses import replace
+
+    from shared import routes
+
+    table = tuple(
+        replace(r, sunset="2027-06-30") if r.operation_id == "getHealth" else r
+        for r in routes.ROUTES
+    )
+    monkeypatch.setattr(routes, "ROUTES", table)
+    monkeypatch.setattr(http, "routes_of", lambda f: tuple(r for r in table if r.function == f))
+    view = serve("healthz", {"getHealth": lambda r: Reply({}), "getOpenApi": lambda r: Reply({})})
+    resp = call(view, "GET", "/v1/healthz")
+    assert resp.headers["Sunset"] == "Wed, 30 Jun 2027 00:00:00 GMT"
+    assert resp.headers["Deprecation"] == "true"
+    assert "Sunset" not in call(view, "GET", "/v1/openapi.json").headers
+    from shared.openapi import public_spec
+
+    spec = public_spec()
+    assert spec["paths"]["/v1/healthz"]["get"]["deprecated"] is True
+    assert "deprecated" not in spec["paths"]["/v1/models"]["get"]

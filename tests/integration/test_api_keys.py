@@ -1,0 +1,131 @@
+"""API keys on the local stack: minted once, stored only as a hash, scoped per route from the
+route table, revoked at once, never able to manage keys, at most 20 live per account."""
+
+from __future__ import annotations
+
+import base64
+from datetime import timedelta
+
+from shared import apikeys, store
+from tests.support.api import Api, User
+
+ALL = ["jobs:read", "jobs:write", "datasets:write", "billing:read"]
+
+
+def mint(api: Api, user: User, scopes: list[str], name: str = "ci") -> dict:
+    resp = api.request("POST", "/v1/api-keys", user, json={"name": name, "scopes": scopes})
+    assert resp.status_code == 201, resp.text
+    return resp.json()
+
+
+def test_a_key_is_shown_once_and_stored_only_as_its_hash(api) -> None:
+    user = api.new_user()
+    key = mint(api, user, ["jobs:read"])
+    secret = key["secret"]
+    assert secret.startswith("yk_test_")  # localstripe keys are test keys
+    assert len(base64.urlsafe_b64decode(secret[len("yk_test_") :] + "=")) >= 32
+    assert key["prefix"] == secret[:14] and key["scopes"] == ["jobs:read"]
+    doc = store.client().collection("api_keys").document(apikeys.digest(secret)).get()
+    assert doc.exists and secret not in str(doc.to_dict())
+    listed = api.request("GET", "/v1/api-keys", user).json()["data"]
+    assert [k["id"] for k in listed] == [key["id"]]
+    assert "secret" not in listed[0] and secret not in str(listed)
+
+
+def test_a_key_acts_for_its_user_within_its_scopes(api) -> None:
+    user, other = api.new_user(), api.new_user()
+    reader = mint(api, user, ["jobs:read"])["secret"]
+    assert api.request("GET", "/v1/jobs", token=reader).status_code == 200
+    assert api.request("GET", "/v1/models", token=reader).status_code == 200
+    refused = api.request("POST", "/v1/jobs", token=reader, json={"model": "m", "dataset_id": "d"})
+    assert refused.status_code == 403
+    assert refused.json()["error"]["code"] == "insufficient_scope"
+    assert "'jobs:write'" in refused.json()["error"]["message"]
+    assert api.request("GET", "/v1/billing/summary", token=reader).status_code == 403
+    # the key sees its own user's things, and other users' answer 404 as for a session
+    ds = api.request(
+        "POST", "/v1/datasets", other, json={"filename": "a.jsonl", "size_bytes": 10}
+    ).json()
+    writer = mint(api, user, ["datasets:write"])["secret"]
+    assert api.request("GET", f"/v1/datasets/{ds['id']}", token=writer).status_code == 404
+    mine = api.request(
+        "POST", "/v1/datasets", token=writer, json={"filename": "b.jsonl", "size_bytes": 10}
+    )
+    assert mine.status_code == 201
+    assert store.get_dataset(user.uid, mine.json()["id"]) is not None
+
+
+def test_keys_never_manage_keys_or_cards(api) -> None:
+    user = api.new_user()
+    key = mint(api, user, ALL)
+    for method, path, body in (
+        ("POST", "/v1/api-keys", {"name": "x", "scopes": ["jobs:read"]}),
+        ("GET", "/v1/api-keys", None),
+        ("DELETE", f"/v1/api-keys/{key['id']}", None),
+        ("POST", "/v1/jobs/setup-card", None),
+        ("PATCH", "/v1/me", {"monthly_spend_limit_cents": 1}),
+    ):
+        resp = api.request(method, path, token=key["secret"], json=body)
+        assert resp.status_code == 403, (method, path)
+        assert resp.json()["error"]["code"] == "session_required"
+    assert api.request("GET", "/v1/me", token=key["secret"]).status_code == 200
+
+
+def test_a_revoked_key_is_refused_by_the_next_request(api) -> None:
+    user, other = api.new_user(), api.new_user()
+    key = mint(api, user, ["jobs:read"])
+    assert api.request("GET", "/v1/jobs", token=key["secret"]).status_code == 200
+    # another user cannot revoke it, and learns nothing about it
+    assert api.request("DELETE", f"/v1/api-keys/{key['id']}", other).status_code == 404
+    assert api.request("DELETE", f"/v1/api-keys/{key['id']}", user).status_code == 204
+    refused = api.request("GET", "/v1/jobs", token=key["secret"])
+    assert refused.status_code == 401 and refused.json()["error"]["code"] == "api_key_revoked"
+    assert api.request("GET", "/v1/api-keys", user).json()["data"] == []
+    assert api.request("DELETE", f"/v1/api-keys/{key['id']}", user).status_code == 404
+
+
+def test_a_key_we_never_issued_is_refused(api) -> None:
+    resp = api.request("GET", "/v1/jobs", token="yk_test_" + "A" * 43)
+    assert resp.status_code == 401 and resp.json()["error"]["code"] == "auth_invalid"
+
+
+def test_at_most_twenty_live_keys(api) -> None:
+    user = api.new_user()
+    keys = [mint(api, user, ["jobs:read"], name=f"k{i}") for i in range(apikeys.MAX_LIVE_KEYS)]
+    over = api.request("POST", "/v1/api-keys", user, json={"name": "x", "scopes": ["jobs:read"]})
+    assert over.status_code == 409 and over.json()["error"]["code"] == "too_many_api_keys"
+    api.request("DELETE", f"/v1/api-keys/{keys[0]['id']}", user)
+    assert mint(api, user, ["jobs:read"])["name"] == "ci"
+
+
+def test_last_used_at_is_written_at_most_once_a_minute(api) -> None:
+    user = api.new_user()
+    key = mint(api, user, ["jobs:read"])
+    assert key["last_used_at"] is None
+    ref = store.client().collection("api_keys").document(apikeys.digest(key["secret"]))
+    api.request("GET", "/v1/jobs", token=key["secret"])
+    first = ref.get()
+    used = first.to_dict()["last_used_at"]
+    assert used is not None
+    for _ in range(3):
+        api.request("GET", "/v1/jobs", token=key["secret"])
+    assert ref.get().update_time == first.update_time  # no write within the minute
+    ref.update({"last_used_at": used - timedelta(minutes=2)})
+    api.request("GET", "/v1/jobs", token=key["secret"])
+    assert ref.get().to_dict()["last_used_at"] > used
+    listed = api.request("GET", "/v1/api-keys", user).json()["data"][0]
+    assert listed["last_used_at"] is not None
+
+
+def test_bad_key_requests_name_the_field(api) -> None:
+    user = api.new_user()
+    for body, code, param in (
+        ({"scopes": ["jobs:read"]}, "missing_field", "name"),
+        ({"name": " ", "scopes": ["jobs:read"]}, "invalid_value", "name"),
+        ({"name": "x", "scopes": []}, "invalid_value", "scopes"),
+        ({"name": "x", "scopes": ["jobs:admin"]}, "invalid_value", "scopes[0]"),
+        ({"name": "x", "scopes": ["jobs:read"], "ttl": 5}, "unknown_field", "ttl"),
+    ):
+        resp = api.request("POST", "/v1/api-keys", user, json=body)
+        assert resp.status_code == 400, body
+        assert (resp.json()["error"]["code"], resp.json()["error"]["param"]) == (code, param)
