@@ -36,6 +36,7 @@ SDKS: dict[str, tuple[str, ...]] = {
     "jobs": ("firebase_admin.auth", "google.cloud.firestore"),
     "billing": ("firebase_admin.auth", "google.cloud.firestore"),
     "api_keys": ("firebase_admin.auth", "google.cloud.firestore"),
+    "webhooks": ("firebase_admin.auth", "google.cloud.firestore"),
 }
 PATHS = {
     "healthz": "/v1/healthz",
@@ -45,6 +46,7 @@ PATHS = {
     "jobs": "/v1/jobs",
     "billing": "/v1/billing/summary",
     "api_keys": "/v1/api-keys",
+    "webhooks": "/v1/webhook-endpoints",
 }
 
 

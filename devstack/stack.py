@@ -147,6 +147,9 @@ class Stack:
             "YACHAY_TASKS_QUEUE": TASKS_QUEUE,
             "YACHAY_BATCH_TOPIC": BATCH_TOPIC,
             "YACHAY_SIGNING_KEY_FILE": str(self.run_dir / "signing-key.json"),
+            # Webhook receivers of the local stack and its tests listen on 127.0.0.1; nothing
+            # else may send to a loopback address (shared/webhooks.py).
+            "YACHAY_WEBHOOKS_ALLOW_LOOPBACK": "true",
             # Keep google-auth from probing the GCE metadata server: nothing leaves this machine.
             "NO_GCE_CHECK": "true",
             "GCE_METADATA_HOST": "127.0.0.1:9",

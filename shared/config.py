@@ -16,6 +16,7 @@ from shared.routes import path_of
 
 VERSION = "0.1.0"
 LAUNCH_PATH = path_of("launchJob")
+DELIVER_PATH = path_of("deliverWebhook")
 
 # Variables the Google SDKs read themselves; their presence means "use an emulator".
 EMULATOR_VARIABLES = (
@@ -73,6 +74,10 @@ class Settings:
     checkout_cancel_url: str
     currency: str
     retention_days: int
+    webhook_target_url: str  # where Cloud Tasks delivers webhook attempts (the launcher function)
+    # Local only: lets webhooks go to 127.0.0.1 (the receivers of the local stack and tests);
+    # everywhere else loopback, like every non-public address, is refused at send time.
+    webhooks_allow_loopback: bool
 
     @property
     def is_local(self) -> bool:
@@ -115,13 +120,16 @@ def load(environ: Mapping[str, str]) -> Settings:
         raise ConfigError(
             f"YACHAY_CHECKOUT_BACKEND must be 'local' or 'stripe', not {checkout_backend!r}"
         )
+    allow_loopback = environ.get("YACHAY_WEBHOOKS_ALLOW_LOOPBACK", "").lower() in ("1", "true")
     if env == "production" and (
         batch_backend == "local"
         or checkout_backend == "local"
         or environ.get("YACHAY_SIGNING_KEY_FILE")
+        or allow_loopback
     ):
         raise ConfigError(
-            "the local Batch executor, local checkout page and local signing keys are local-only"
+            "the local Batch executor, local checkout page, local signing keys and loopback "
+            "webhooks are local-only"
         )
     return Settings(
         env=env,
@@ -178,6 +186,11 @@ def load(environ: Mapping[str, str]) -> Settings:
         ),
         currency=environ.get("YACHAY_CURRENCY", "usd"),
         retention_days=int(environ.get("YACHAY_RETENTION_DAYS", 30)),
+        webhook_target_url=environ.get(
+            "YACHAY_WEBHOOK_TARGET_URL",
+            environ.get("YACHAY_API_BASE_URL", "http://127.0.0.1:8700") + DELIVER_PATH,
+        ),
+        webhooks_allow_loopback=allow_loopback,
     )
 
 

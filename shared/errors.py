@@ -64,6 +64,7 @@ class Code(StrEnum):
     TOO_MANY_DATASETS = ("too_many_datasets", 409)
     DATASET_STORAGE_FULL = ("dataset_storage_full", 413)
     TOO_MANY_API_KEYS = ("too_many_api_keys", 409)
+    TOO_MANY_WEBHOOK_ENDPOINTS = ("too_many_webhook_endpoints", 409)
     NOTHING_TO_RETRY = ("nothing_to_retry", 409)
     JOB_NOT_COMPLETED = ("job_not_completed", 409)
     PAYMENT_REQUIRED = ("payment_required", 402)

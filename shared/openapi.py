@@ -330,6 +330,7 @@ def function_table() -> dict[str, Any]:
         "paths": {
             "launch_job": routes.path_of("launchJob"),
             "relaunch_stale": routes.path_of("relaunchStale"),
+            "deliver_webhook": routes.path_of("deliverWebhook"),
         },
     }
 

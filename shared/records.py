@@ -70,6 +70,7 @@ class UserRecord(NamedTuple):
     spend: Mapping[str, int] = MappingProxyType({})  # month ("2026-11") -> cents settled
     datasets: Mapping[str, int] = MappingProxyType({})  # dataset id -> bytes declared (quotas)
     api_keys: Mapping[str, str] = MappingProxyType({})  # live key id -> its api_keys document
+    webhook_endpoints: Mapping[str, bool] = MappingProxyType({})  # endpoint id -> True
 
     def spent_in(self, month: str) -> int:
         """Cents settled (ledger entries) in `month`."""
@@ -106,6 +107,7 @@ class UserRecord(NamedTuple):
             "spend": dict(self.spend),
             "datasets": dict(self.datasets),
             "api_keys": dict(self.api_keys),
+            "webhook_endpoints": dict(self.webhook_endpoints),
         }
 
     @staticmethod
@@ -127,6 +129,7 @@ class UserRecord(NamedTuple):
             spend=dict(doc.get("spend") or {}),
             datasets=dict(doc.get("datasets") or {}),
             api_keys=dict(doc.get("api_keys") or {}),
+            webhook_endpoints=dict(doc.get("webhook_endpoints") or {}),
         )
 
 
@@ -724,4 +727,171 @@ class LedgerEntry(NamedTuple):
             currency=doc["currency"],
             payment_intent=doc.get("payment_intent") or "",
             created_at=doc["created_at"],
+        )
+
+
+# --- webhooks --------------------------------------------------------------------------------
+
+# What an endpoint may subscribe to; `ping` is sent only by POST .../test.
+WEBHOOK_EVENT_TYPES = (
+    "job.queued",
+    "job.running",
+    "job.completed",
+    "job.failed",
+    "job.cancelled",
+    "payment.succeeded",
+    "payment.failed",
+)
+PING = "ping"
+
+
+class WebhookSecret(NamedTuple):
+    """One signing secret (`whsec_` + base64 of 32 random bytes). During a rotation the old one
+    keeps signing until `expires_at`, beside the new one (None: no end)."""
+
+    secret: str
+    created_at: datetime
+    expires_at: datetime | None = None
+
+    def to_doc(self) -> dict[str, Any]:
+        return self._asdict()
+
+    @staticmethod
+    def from_doc(doc: Mapping[str, Any]) -> "WebhookSecret":
+        return WebhookSecret(doc["secret"], doc["created_at"], doc.get("expires_at"))
+
+
+class WebhookEndpoint(NamedTuple):
+    id: str
+    uid: str
+    url: str
+    events: tuple[str, ...]
+    description: str
+    secrets: tuple[WebhookSecret, ...]  # newest first
+    created_at: datetime
+    disabled_at: datetime | None = None
+    disabled_reason: str | None = None
+    failing_since: datetime | None = None  # first failure of the current run of failures
+
+    def signing_secrets(self, now: datetime) -> tuple[str, ...]:
+        return tuple(s.secret for s in self.secrets if s.expires_at is None or s.expires_at > now)
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            **self._asdict(),
+            "events": list(self.events),
+            "secrets": [s.to_doc() for s in self.secrets],
+        }
+
+    @staticmethod
+    def from_doc(doc: Mapping[str, Any]) -> "WebhookEndpoint":
+        return WebhookEndpoint(
+            id=doc["id"],
+            uid=doc["uid"],
+            url=doc["url"],
+            events=tuple(doc.get("events") or ()),
+            description=doc.get("description", ""),
+            secrets=tuple(WebhookSecret.from_doc(s) for s in doc.get("secrets") or ()),
+            created_at=doc["created_at"],
+            disabled_at=doc.get("disabled_at"),
+            disabled_reason=doc.get("disabled_reason"),
+            failing_since=doc.get("failing_since"),
+        )
+
+
+class WebhookEvent(NamedTuple):
+    """One event to send (webhook_events/{id}), written in the same commit as the transition
+    it reports, so no transition goes unsent; its id is made from the transition (the job and
+    its new status), so no transition is recorded twice."""
+
+    id: str
+    uid: str
+    type: str
+    job_id: str
+    created_at: datetime
+    job: Mapping[str, Any] | None = None  # the job's document at the transition
+
+    def to_doc(self) -> dict[str, Any]:
+        from datetime import timedelta
+
+        return {
+            **self._asdict(),
+            "job": None if self.job is None else dict(self.job),
+            "expires_at": self.created_at + timedelta(days=30),  # Firestore TTL
+        }
+
+    @staticmethod
+    def from_doc(doc: Mapping[str, Any]) -> "WebhookEvent":
+        return WebhookEvent(
+            id=doc["id"],
+            uid=doc["uid"],
+            type=doc["type"],
+            job_id=doc.get("job_id", ""),
+            created_at=doc["created_at"],
+            job=doc.get("job"),
+        )
+
+
+class DeliveryAttempt(NamedTuple):
+    attempt: int  # 1-based
+    at: datetime
+    status_code: int | None  # None: no answer (refused, timed out, unsafe address)
+    latency_ms: int
+    error: str | None = None
+    next_retry_at: datetime | None = None
+
+    def to_doc(self) -> dict[str, Any]:
+        return self._asdict()
+
+    @staticmethod
+    def from_doc(doc: Mapping[str, Any]) -> "DeliveryAttempt":
+        return DeliveryAttempt(
+            attempt=int(doc["attempt"]),
+            at=doc["at"],
+            status_code=doc.get("status_code"),
+            latency_ms=int(doc.get("latency_ms", 0)),
+            error=doc.get("error"),
+            next_retry_at=doc.get("next_retry_at"),
+        )
+
+
+class DeliveryStatus(StrEnum):
+    PENDING = "pending"  # attempted and to be retried, or not attempted yet
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # every attempt of the schedule failed, or the endpoint was disabled
+
+
+class WebhookDelivery(NamedTuple):
+    """One event to one endpoint (webhook_deliveries/{event}--{endpoint}) and its attempts;
+    kept 30 days (a TTL on `expires_at`)."""
+
+    id: str
+    uid: str
+    endpoint_id: str
+    event_id: str
+    event_type: str
+    status: DeliveryStatus
+    created_at: datetime
+    expires_at: datetime
+    attempts: tuple[DeliveryAttempt, ...] = ()
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            **self._asdict(),
+            "status": self.status.value,
+            "attempts": [a.to_doc() for a in self.attempts],
+        }
+
+    @staticmethod
+    def from_doc(doc: Mapping[str, Any]) -> "WebhookDelivery":
+        return WebhookDelivery(
+            id=doc["id"],
+            uid=doc["uid"],
+            endpoint_id=doc["endpoint_id"],
+            event_id=doc["event_id"],
+            event_type=doc["event_type"],
+            status=DeliveryStatus(doc["status"]),
+            created_at=doc["created_at"],
+            expires_at=doc["expires_at"],
+            attempts=tuple(DeliveryAttempt.from_doc(a) for a in doc.get("attempts") or ()),
         )

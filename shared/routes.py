@@ -32,7 +32,8 @@ JOBS_READ = "jobs:read"
 JOBS_WRITE = "jobs:write"
 DATASETS_WRITE = "datasets:write"
 BILLING_READ = "billing:read"
-SCOPES = (JOBS_READ, JOBS_WRITE, DATASETS_WRITE, BILLING_READ)
+WEBHOOKS_WRITE = "webhooks:write"
+SCOPES = (JOBS_READ, JOBS_WRITE, DATASETS_WRITE, BILLING_READ, WEBHOOKS_WRITE)
 
 
 def valid_id(value: object) -> bool:
@@ -145,6 +146,24 @@ ROUTES: tuple[Route, ...] = (
           "The caller's live API keys (never their secrets); signed-in users only."),
     Route("DELETE", "/v1/api-keys/{key_id}", "api_keys", "deleteApiKey",
           "Revokes an API key at once; signed-in users only."),
+    Route("POST", "/v1/webhook-endpoints", "webhooks", "createWebhookEndpoint",
+          "Adds an endpoint for job and payment events; answers its signing secret once.",
+          per_minute=30, key_scopes=(WEBHOOKS_WRITE,)),
+    Route("GET", "/v1/webhook-endpoints", "webhooks", "listWebhookEndpoints",
+          "The caller's webhook endpoints (never their secrets).", key_scopes=(WEBHOOKS_WRITE,)),
+    Route("DELETE", "/v1/webhook-endpoints/{endpoint_id}", "webhooks", "deleteWebhookEndpoint",
+          "Removes a webhook endpoint; nothing more is sent to it.",
+          key_scopes=(WEBHOOKS_WRITE,)),
+    Route("POST", "/v1/webhook-endpoints/{endpoint_id}/rotate-secret", "webhooks",
+          "rotateWebhookSecret",
+          "A new signing secret (answered once); the old one also signs for 24 hours.",
+          key_scopes=(WEBHOOKS_WRITE,)),
+    Route("POST", "/v1/webhook-endpoints/{endpoint_id}/test", "webhooks", "testWebhookEndpoint",
+          "Sends a `ping` event to the endpoint.", per_minute=10, key_scopes=(WEBHOOKS_WRITE,)),
+    Route("GET", "/v1/webhook-endpoints/{endpoint_id}/deliveries", "webhooks",
+          "listWebhookDeliveries",
+          "The endpoint's deliveries of the last 30 days, newest first, with every attempt.",
+          key_scopes=(WEBHOOKS_WRITE,)),
     Route("POST", "/v1/stripe/webhook", "stripe_webhook", "stripeWebhook",
           "Stripe events (verified by Stripe-Signature, not Firebase).", auth=False),
     Route("POST", "/internal/tasks/launch-job", "launch_job", "launchJob",
@@ -153,6 +172,9 @@ ROUTES: tuple[Route, ...] = (
           "Cloud Scheduler target: the sweep (queued jobs that never launched, the "
           "reconciler, card holds near expiry, dataset uploads that never came).",
           auth=False, internal=True),
+    Route("POST", "/internal/tasks/deliver-webhook", "launch_job", "deliverWebhook",
+          "Cloud Tasks target: one attempt of one webhook event to one endpoint.", auth=False,
+          internal=True),
 )
 # fmt: on
 
@@ -184,6 +206,8 @@ TRIGGERS: tuple[Trigger, ...] = (
     Trigger("dataset_events", "storage", "google.cloud.storage.object.v1.finalized",
             "datasets_bucket", "Validates a dataset when its upload finishes.",
             local_push_path="/internal/pubsub/dataset-uploads"),
+    Trigger("webhook_events", "firestore", "google.cloud.firestore.document.v1.created",
+            "webhook_events/{eventId}", "Enqueues each recorded event for its endpoints."),
     Trigger("auth_events", "auth", "providers/firebase.auth/eventTypes/user.delete",
             "", "Erases the account of a deleted Firebase user."),
 )
@@ -209,6 +233,8 @@ DEPLOYMENTS: dict[str, Deployment] = {
     "cards": Deployment("api", "512M", stripe=True),
     "billing": Deployment("api", "512M"),
     "api_keys": Deployment("api", "512M"),
+    "webhooks": Deployment("api", "512M"),
+    "webhook_events": Deployment("api", "512M"),
     "stripe_webhook": Deployment("webhook", "512M", stripe=True),
     "launch_job": Deployment("launcher", "512M", stripe=True),
     "charge_job": Deployment("charger", "512M", stripe=True),

@@ -16,9 +16,11 @@ from shared.errors import ApiError, Code
 from shared.pricing import MAX_EXTENSION_DAYS
 from shared.records import (
     NOTIFICATION_EVENTS,
+    WEBHOOK_EVENT_TYPES,
     AuthorizationStatus,
     ChargeKind,
     DatasetStatus,
+    DeliveryStatus,
     FailureCode,
     JobStatus,
     PaymentStatus,
@@ -494,6 +496,77 @@ CreateApiKey = Object(
     example={"name": "nightly-retrain", "scopes": ["jobs:read", "jobs:write"]},
 )
 
+# --- webhooks --------------------------------------------------------------------------------
+
+_endpoint_fields: dict[str, Schema] = {
+    "object": Const("webhook_endpoint"),
+    "id": Id,
+    "url": Url,
+    "events": Array(String(enum=WEBHOOK_EVENT_TYPES)),
+    "description": String(),
+    "status": String(enum=["enabled", "disabled"]),
+    "disabled_reason": String(nullable=True),
+    "created_at": Time,
+}
+WebhookEndpoint = response(_endpoint_fields, "WebhookEndpoint")
+WebhookEndpointWithSecret = response(
+    {
+        **_endpoint_fields,
+        "secret": String(
+            pattern="whsec_[A-Za-z0-9+/=]+",
+            description="The signing secret (Standard Webhooks): shown this once.",
+        ),
+    },
+    "WebhookEndpointWithSecret",
+)
+CreateWebhookEndpoint = Object(
+    {
+        "url": req(
+            String(max_length=2048, example="https://example.com/hooks/yachay"),
+            hint="the https URL to POST events to",
+        ),
+        "events": req(
+            Array(String(enum=WEBHOOK_EVENT_TYPES), min_items=1, max_items=32),
+            hint=f"the event types to send, from: {', '.join(WEBHOOK_EVENT_TYPES)}",
+        ),
+        "description": opt(String(max_length=500)),
+    },
+    name="CreateWebhookEndpointRequest",
+    example={
+        "url": "https://example.com/hooks/yachay",
+        "events": ["job.completed", "job.failed"],
+        "description": "CI",
+    },
+)
+WebhookPing = response(
+    {"object": Const("webhook_event"), "id": String(), "type": Const("ping"), "endpoint_id": Id},
+    "WebhookPing",
+)
+WebhookDelivery = response(
+    {
+        "object": Const("webhook_delivery"),
+        "id": String(),
+        "event_id": String(),
+        "event_type": String(),
+        "status": String(enum=[s.value for s in DeliveryStatus]),
+        "created_at": Time,
+        "attempts": Array(
+            response(
+                {
+                    "attempt": Integer(minimum=1),
+                    "at": Time,
+                    "status_code": Integer(nullable=True),
+                    "latency_ms": Integer(minimum=0),
+                    "error": String(nullable=True),
+                    "next_retry_at": MaybeTime,
+                },
+                "WebhookAttempt",
+            )
+        ),
+    },
+    "WebhookDelivery",
+)
+
 # --- health and the spec ---------------------------------------------------------------------
 
 Health = Object(
@@ -640,6 +713,21 @@ OPERATIONS: Mapping[str, Operation] = {
     ),
     "listApiKeys": Operation(ok=list_of(ApiKey, "ApiKeyList")),
     "deleteApiKey": Operation(ok_status=204, errors=(Code.NOT_FOUND,)),
+    "createWebhookEndpoint": Operation(
+        ok_status=201,
+        ok=WebhookEndpointWithSecret,
+        body=CreateWebhookEndpoint,
+        errors=(Code.TOO_MANY_WEBHOOK_ENDPOINTS,),
+    ),
+    "listWebhookEndpoints": Operation(ok=list_of(WebhookEndpoint, "WebhookEndpointList")),
+    "deleteWebhookEndpoint": Operation(ok_status=204, errors=(Code.NOT_FOUND,)),
+    "rotateWebhookSecret": Operation(ok=WebhookEndpointWithSecret, errors=(Code.NOT_FOUND,)),
+    "testWebhookEndpoint": Operation(ok_status=202, ok=WebhookPing, errors=(Code.NOT_FOUND,)),
+    "listWebhookDeliveries": Operation(
+        ok=list_of(WebhookDelivery, "WebhookDeliveryList"),
+        query=Query({"limit": Limit}),
+        errors=(Code.NOT_FOUND,),
+    ),
     "stripeWebhook": Operation(
         ok=response({"received": Const(True), "outcome": String()}, "WebhookReceipt"),
         raw_body=Free(description="A Stripe event, signed in the Stripe-Signature header."),

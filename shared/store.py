@@ -12,6 +12,10 @@ document shape; nothing outside this module sees a document, a collection or the
     stripe_events/{id}     Stripe event ids already handled.
     mail/{job}-{status}    Mail for the Firebase "Trigger Email" extension.
     api_keys/{sha256}      ApiKeyRecord: keyed by the hash of the secret (one read per check).
+    webhook_endpoints/{id} WebhookEndpoint.
+    webhook_events/{id}    WebhookEvent: the outbox, written in the commit of the transition it
+                           reports (job.* in new_job/update_job, payment.* in settle_charge).
+    webhook_deliveries/{event}--{endpoint}  WebhookDelivery: its attempts (30 days).
 
 Writes that must happen together are one commit here (a transition and its email; a charge's
 outcome, its ledger entry, the job's payment and the account's pause flag), so a crash between
@@ -42,6 +46,7 @@ from shared.records import (
     ChargeStatus,
     Dataset,
     DatasetStatus,
+    DeliveryStatus,
     IdempotencyRecord,
     Job,
     JobStatus,
@@ -53,6 +58,9 @@ from shared.records import (
     PaymentStatus,
     UserRecord,
     ValidationReport,
+    WebhookDelivery,
+    WebhookEndpoint,
+    WebhookEvent,
     month_of,
 )
 from shared.routes import valid_id
@@ -72,6 +80,9 @@ STRIPE_EVENTS = "stripe_events"
 MAIL = "mail"
 RATE_LIMITS = "rate_limits"
 API_KEYS = "api_keys"
+WEBHOOK_ENDPOINTS = "webhook_endpoints"
+WEBHOOK_EVENTS = "webhook_events"
+WEBHOOK_DELIVERIES = "webhook_deliveries"
 
 _lock = threading.Lock()
 _client: firestore.Client | None = None
@@ -544,6 +555,7 @@ def new_job(
             raise Conflict("spend_limit_reached", committed)
         batch = db.batch()
         batch.create(_ref(JOBS, job.id), job.to_doc())
+        _record_event(batch, job, f"job.{job.status.value}")
         if idem_ref is not None:
             batch.create(idem_ref, record.to_doc())
         if not snap.exists:
@@ -603,6 +615,8 @@ def update_job(job_id: str, decide: JobDecision, attempts: int = 20) -> Job:
         batch.update(ref, new.to_doc(), option=db.write_option(last_update_time=snap.update_time))
         if mail is not None:
             batch.set(_ref(MAIL, f"{job_id}-{new.status.value}"), mail.to_doc())
+        if new.status != job.status:
+            _record_event(batch, new, f"job.{new.status.value}")
         account = _account_changes(job, new)
         if account:
             batch.update(_ref(USERS, job.uid), account)
@@ -612,6 +626,26 @@ def update_job(job_id: str, decide: JobDecision, attempts: int = 20) -> Job:
             continue
         return new
     raise AssertionError("unreachable")
+
+
+def event_id(job_id: str, event_type: str) -> str:
+    """One id per (job, event type): recording a transition twice writes one event."""
+    return f"evt-{job_id}-{event_type.replace('.', '-')}"
+
+
+def _record_event(batch: Any, job: Job | None, event_type: str, job_id: str = "") -> None:
+    """Adds the webhook event of a transition to the commit that makes the transition."""
+    jid = job.id if job is not None else job_id
+    uid = job.uid if job is not None else ""
+    event = WebhookEvent(
+        id=event_id(jid, event_type),
+        uid=uid,
+        type=event_type,
+        job_id=jid,
+        created_at=now(),
+        job=None if job is None else job.to_doc(),
+    )
+    batch.set(_ref(WEBHOOK_EVENTS, event.id), event.to_doc())
 
 
 def _account_changes(old: Job, new: Job) -> dict[str, Any]:
@@ -834,6 +868,168 @@ def touch_api_key(secret_sha256: str, t: datetime, read_at: datetime) -> None:
         )
 
 
+# --- webhooks --------------------------------------------------------------------------------
+
+
+def new_webhook_endpoint(endpoint: WebhookEndpoint, max_count: int, attempts: int = 30) -> None:
+    """Stores the endpoint and its place on the account in one commit, at most `max_count`
+    per account (optimistic on the account record, as new_dataset).
+
+    Raises:
+        Conflict: "too_many_webhook_endpoints" (detail: the count).
+        Contended: every attempt lost to concurrent writers.
+    """
+    from google.api_core.exceptions import AlreadyExists, FailedPrecondition, NotFound
+
+    db = client()
+    user_ref = _ref(USERS, endpoint.uid)
+    for _ in _retrying(attempts, "account"):
+        snap = user_ref.get()
+        user = (
+            UserRecord.from_doc(snap.to_dict())
+            if snap.exists
+            else UserRecord.new(endpoint.uid, None, endpoint.created_at)
+        )
+        if len(user.webhook_endpoints) >= max_count:
+            raise Conflict("too_many_webhook_endpoints", len(user.webhook_endpoints))
+        batch = db.batch()
+        batch.create(_ref(WEBHOOK_ENDPOINTS, endpoint.id), endpoint.to_doc())
+        if not snap.exists:
+            batch.create(user_ref, user._replace(webhook_endpoints={endpoint.id: True}).to_doc())
+        else:
+            batch.update(
+                user_ref,
+                {f"webhook_endpoints.{endpoint.id}": True, "updated_at": now()},
+                option=db.write_option(last_update_time=snap.update_time),
+            )
+        try:
+            batch.commit()
+        except (AlreadyExists, FailedPrecondition, NotFound):
+            continue
+        return
+    raise AssertionError("unreachable")
+
+
+def get_webhook_endpoint(endpoint_id: str, uid: str | None = None) -> WebhookEndpoint | None:
+    """The endpoint; with `uid`, only if it is that user's."""
+    if not valid_id(endpoint_id):
+        return None
+    snap = _ref(WEBHOOK_ENDPOINTS, endpoint_id).get()
+    if not snap.exists:
+        return None
+    endpoint = WebhookEndpoint.from_doc(snap.to_dict() or {})
+    return endpoint if uid is None or endpoint.uid == uid else None
+
+
+def webhook_endpoints_of(uid: str) -> list[WebhookEndpoint]:
+    """The user's endpoints, newest first (at most the per-account limit: no paging)."""
+    user = find_user(uid)
+    if user is None or not user.webhook_endpoints:
+        return []
+    refs = [_ref(WEBHOOK_ENDPOINTS, i) for i in user.webhook_endpoints]
+    found = [
+        WebhookEndpoint.from_doc(s.to_dict() or {}) for s in client().get_all(refs) if s.exists
+    ]
+    return sorted(found, key=lambda e: e.created_at, reverse=True)
+
+
+def save_webhook_endpoint(endpoint: WebhookEndpoint) -> None:
+    """Writes the endpoint as given (its secrets, disabled and failing state); a deleted
+    endpoint stays deleted."""
+    from google.api_core.exceptions import NotFound
+
+    with contextlib.suppress(NotFound):
+        _ref(WEBHOOK_ENDPOINTS, endpoint.id).update(endpoint.to_doc())
+
+
+def delete_webhook_endpoint(endpoint: WebhookEndpoint) -> None:
+    """Deletes the endpoint and frees its place on the account, in one commit."""
+    from google.cloud import firestore
+
+    batch = client().batch()
+    batch.delete(_ref(WEBHOOK_ENDPOINTS, endpoint.id))
+    batch.set(
+        _ref(USERS, endpoint.uid),
+        {"webhook_endpoints": {endpoint.id: firestore.DELETE_FIELD}},
+        merge=True,
+    )
+    batch.commit()
+
+
+def queue_mail(mail_id: str, mail: Mail) -> None:
+    """An email on its own (one id per reason, so a repeat sends one)."""
+    _ref(MAIL, mail_id).set(mail.to_doc())
+
+
+def get_webhook_event(event_id: str) -> WebhookEvent | None:
+    snap = _ref(WEBHOOK_EVENTS, event_id).get()
+    return WebhookEvent.from_doc(snap.to_dict() or {}) if snap.exists else None
+
+
+def new_webhook_event(event: WebhookEvent) -> None:
+    """An event that reports no transition (a `ping`)."""
+    _ref(WEBHOOK_EVENTS, event.id).set(event.to_doc())
+
+
+def get_delivery(delivery_id: str) -> WebhookDelivery | None:
+    snap = _ref(WEBHOOK_DELIVERIES, delivery_id).get()
+    return WebhookDelivery.from_doc(snap.to_dict() or {}) if snap.exists else None
+
+
+def claim_attempt(delivery: WebhookDelivery, attempt: int) -> WebhookDelivery | None:
+    """Claims attempt number `attempt` of the delivery (creating its record on the first), so
+    a task delivered twice sends once: the stored delivery when this call won the claim; None
+    when the attempt was claimed already or the delivery has ended."""
+    from google.api_core.exceptions import AlreadyExists, FailedPrecondition
+
+    db = client()
+    ref = _ref(WEBHOOK_DELIVERIES, delivery.id)
+    for _ in _retrying(10, "delivery"):
+        snap = ref.get()
+        if not snap.exists:
+            try:
+                ref.create({**delivery.to_doc(), "claimed": attempt})
+            except AlreadyExists:
+                continue
+            return delivery
+        stored = WebhookDelivery.from_doc(snap.to_dict() or {})
+        if stored.status != DeliveryStatus.PENDING or (snap.get("claimed") or 0) >= attempt:
+            return None
+        try:
+            ref.update(
+                {"claimed": attempt}, option=db.write_option(last_update_time=snap.update_time)
+            )
+        except FailedPrecondition:
+            continue
+        return stored
+    raise AssertionError("unreachable")
+
+
+def record_attempt(delivery: WebhookDelivery) -> None:
+    """Stores the delivery's attempts and status as the delivering call left them."""
+    _ref(WEBHOOK_DELIVERIES, delivery.id).update(
+        {
+            "status": delivery.status.value,
+            "attempts": [a.to_doc() for a in delivery.attempts],
+        }
+    )
+
+
+def deliveries_of(endpoint_id: str, limit: int) -> list[WebhookDelivery]:
+    """The endpoint's deliveries, newest first (one composite index, terraform/project.tf)."""
+    from google.cloud import firestore
+    from google.cloud.firestore_v1.base_query import FieldFilter
+
+    query = (
+        client()
+        .collection(WEBHOOK_DELIVERIES)
+        .where(filter=FieldFilter("endpoint_id", "==", endpoint_id))
+        .order_by("created_at", direction=firestore.Query.DESCENDING)
+        .limit(limit)
+    )
+    return [WebhookDelivery.from_doc(s.to_dict() or {}) for s in query.stream()]
+
+
 # --- rate limits -----------------------------------------------------------------------------
 
 
@@ -989,6 +1185,16 @@ def _settlement(
         batch.update(_ref(JOBS, charge.job_id), job)
         if _settles(payment):
             account[f"reserved.{charge.job_id}"] = firestore.DELETE_FIELD
+        kind = {PaymentStatus.PAID: "payment.succeeded", PaymentStatus.FAILED: "payment.failed"}
+        if payment.status in kind:  # the job as it is after this commit is sent (no snapshot)
+            event = WebhookEvent(
+                id=event_id(charge.job_id, kind[payment.status]),
+                uid=charge.uid,
+                type=kind[payment.status],
+                job_id=charge.job_id,
+                created_at=t,
+            )
+            batch.set(_ref(WEBHOOK_EVENTS, event.id), event.to_doc())
     if pause is not None:
         code, flag = pause
         account[f"pauses.{code}"] = firestore.DELETE_FIELD if flag is None else flag.to_doc()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+from datetime import datetime
 from typing import Any
 
 from shared.config import Settings
@@ -40,20 +41,51 @@ def client(cfg: Settings) -> Any:
         return _client
 
 
-def launch_task(job_id: str, cfg: Settings) -> dict[str, Any]:
-    """The task request for launching one job (kept separate so tests can inspect it)."""
+def _request(url: str, body: dict[str, Any], cfg: Settings) -> dict[str, Any]:
     request: dict[str, Any] = {
         "http_method": "POST",
-        "url": cfg.task_target_url,
+        "url": url,
         "headers": {"Content-Type": "application/json"},
-        "body": json.dumps({"job_id": job_id}).encode(),
+        "body": json.dumps(body).encode(),
     }
-    if cfg.tasks_service_account:
+    if cfg.tasks_service_account:  # one audience for every internal route (shared.auth)
         request["oidc_token"] = {
             "service_account_email": cfg.tasks_service_account,
             "audience": cfg.task_target_url,
         }
+    return request
+
+
+def launch_task(job_id: str, cfg: Settings) -> dict[str, Any]:
+    """The task request for launching one job (kept separate so tests can inspect it)."""
+    request = _request(cfg.task_target_url, {"job_id": job_id}, cfg)
     return {"name": f"{cfg.tasks_queue}/tasks/launch-{job_id}", "http_request": request}
+
+
+def delivery_task(
+    event_id: str, endpoint_id: str, attempt: int, at: datetime | None, cfg: Settings
+) -> dict[str, Any]:
+    """The task for attempt `attempt` of one webhook event to one endpoint, named by all three
+    (so a redelivered trigger or a retried attempt enqueues it once), due at `at`."""
+    body = {"event_id": event_id, "endpoint_id": endpoint_id, "attempt": attempt}
+    task: dict[str, Any] = {
+        "name": f"{cfg.tasks_queue}/tasks/wh-{event_id}-{endpoint_id}-{attempt}",
+        "http_request": _request(cfg.webhook_target_url, body, cfg),
+    }
+    if at is not None:
+        task["schedule_time"] = at
+    return task
+
+
+def enqueue_delivery(
+    event_id: str, endpoint_id: str, attempt: int, at: datetime | None, cfg: Settings
+) -> None:
+    from google.api_core.exceptions import AlreadyExists
+
+    with contextlib.suppress(AlreadyExists):
+        client(cfg).create_task(
+            parent=cfg.tasks_queue, task=delivery_task(event_id, endpoint_id, attempt, at, cfg)
+        )
 
 
 def enqueue_launch(job_id: str, cfg: Settings) -> None:

@@ -35,6 +35,7 @@ locals {
     YACHAY_RETENTION_DAYS        = tostring(var.retention_days)
     YACHAY_TASKS_QUEUE           = google_cloud_tasks_queue.launch.id
     YACHAY_TASK_TARGET_URL       = local.launch_url
+    YACHAY_WEBHOOK_TARGET_URL    = "${local.launcher_url}${local.wiring.paths.deliver_webhook}"
     YACHAY_TASKS_SERVICE_ACCOUNT = google_service_account.role["tasks"].email
     YACHAY_OIDC_CERTS_URL        = "https://www.googleapis.com/oauth2/v1/certs"
     YACHAY_BATCH_BACKEND         = "cloud"

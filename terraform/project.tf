@@ -207,6 +207,30 @@ resource "google_cloud_tasks_queue" "launch" {
   depends_on = [google_project_service.enabled]
 }
 
+# webhooks.deliveries: endpoint_id == e, newest first.
+resource "google_firestore_index" "webhook_deliveries" {
+  database   = google_firestore_database.default.name
+  collection = "webhook_deliveries"
+  fields {
+    field_path = "endpoint_id"
+    order      = "ASCENDING"
+  }
+  fields {
+    field_path = "created_at"
+    order      = "DESCENDING"
+  }
+}
+
+# Webhook events and their delivery logs are kept 30 days (expires_at), then deleted by TTL.
+resource "google_firestore_field" "webhook_ttl" {
+  for_each   = toset(["webhook_events", "webhook_deliveries"])
+  database   = google_firestore_database.default.name
+  collection = each.key
+  field      = "expires_at"
+  ttl_config {}
+  index_config {}
+}
+
 # Rate-limit windows (shared/store.py count_request) delete themselves once expired.
 resource "google_firestore_field" "rate_limit_ttl" {
   database   = google_firestore_database.default.name

@@ -31,4 +31,26 @@ def relaunch_stale(req: ApiRequest) -> Reply:
     )
 
 
-launch_job = serve("launch_job", {"launchJob": launch, "relaunchStale": relaunch_stale})
+def deliver_webhook(req: ApiRequest) -> Reply:
+    """One attempt of one webhook event to one endpoint (retries are enqueued by the attempt
+    itself, on the Standard Webhooks schedule); a 5xx here only for our own failures."""
+    from shared import webhooks
+
+    body = req.json_object()
+    event_id, endpoint_id, attempt = (
+        body.get("event_id"),
+        body.get("endpoint_id"),
+        body.get("attempt"),
+    )
+    if not (isinstance(event_id, str) and isinstance(endpoint_id, str)) or not isinstance(
+        attempt, int
+    ):
+        raise ApiError(Code.INVALID_BODY, "Send {event_id, endpoint_id, attempt}.")
+    outcome = webhooks.deliver(event_id, endpoint_id, attempt, req.settings)
+    return Reply({"event_id": event_id, "endpoint_id": endpoint_id, "outcome": outcome})
+
+
+launch_job = serve(
+    "launch_job",
+    {"launchJob": launch, "relaunchStale": relaunch_stale, "deliverWebhook": deliver_webhook},
+)

@@ -42,6 +42,7 @@ print(json.dumps({{"status": resp.status_code, "at_load": at_load, "after": load
         ("jobs", "/v1/jobs", ["firebase_admin", "google.cloud.firestore"]),
         ("billing", "/v1/billing/summary", ["firebase_admin", "google.cloud.firestore"]),
         ("api_keys", "/v1/api-keys", ["firebase_admin", "google.cloud.firestore"]),
+        ("webhooks", "/v1/webhook-endpoints", ["firebase_admin", "google.cloud.firestore"]),
     ],
 )
 def test_function_loads_only_the_sdks_it_uses(api, target: str, path: str, needs: list) -> None:

@@ -72,8 +72,13 @@ def test_trigger_sources_name_what_exists() -> None:
     table = deployed()
     project_tf = (TF / "project.tf").read_text()
     for t in routes.TRIGGERS:
-        if t.kind == "firestore":  # the document pattern of the collection the store writes
-            assert t.source == store.job_document("{jobId}")
+        if t.kind == "firestore":  # the document pattern of a collection the store writes
+            collection, _ = t.source.split("/", 1)
+            assert t.source in (
+                store.job_document("{jobId}"),
+                f"{store.WEBHOOK_EVENTS}/{{eventId}}",
+            )
+            assert collection in (store.JOBS, store.WEBHOOK_EVENTS)
         elif t.kind == "pubsub":  # the topic config reads and Terraform creates
             assert f'name       = "{getattr(cfg, t.source)}"' in project_tf
         elif t.kind == "auth":  # the project's own Firebase Auth users: no source to name
@@ -111,6 +116,7 @@ NOT_IN_PRODUCTION_ENV = {
     "YACHAY_API_BASE_URL",
     "YACHAY_STRIPE_SECRET_KEY",
     "YACHAY_STRIPE_WEBHOOK_SECRETS",
+    "YACHAY_WEBHOOKS_ALLOW_LOOPBACK",
 }
 SECRETS = {"YACHAY_STRIPE_SECRET_KEY", "YACHAY_STRIPE_WEBHOOK_SECRETS"}
 

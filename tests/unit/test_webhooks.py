@@ -1,0 +1,172 @@
+"""Webhook sending on its own: the SSRF guard, the bounds of a send, and the signatures."""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from standardwebhooks.webhooks import Webhook
+
+from shared import webhooks
+from shared.config import load
+from shared.errors import ApiError
+from shared.records import WebhookEndpoint, WebhookSecret
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "10.0.0.1",
+        "172.16.5.4",
+        "192.168.1.1",
+        "127.0.0.1",
+        "::1",
+        "169.254.169.254",  # the metadata server
+        "fd00:ec2::254",  # the IPv6 metadata server
+        "fe80::1",
+        "224.0.0.1",
+        "ff02::1",
+        "100.64.0.1",
+        "0.0.0.0",
+        "::ffff:10.0.0.1",
+        "::ffff:169.254.169.254",
+    ],
+)
+def test_non_public_addresses_are_refused(address: str) -> None:
+    assert not webhooks.is_public(ipaddress.ip_address(address), allow_loopback=False)
+
+
+def test_public_addresses_pass_and_loopback_only_with_the_flag() -> None:
+    for address in ("8.8.8.8", "2606:4700:4700::1111"):
+        assert webhooks.is_public(ipaddress.ip_address(address), allow_loopback=False)
+    assert webhooks.is_public(ipaddress.ip_address("127.0.0.1"), allow_loopback=True)
+    assert not webhooks.is_public(ipaddress.ip_address("10.0.0.1"), allow_loopback=True)
+
+
+def test_a_name_is_checked_by_every_address_it_resolves_to() -> None:
+    with pytest.raises(webhooks.UnsafeAddress, match="not a public address"):
+        webhooks.safe_address("localhost", 80, allow_loopback=False)
+    with pytest.raises(webhooks.UnsafeAddress, match="does not resolve"):
+        webhooks.safe_address("no-such-host.invalid", 80, allow_loopback=False)
+
+
+@contextmanager
+def server(
+    status: int, delay_s: float = 0.0, body: bytes = b"ok", **headers: str
+) -> Iterator[tuple[str, list[bytes]]]:
+    got: list[bytes] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            got.append(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+            time.sleep(delay_s)
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            try:
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/hook", got
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+LOCAL = load({"YACHAY_WEBHOOKS_ALLOW_LOOPBACK": "true"})
+STRICT = load({})
+
+
+def test_loopback_is_refused_without_the_flag_before_any_connection() -> None:
+    with server(200) as (url, got):
+        answer = webhooks.post(url, "{}", {}, STRICT)
+        assert answer.status_code is None and "refused" in (answer.error or "")
+        assert got == []
+        assert webhooks.post(url, "{}", {}, LOCAL).status_code == 200
+        assert got == [b"{}"]
+
+
+def test_redirects_are_not_followed() -> None:
+    with server(302, Location="http://169.254.169.254/") as (url, got):
+        assert webhooks.post(url, "{}", {}, LOCAL).status_code == 302  # a failure, not followed
+        assert len(got) == 1
+
+
+def test_a_huge_answer_is_read_only_up_to_the_cap() -> None:
+    with server(200, body=b"x" * (8 << 20)) as (url, _):
+        started = time.monotonic()
+        assert webhooks.post(url, "{}", {}, LOCAL).status_code == 200
+        assert time.monotonic() - started < 5
+
+
+def test_a_slow_receiver_times_out(monkeypatch) -> None:
+    monkeypatch.setattr(webhooks, "TIMEOUT_S", 0.5)
+    with server(200, delay_s=3) as (url, _):
+        started = time.monotonic()
+        answer = webhooks.post(url, "{}", {}, LOCAL)
+        assert answer.status_code is None and "Timeout" in (answer.error or "")
+        assert time.monotonic() - started < 2.5
+
+
+def test_urls_must_be_https_in_production() -> None:
+    prod = load(
+        {
+            "YACHAY_ENV": "production",
+            "GOOGLE_CLOUD_PROJECT": "p",
+            "YACHAY_TASKS_SERVICE_ACCOUNT": "t@p.iam.gserviceaccount.com",
+        }
+    )
+    webhooks.check_url("https://example.com/hook", prod)
+    for bad in ("http://example.com/hook", "https://user:pw@example.com/", "https:///x", "x"):
+        with pytest.raises(ApiError):
+            webhooks.check_url(bad, prod)
+    webhooks.check_url("http://127.0.0.1:9/hook", LOCAL)
+
+
+def test_both_secrets_sign_during_a_rotation_and_only_then() -> None:
+    t = datetime.now(UTC) - timedelta(days=3)  # its overlap ended two days ago
+    old, new = webhooks.new_secret(), webhooks.new_secret()
+    endpoint = WebhookEndpoint(
+        id="we-1",
+        uid="u",
+        url="https://example.com",
+        events=("job.completed",),
+        description="",
+        secrets=(WebhookSecret(new, t), WebhookSecret(old, t, expires_at=t + timedelta(hours=24))),
+        created_at=t,
+    )
+    payload = '{"id":"evt-1"}'
+    now = datetime.now(UTC)
+    headers = webhooks.sign(endpoint._replace(secrets=endpoint.secrets), "evt-1", payload, now)
+    assert len(headers["webhook-signature"].split(" ")) == 1  # only the new secret signs
+    live = endpoint._replace(
+        secrets=(
+            WebhookSecret(new, now),
+            WebhookSecret(old, now, expires_at=now + timedelta(hours=24)),
+        )
+    )
+    headers = webhooks.sign(live, "evt-1", payload, now)
+    assert len(headers["webhook-signature"].split(" ")) == 2
+    for secret in (old, new):
+        assert Webhook(secret).verify(payload, headers) == {"id": "evt-1"}
+    with pytest.raises(Exception, match="signature"):
+        Webhook(webhooks.new_secret()).verify(payload, headers)
+
+
+def test_the_retry_schedule_is_standard_webhooks() -> None:
+    assert webhooks.SCHEDULE_S == (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
