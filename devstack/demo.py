@@ -4,7 +4,8 @@ Signs a user up, saves a card (local Checkout stand-in), mints an API key (which
 and downloads it, as a customer's script would), uploads and validates a small dataset of
 made-up facts, gets the exact price, submits a real LoRA fine-tune of SmolLM2-135M-Instruct,
 follows it to `completed`, shows the charge, downloads the adapter through its signed URLs,
-verifies every checksum, and asks the tuned model one of the facts. Exits non-zero at the first
+verifies every checksum, and asks the tuned model one of the facts; then runs the same fine-tune
+through the `yachay` CLI (submit --yes --follow, download). Exits non-zero at the first
 answer that is not what it should be.
 """
 
@@ -99,7 +100,7 @@ def main(model_folders: list[str]) -> int:
         "/v1/api-keys",
         token,
         expect=201,
-        json={"name": "demo-script", "scopes": ["jobs:read", "jobs:write"]},
+        json={"name": "demo-script", "scopes": ["jobs:read", "jobs:write", "datasets:write"]},
     )
     key = minted["secret"]
     print(f"  {minted['prefix']}... scopes {', '.join(minted['scopes'])}")
@@ -192,8 +193,32 @@ def main(model_folders: list[str]) -> int:
     step("ask the tuned model (peft + transformers, the downloaded adapter)")
     ask(model_folders[0], out, "What is the capital of Zorbania?")
 
+    step("the same fine-tune through the CLI: yachay submit --yes --follow, yachay download")
+    cli_out = ROOT / ".local" / "demo-output" / "cli"
+    hp = [f"--hp={k}={v}" for k, v in HYPERPARAMETERS.items() if k != "epochs"]
+    dataset = str(ROOT / "devstack" / "sample_dataset.jsonl")
+    yachay(key, "submit", dataset, "--model", MODEL, "--epochs", "10", *hp, "--yes", "--follow")
+    cli_job = call("GET", "/v1/jobs?limit=1", key)["data"][0]["id"]
+    yachay(key, "download", cli_job, "--out", str(cli_out))
+
     print("\ndemo finished: a real fine-tune, charged once, downloaded and verified.")
     return 0
+
+
+def yachay(key: str, *argv: str) -> None:
+    """Runs the CLI (cli/, the same package `pipx install ./cli` installs) as a user would."""
+    import subprocess
+
+    env = {
+        **os.environ,
+        "YACHAY_API_KEY": key,
+        "YACHAY_BASE_URL": os.environ["YACHAY_API_BASE_URL"],
+        "PYTHONPATH": str(ROOT / "cli"),
+    }
+    print(f"$ yachay {' '.join(argv)}", flush=True)
+    done = subprocess.run([sys.executable, "-m", "yachay_cli", *argv], env=env, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"demo failed: yachay {argv[0]} exited {done.returncode}")
 
 
 def ask(base_folder: str, adapter: Path, question: str) -> None:

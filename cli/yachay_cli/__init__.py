@@ -1,0 +1,1 @@
+"""The Yachay command line."""

@@ -1,0 +1,222 @@
+"""The `yachay` CLI as a user runs it: a subprocess against the local stack with a real API key,
+from a file to a verified adapter; and in a pseudo-terminal, where the progress bar draws and
+Ctrl-C stops following, never the job."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pty
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from shared import store
+from shared.contract import Progress
+from shared.records import JobStatus
+from tests.support.api import (
+    Api,
+    User,
+    complete,
+    held_job,
+    jsonl,
+    save_test_card,
+    stored_job,
+    trainer_reports,
+)
+from tests.support.tiny import chat_records
+
+ROOT = Path(__file__).resolve().parents[2]
+ALL = ["jobs:read", "jobs:write", "datasets:write", "billing:read", "webhooks:write"]
+
+
+def key_for(api: Api, user: User, scopes: list[str] = ALL) -> str:
+    resp = api.request("POST", "/v1/api-keys", user, json={"name": "cli", "scopes": scopes})
+    return str(resp.json()["secret"])
+
+
+def env_for(api: Api, key: str, tmp: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "YACHAY_API_KEY": key,
+        "YACHAY_BASE_URL": api.base,
+        "XDG_CONFIG_HOME": str(tmp),
+        "PYTHONPATH": str(ROOT / "cli"),
+    }
+
+
+def yachay(env: dict[str, str], *argv: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "yachay_cli", *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def as_json(done: subprocess.CompletedProcess) -> Any:
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_a_file_becomes_a_verified_adapter(api, tiny_in_store, tmp_path) -> None:
+    user = api.new_user()
+    save_test_card(user.uid)
+    env = env_for(api, key_for(api, user), tmp_path)
+    data = tmp_path / "train.jsonl"
+    data.write_bytes(jsonl(chat_records(12, seed=5, mean_words=15)))
+    job = as_json(
+        yachay(
+            env,
+            "submit",
+            str(data),
+            "--model",
+            "tiny-llama",
+            "--epochs",
+            "1",
+            "--yes",
+            "--poll",
+            "0.5",
+            "--json",
+        )
+    )
+    assert job["status"] == "completed" and job["payment"]["status"] == "paid"
+    out = tmp_path / "adapter"
+    got = as_json(yachay(env, "download", job["id"], "--out", str(out), "--json"))
+    names = {f["name"] for f in got["files"]}
+    assert {"adapter_config.json", "adapter_model.safetensors", "manifest.json"} <= names
+    for f in got["files"]:
+        assert f["outcome"] == "downloaded"
+        if f["sha256"]:
+            assert hashlib.sha256((out / f["name"]).read_bytes()).hexdigest() == f["sha256"]
+    # again: nothing to fetch; and a file cut short resumes from where it stopped
+    weights = out / "adapter_model.safetensors"
+    whole = weights.read_bytes()
+    again = as_json(yachay(env, "download", job["id"], "--out", str(out), "--json"))
+    assert {f["outcome"] for f in again["files"] if f["sha256"]} == {"kept"}
+    weights.unlink()
+    (out / "adapter_model.safetensors.part").write_bytes(whole[: len(whole) // 2])
+    resumed = as_json(yachay(env, "download", job["id"], "--out", str(out), "--json"))
+    assert weights.read_bytes() == whole
+    assert "downloaded" in {f["outcome"] for f in resumed["files"]}
+    listed = as_json(yachay(env, "list", "--json"))
+    assert [j["id"] for j in listed["data"]] == [job["id"]]
+    assert (
+        as_json(yachay(env, "billing", "--json"))["lifetime_cents"]
+        == job["payment"]["amount_cents"]
+    )
+
+
+def test_bad_data_is_reported_by_line_and_exits_1(api, tmp_path) -> None:
+    user = api.new_user()
+    env = env_for(api, key_for(api, user), tmp_path)
+    local_bad = tmp_path / "bad.jsonl"
+    local_bad.write_text('{"messages": [{"role": "user", "content": "hi"}]}\nnot json\n')
+    done = yachay(env, "datasets", "upload", str(local_bad))
+    assert done.returncode == 1 and "line 2" in done.stderr
+    server_bad = tmp_path / "server_bad.jsonl"  # passes the quick local look, not validation
+    server_bad.write_text('{"messages": []}\n{"prompt": "a", "completion": ""}\n')
+    done = yachay(env, "datasets", "upload", str(server_bad))
+    assert done.returncode == 1 and "invalid" in done.stdout and "line 1" in done.stdout
+
+
+def test_a_key_without_the_scope_fails_cleanly(api, tmp_path) -> None:
+    user = api.new_user()
+    env = env_for(api, key_for(api, user, ["jobs:read"]), tmp_path)
+    assert as_json(yachay(env, "models", "--json"))["object"] == "list"
+    done = yachay(env, "cancel", "job-x", "--json")  # cancelling takes jobs:write
+    assert done.returncode == 1
+    assert json.loads(done.stdout)["error"]["code"] == "insufficient_scope"
+    done = yachay(env, "keys")  # keys are a signed-in user's business
+    assert done.returncode == 1 and "session_required" in done.stderr
+
+
+def test_without_a_terminal_submit_asks_for_yes(api, tmp_path) -> None:
+    user = api.new_user()
+    save_test_card(user.uid)
+    env = env_for(api, key_for(api, user), tmp_path)
+    ds = tmp_path / "d.jsonl"
+    ds.write_bytes(jsonl(chat_records(2, seed=1)))
+    done = subprocess.run(
+        [sys.executable, "-m", "yachay_cli", "submit", str(ds), "--model", "tiny-llama"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and "--yes" in done.stderr
+    assert store.list_jobs(user.uid, 10, None, None)[0] == []  # nothing was submitted
+
+
+def read_pty(fd: int, until: float, stop: Any = None) -> str:
+    out = b""
+    while time.monotonic() < until:
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+        if stop is not None and stop(out.decode("utf-8", "replace")):
+            break
+    return out.decode("utf-8", "replace")
+
+
+def spawn(env: dict[str, str], *argv: str) -> tuple[subprocess.Popen, int]:
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "yachay_cli", *argv],
+        env=env,
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        start_new_session=True,
+    )
+    os.close(follower)
+    return proc, leader
+
+
+def test_the_progress_bar_draws_in_a_terminal(api, tmp_path) -> None:
+    user = api.new_user()
+    save_test_card(user.uid)
+    env = env_for(api, key_for(api, user), tmp_path)
+    job = held_job(user.uid)
+    trainer_reports(job.id, progress=Progress(5, 20, 1, 500, 2000, 1.234, 1e-4, 30.0))
+    proc, fd = spawn(env, "status", job.id, "--follow", "--poll", "0.3")
+    try:
+        seen = read_pty(fd, time.monotonic() + 30, lambda s: "step 5/20" in s)
+        assert "[######------------------]  25%" in seen and "loss 1.234" in seen
+        complete(job.id, trained_tokens=30_000)
+        rest = read_pty(fd, time.monotonic() + 60)
+        assert proc.wait(timeout=30) == 0
+        assert "completed" in rest and "paid" in rest
+    finally:
+        proc.kill()
+        os.close(fd)
+
+
+def test_ctrl_c_stops_following_never_the_job(api, tmp_path) -> None:
+    user = api.new_user()
+    env = env_for(api, key_for(api, user), tmp_path)
+    job_id = stored_job(user.uid, JobStatus.RUNNING)
+    proc, fd = spawn(env, "status", job_id, "--follow", "--poll", "0.3")
+    try:
+        read_pty(fd, time.monotonic() + 30, lambda s: "running" in s)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 130
+        assert "keeps running" in read_pty(fd, time.monotonic() + 5)
+    finally:
+        proc.kill()
+        os.close(fd)
+    assert store.get_job(job_id).status == JobStatus.RUNNING

@@ -1,0 +1,73 @@
+"""The CLI without a server: it calls only what the published spec has, refuses bad usage with
+exit code 2, and keeps its key readable by its owner only."""
+
+from __future__ import annotations
+
+import json
+import stat
+
+import pytest
+
+from shared.openapi import PUBLIC_SPEC
+from yachay_cli import api, main
+
+
+def test_every_call_the_cli_makes_is_in_the_published_spec() -> None:
+    paths = json.loads(PUBLIC_SPEC.read_text())["paths"]
+    for name, (method, template) in api.CALLS.items():
+        assert template in paths, f"{name}: {template} is not in docs/openapi.json"
+        assert method.lower() in paths[template], f"{name}: {method} {template} is not in the spec"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["submit", "--model", "m"],  # neither a file nor a dataset
+        ["submit", "a.jsonl", "--dataset", "d", "--model", "m"],  # both
+        ["estimate", "--model", "m", "--dataset", "d", "--hp", "epochs"],  # --hp without =
+    ],
+)
+def test_usage_mistakes_exit_2(argv: list[str], monkeypatch, capsys) -> None:
+    monkeypatch.setenv("YACHAY_API_KEY", "yk_test_x")
+    monkeypatch.setenv("YACHAY_BASE_URL", "http://127.0.0.1:9")
+    assert main.main(argv) == main.USAGE
+    assert "yachay:" in capsys.readouterr().err
+
+
+def test_no_key_is_a_usage_error(monkeypatch, tmp_path) -> None:
+    monkeypatch.delenv("YACHAY_API_KEY", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    assert main.main(["models"]) == main.USAGE
+
+
+def test_argparse_mistakes_exit_2() -> None:
+    with pytest.raises(SystemExit) as exc:
+        main.main(["frobnicate"])
+    assert exc.value.code == 2
+
+
+def test_an_unreachable_api_is_a_failure_not_a_crash(monkeypatch, capsys) -> None:
+    monkeypatch.setenv("YACHAY_API_KEY", "yk_test_x")
+    monkeypatch.setenv("YACHAY_BASE_URL", "http://127.0.0.1:9")
+    assert main.main(["models"]) == main.FAILED
+    assert "does not answer" in capsys.readouterr().err
+
+
+def test_the_saved_key_is_readable_by_its_owner_only(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    path = tmp_path / "yachay" / "config.json"
+    path.parent.mkdir()
+    path.write_text("{}")
+    path.chmod(0o644)  # a file someone left readable is tightened
+    assert main.save_config("http://x", "yk_test_secret") == path
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert json.loads(path.read_text())["api_key"] == "yk_test_secret"
+
+
+def test_the_local_check_names_lines(tmp_path) -> None:
+    f = tmp_path / "bad.jsonl"
+    f.write_text('{"messages": []}\nnot json\n\n{"text": "x"}\n')
+    problems = main.check_file(f)
+    assert problems[0].startswith("line 2: not JSON")
+    assert problems[1].startswith("line 4:")
+    assert len(problems) == 2
