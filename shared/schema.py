@@ -38,11 +38,18 @@ def _name(path: str) -> str:
 
 
 class Schema:
-    """A JSON shape. Subclasses set `type_name` and implement `_check` and `_json`."""
+    """A JSON shape. Subclasses implement `_check` and `_json`; their options are class
+    attributes with their defaults, set per instance by keyword (String(max_length=10))."""
 
-    description: str | None
-    example: Any
-    nullable: bool
+    description: str | None = None
+    example: Any = None
+    nullable: bool = False
+
+    def __init__(self, **options: Any) -> None:
+        for name, value in options.items():
+            if not hasattr(type(self), name):
+                raise TypeError(f"{type(self).__name__} has no option {name!r}")
+            setattr(self, name, value)
 
     def check(self, value: Any, path: str = "") -> Any:
         if value is None:
@@ -84,32 +91,16 @@ class Schema:
 
 
 class String(Schema):
-    def __init__(
-        self,
-        *,
-        description: str | None = None,
-        min_length: int | None = None,
-        max_length: int | None = None,
-        pattern: str | None = None,
-        enum: Sequence[str] | None = None,
-        format: str | None = None,
-        example: Any = None,
-        nullable: bool = False,
-        not_blank: bool = False,
-    ) -> None:
-        self.description = description
-        self.min_length = min_length
-        self.max_length = max_length
-        # a full match, as JSON Schema's pattern with ^...$
-        self.pattern = pattern
-        self.enum = enum
-        # documentation only ("date-time", "uri")
-        self.format = format
-        self.example = example
-        self.nullable = nullable
-        # JSON Schema's pattern cannot say "no lone surrogates" or "not blank": strip and refuse
-        # blank when this is set.
-        self.not_blank = not_blank
+    min_length: int | None = None
+    max_length: int | None = None
+    # a full match, as JSON Schema's pattern with ^...$
+    pattern: str | None = None
+    enum: Sequence[str] | None = None
+    # documentation only ("date-time", "uri")
+    format: str | None = None
+    # JSON Schema's pattern cannot say "no lone surrogates" or "not blank": strip and refuse
+    # blank when this is set.
+    not_blank: bool = False
 
     def _check(self, value: Any, path: str) -> Any:
         if not isinstance(value, str):
@@ -149,20 +140,8 @@ class String(Schema):
 
 
 class Integer(Schema):
-    def __init__(
-        self,
-        *,
-        description: str | None = None,
-        minimum: int | None = None,
-        maximum: int | None = None,
-        example: Any = None,
-        nullable: bool = False,
-    ) -> None:
-        self.description = description
-        self.minimum = minimum
-        self.maximum = maximum
-        self.example = example
-        self.nullable = nullable
+    minimum: int | None = None
+    maximum: int | None = None
 
     def _check(self, value: Any, path: str) -> Any:
         if isinstance(value, float) and value.is_integer():  # JSON Schema: 3.0 is an integer
@@ -199,20 +178,8 @@ class Integer(Schema):
 
 
 class Number(Schema):
-    def __init__(
-        self,
-        *,
-        description: str | None = None,
-        minimum: float | None = None,
-        maximum: float | None = None,
-        example: Any = None,
-        nullable: bool = False,
-    ) -> None:
-        self.description = description
-        self.minimum = minimum
-        self.maximum = maximum
-        self.example = example
-        self.nullable = nullable
+    minimum: float | None = None
+    maximum: float | None = None
 
     def _check(self, value: Any, path: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | float):
@@ -239,17 +206,6 @@ class Number(Schema):
 
 
 class Boolean(Schema):
-    def __init__(
-        self,
-        *,
-        description: str | None = None,
-        example: Any = None,
-        nullable: bool = False,
-    ) -> None:
-        self.description = description
-        self.example = example
-        self.nullable = nullable
-
     def _check(self, value: Any, path: str) -> Any:
         if not isinstance(value, bool):
             raise Invalid("invalid", path, f"{_name(path)} must be true or false.")
@@ -267,22 +223,12 @@ class Boolean(Schema):
 
 
 class Array(Schema):
-    def __init__(
-        self,
-        items: Schema,
-        *,
-        description: str | None = None,
-        min_items: int | None = None,
-        max_items: int | None = None,
-        example: Any = None,
-        nullable: bool = False,
-    ) -> None:
+    min_items: int | None = None
+    max_items: int | None = None
+
+    def __init__(self, items: Schema, **options: Any) -> None:
         self.items = items
-        self.description = description
-        self.min_items = min_items
-        self.max_items = max_items
-        self.example = example
-        self.nullable = nullable
+        super().__init__(**options)
 
     def _check(self, value: Any, path: str) -> Any:
         if not isinstance(value, list):
@@ -307,18 +253,9 @@ class Array(Schema):
 
 
 class Const(Schema):
-    def __init__(
-        self,
-        value: str | bool,
-        *,
-        description: str | None = None,
-        example: Any = None,
-        nullable: bool = False,
-    ) -> None:
+    def __init__(self, value: str | bool, **options: Any) -> None:
         self.value = value
-        self.description = description
-        self.example = example
-        self.nullable = nullable
+        super().__init__(**options)
 
     def _check(self, value: Any, path: str) -> Any:
         if value != self.value:
@@ -332,20 +269,11 @@ class Const(Schema):
 class AnyOf(Schema):
     """The first option a value fits; the message names what each option wants."""
 
-    def __init__(
-        self,
-        options: tuple[Schema, ...],
-        *,
-        description: str | None = None,
-        example: Any = None,
-        nullable: bool = False,
-        message: str = "does not have an accepted shape",
-    ) -> None:
+    message: str = "does not have an accepted shape"
+
+    def __init__(self, options: tuple[Schema, ...], **settings: Any) -> None:
         self.options = options
-        self.description = description
-        self.example = example
-        self.nullable = nullable
-        self.message = message
+        super().__init__(**settings)
 
     def _check(self, value: Any, path: str) -> Any:
         for option in self.options:
@@ -362,22 +290,12 @@ class AnyOf(Schema):
 class Map(Schema):
     """An object whose keys are data (drawn from `keys` when set), each value one schema."""
 
-    def __init__(
-        self,
-        values: Schema,
-        *,
-        keys: Sequence[str] | None = None,
-        description: str | None = None,
-        min_properties: int | None = None,
-        example: Any = None,
-        nullable: bool = False,
-    ) -> None:
+    keys: Sequence[str] | None = None
+    min_properties: int | None = None
+
+    def __init__(self, values: Schema, **options: Any) -> None:
         self.values = values
-        self.keys = keys
-        self.description = description
-        self.min_properties = min_properties
-        self.example = example
-        self.nullable = nullable
+        super().__init__(**options)
 
     def _check(self, value: Any, path: str) -> Any:
         if not isinstance(value, dict):
@@ -435,29 +353,17 @@ class Object(Schema):
     typo never passes silently. Response objects are described with the same class: every
     property they carry is listed, and listed as required (we always send it, maybe null)."""
 
-    def __init__(
-        self,
-        fields: Mapping[str, Field],
-        *,
-        name: str | None = None,
-        description: str | None = None,
-        example: Any = None,
-        nullable: bool = False,
-        min_properties: int | None = None,
-        empty_message: str = "must not be empty",
-        strict: bool = True,
-    ) -> None:
+    # a component name: referenced as #/components/schemas/<name>
+    name: str | None = None
+    min_properties: int | None = None
+    empty_message: str = "must not be empty"
+    # Requests are strict in the spec too (additionalProperties: false); responses are checked
+    # strictly by our tests but documented open, so that adding a field breaks no client.
+    strict: bool = True
+
+    def __init__(self, fields: Mapping[str, Field], **options: Any) -> None:
         self.fields = fields
-        # a component name: referenced as #/components/schemas/<name>
-        self.name = name
-        self.description = description
-        self.example = example
-        self.nullable = nullable
-        self.min_properties = min_properties
-        self.empty_message = empty_message
-        # Requests are strict in the spec too (additionalProperties: false); responses are checked
-        # strictly by our tests but documented open, so that adding a field breaks no client.
-        self.strict = strict
+        super().__init__(**options)
 
     def _check(self, value: Any, path: str) -> Any:
         if not isinstance(value, dict):
@@ -530,17 +436,6 @@ def response(fields: Mapping[str, Schema], name: str, description: str | None = 
 
 class Free(Schema):
     """Any JSON object (documents we pass through, such as this API's own spec)."""
-
-    def __init__(
-        self,
-        *,
-        description: str | None = None,
-        example: Any = None,
-        nullable: bool = False,
-    ) -> None:
-        self.description = description
-        self.example = example
-        self.nullable = nullable
 
     def _check(self, value: Any, path: str) -> Any:
         if not isinstance(value, dict):

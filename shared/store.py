@@ -305,43 +305,46 @@ def user_by_customer(customer_id: str) -> str | None:
 # --- datasets --------------------------------------------------------------------------------
 
 
-def new_dataset(dataset: Dataset, max_count: int, max_bytes: int, attempts: int = 30) -> None:
-    """Creates the dataset and its place on the user's account (UserRecord.datasets) in one
-    commit, within the user's quotas: at most `max_count` datasets and `max_bytes` declared in
-    all. Optimistic on the account record, like new_job, so concurrent creations cannot pass a
-    quota together.
+def _create_on_account(
+    uid: str,
+    created_at: datetime,
+    ref: Any,
+    doc: dict[str, Any],
+    entry: tuple[str, str, Any],
+    admit: Callable[[UserRecord], None],
+    attempts: int,
+) -> None:
+    """Creates `doc` at `ref` and its entry on the user's account record (`entry`: the map
+    field, the key, the value) in one commit, after `admit(user)` (which raises Conflict to
+    refuse). Optimistic on the account record, like new_job: the commit is conditioned on the
+    record being unchanged since it was read, so concurrent creations cannot pass a quota
+    together, and a lost race reads again.
 
     Raises:
-        Conflict: "too_many_datasets" (detail: the count) or "dataset_storage_full" (detail: the
-            bytes declared already).
+        Conflict: what `admit` raises.
         Contended: every attempt lost to concurrent writers.
     """
     from google.api_core.exceptions import AlreadyExists, FailedPrecondition, NotFound
 
     db = client()
-    user_ref = _ref(USERS, dataset.uid)
+    user_ref = _ref(USERS, uid)
+    field, key, value = entry
     for _ in _retrying(attempts, "account"):
         snap = user_ref.get()
         user = (
             UserRecord.from_doc(snap.to_dict())
             if snap.exists
-            else UserRecord.new(dataset.uid, None, dataset.created_at)
+            else UserRecord.new(uid, None, created_at)
         )
-        if len(user.datasets) >= max_count:
-            raise Conflict("too_many_datasets", len(user.datasets))
-        used = sum(user.datasets.values())
-        if used + dataset.declared_bytes > max_bytes:
-            raise Conflict("dataset_storage_full", used)
+        admit(user)
         batch = db.batch()
-        batch.create(_ref(DATASETS, dataset.id), dataset.to_doc())
+        batch.create(ref, doc)
         if not snap.exists:
-            batch.create(
-                user_ref, user._replace(datasets={dataset.id: dataset.declared_bytes}).to_doc()
-            )
+            batch.create(user_ref, {**user.to_doc(), field: {key: value}})
         else:
             batch.update(
                 user_ref,
-                {f"datasets.{dataset.id}": dataset.declared_bytes, "updated_at": now()},
+                {f"{field}.{key}": value, "updated_at": now()},
                 option=db.write_option(last_update_time=snap.update_time),
             )
         try:
@@ -350,6 +353,35 @@ def new_dataset(dataset: Dataset, max_count: int, max_bytes: int, attempts: int 
             continue  # another creation changed the account first: read it again
         return
     raise AssertionError("unreachable")
+
+
+def new_dataset(dataset: Dataset, max_count: int, max_bytes: int, attempts: int = 30) -> None:
+    """Creates the dataset and its place on the user's account (UserRecord.datasets) in one
+    commit, within the user's quotas: at most `max_count` datasets and `max_bytes` declared in
+    all.
+
+    Raises:
+        Conflict: "too_many_datasets" (detail: the count) or "dataset_storage_full" (detail: the
+            bytes declared already).
+        Contended: every attempt lost to concurrent writers.
+    """
+
+    def admit(user: UserRecord) -> None:
+        if len(user.datasets) >= max_count:
+            raise Conflict("too_many_datasets", len(user.datasets))
+        used = sum(user.datasets.values())
+        if used + dataset.declared_bytes > max_bytes:
+            raise Conflict("dataset_storage_full", used)
+
+    _create_on_account(
+        dataset.uid,
+        dataset.created_at,
+        _ref(DATASETS, dataset.id),
+        dataset.to_doc(),
+        ("datasets", dataset.id, dataset.declared_bytes),
+        admit,
+        attempts,
+    )
 
 
 def get_dataset(uid: str, dataset_id: str) -> Dataset | None:
@@ -782,41 +814,26 @@ def erase_user_documents(uid: str) -> int:
 
 def new_api_key(key: ApiKeyRecord, max_live: int, attempts: int = 30) -> None:
     """Stores the key and its place on the account (UserRecord.api_keys) in one commit, at most
-    `max_live` live keys per account (optimistic on the account record, as new_dataset).
+    `max_live` live keys per account.
 
     Raises:
         Conflict: "too_many_api_keys" (detail: the live count).
         Contended: every attempt lost to concurrent writers.
     """
-    from google.api_core.exceptions import AlreadyExists, FailedPrecondition, NotFound
 
-    db = client()
-    user_ref = _ref(USERS, key.uid)
-    for _ in _retrying(attempts, "account"):
-        snap = user_ref.get()
-        user = (
-            UserRecord.from_doc(snap.to_dict())
-            if snap.exists
-            else UserRecord.new(key.uid, None, key.created_at)
-        )
+    def admit(user: UserRecord) -> None:
         if len(user.api_keys) >= max_live:
             raise Conflict("too_many_api_keys", len(user.api_keys))
-        batch = db.batch()
-        batch.create(_ref(API_KEYS, key.secret_sha256), key.to_doc())
-        if not snap.exists:
-            batch.create(user_ref, user._replace(api_keys={key.id: key.secret_sha256}).to_doc())
-        else:
-            batch.update(
-                user_ref,
-                {f"api_keys.{key.id}": key.secret_sha256, "updated_at": now()},
-                option=db.write_option(last_update_time=snap.update_time),
-            )
-        try:
-            batch.commit()
-        except (AlreadyExists, FailedPrecondition, NotFound):
-            continue
-        return
-    raise AssertionError("unreachable")
+
+    _create_on_account(
+        key.uid,
+        key.created_at,
+        _ref(API_KEYS, key.secret_sha256),
+        key.to_doc(),
+        ("api_keys", key.id, key.secret_sha256),
+        admit,
+        attempts,
+    )
 
 
 def get_api_key(secret_sha256: str) -> tuple[ApiKeyRecord, datetime] | None:
@@ -873,41 +890,26 @@ def touch_api_key(secret_sha256: str, t: datetime, read_at: datetime) -> None:
 
 def new_webhook_endpoint(endpoint: WebhookEndpoint, max_count: int, attempts: int = 30) -> None:
     """Stores the endpoint and its place on the account in one commit, at most `max_count`
-    per account (optimistic on the account record, as new_dataset).
+    per account.
 
     Raises:
         Conflict: "too_many_webhook_endpoints" (detail: the count).
         Contended: every attempt lost to concurrent writers.
     """
-    from google.api_core.exceptions import AlreadyExists, FailedPrecondition, NotFound
 
-    db = client()
-    user_ref = _ref(USERS, endpoint.uid)
-    for _ in _retrying(attempts, "account"):
-        snap = user_ref.get()
-        user = (
-            UserRecord.from_doc(snap.to_dict())
-            if snap.exists
-            else UserRecord.new(endpoint.uid, None, endpoint.created_at)
-        )
+    def admit(user: UserRecord) -> None:
         if len(user.webhook_endpoints) >= max_count:
             raise Conflict("too_many_webhook_endpoints", len(user.webhook_endpoints))
-        batch = db.batch()
-        batch.create(_ref(WEBHOOK_ENDPOINTS, endpoint.id), endpoint.to_doc())
-        if not snap.exists:
-            batch.create(user_ref, user._replace(webhook_endpoints={endpoint.id: True}).to_doc())
-        else:
-            batch.update(
-                user_ref,
-                {f"webhook_endpoints.{endpoint.id}": True, "updated_at": now()},
-                option=db.write_option(last_update_time=snap.update_time),
-            )
-        try:
-            batch.commit()
-        except (AlreadyExists, FailedPrecondition, NotFound):
-            continue
-        return
-    raise AssertionError("unreachable")
+
+    _create_on_account(
+        endpoint.uid,
+        endpoint.created_at,
+        _ref(WEBHOOK_ENDPOINTS, endpoint.id),
+        endpoint.to_doc(),
+        ("webhook_endpoints", endpoint.id, True),
+        admit,
+        attempts,
+    )
 
 
 def get_webhook_endpoint(endpoint_id: str, uid: str | None = None) -> WebhookEndpoint | None:
