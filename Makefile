@@ -88,6 +88,7 @@ format:
 
 openapi: $(LOCAL)/.venv.ok
 	$(PY) -m shared.openapi --write
+	cp shared/jsonl_rules.py cli/yachay_cli/jsonl_rules.py  # the CLI checks files by the same rules
 
 bench: install
 	$(PY) -m bench.cold_start

@@ -80,7 +80,8 @@ def main() -> None:
 
     from tokenizers import Tokenizer
 
-    from shared.tokenization import ChatTokenizer, parse_jsonl
+    from shared.jsonl_rules import parse_jsonl
+    from shared.tokenization import ChatTokenizer
 
     if not (SMOLLM2 / "tokenizer.json").exists():
         raise SystemExit(f"no tokenizer at {SMOLLM2}: run `make demo` once (it converts SmolLM2)")

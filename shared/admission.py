@@ -24,6 +24,7 @@ from shared.contract import Hyperparameters
 from shared.datasets import owned as owned_dataset
 from shared.errors import ApiError, Code
 from shared.jobs import view
+from shared.jsonl_rules import RecordError, parse_jsonl
 from shared.lifecycle import enqueue_launch
 from shared.pricing import quote, resolve_hyperparameters
 from shared.records import (
@@ -37,7 +38,7 @@ from shared.records import (
     UserRecord,
     month_of,
 )
-from shared.tokenization import RecordError, TokenCount, parse_jsonl
+from shared.tokenization import TokenCount
 
 SUBMIT_TARGET = "POST /v1/jobs"
 

@@ -1,115 +1,34 @@
 """Dataset validation: the rules a JSONL training file must meet, with errors that name the line.
 
 Runs when an upload finishes (before anything is queued or billed). Reports the first
-MAX_REPORTED errors and the total count, so a user can fix a file in one pass.
+jsonl_rules.MAX_REPORTED errors and the total count, so a user can fix a file in one pass.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from shared import logs, storage, store
 from shared.config import Settings
 from shared.errors import ApiError, Code
+from shared.jsonl_rules import check_file
 from shared.records import Dataset, DatasetStatus, LineError, ValidationReport
-from shared.tokenization import RecordError, check_messages, parse_line, record_format, split_lines
-
-MAX_REPORTED = 20
-MAX_ERROR_CHARS = 300  # per reported error: the report (one Firestore field) stays small
-
-
-@dataclass
-class _Findings:
-    """What validation has found so far (the report is built from it at the end)."""
-
-    bytes: int
-    rows: int = 0
-    format: str | None = None
-    errors: list[LineError] = field(default_factory=list)
-    error_count: int = 0
-    blank_lines: int = 0
-
-    def error(self, line: int | None, message: str) -> None:
-        self.error_count += 1
-        if len(self.errors) < MAX_REPORTED:
-            if len(message) > MAX_ERROR_CHARS:
-                message = message[: MAX_ERROR_CHARS - 1] + "…"
-            self.errors.append(LineError(line, message))
-
-    def report(self) -> ValidationReport:
-        return ValidationReport(
-            status=DatasetStatus.INVALID if self.error_count else DatasetStatus.READY,
-            rows=self.rows,
-            bytes=self.bytes,
-            format=self.format,
-            errors=tuple(self.errors),
-            error_count=self.error_count,
-            blank_lines=self.blank_lines,
-        )
-
-
-def _line_of(message: str) -> int | None:
-    head = message.split(":", 1)[0]
-    return int(head[5:]) if head.startswith("line ") and head[5:].isdigit() else None
 
 
 def validate(data: bytes, max_bytes: int, declared: int | None = None) -> ValidationReport:
-    """Checks every line; `status` is ready only when there is no error at all."""
-    report = _Findings(bytes=len(data))
-    error = report.error
-    if not data:
-        error(None, "the file is empty")
-        return report.report()
-    if declared is not None and len(data) > declared:
-        error(
-            None,
-            f"the file is larger than the {declared} bytes declared when the dataset was "
-            "created; create a new dataset with the file's real size",
-        )
-        return report.report()
-    if len(data) > max_bytes:
-        error(None, f"the file is {len(data)} bytes; the limit is {max_bytes} bytes")
-        return report.report()
-    try:
-        raw_lines = split_lines(data)
-    except RecordError as exc:
-        error(1, str(exc))
-        return report.report()
-    for number, raw in enumerate(raw_lines, start=1):
-        try:
-            line = parse_line(number, raw)
-            if line is None:
-                report.blank_lines += 1
-                continue
-            fmt = record_format(line.record)
-            if fmt == "chat":
-                check_messages(line.record["messages"])
-            elif not (
-                isinstance(line.record["prompt"], str)
-                and isinstance(line.record["completion"], str)
-                and line.record["completion"]
-            ):
-                raise RecordError(
-                    "'prompt' and 'completion' must be strings, and the completion not empty"
-                )
-            if report.format is None:
-                report.format = fmt
-            elif fmt != report.format:
-                raise RecordError(
-                    f"this record is {fmt} but the file started as "
-                    f"{report.format}; use one format per file"
-                )
-            report.rows += 1
-        except RecordError as exc:
-            message = str(exc)
-            line_no = _line_of(message)
-            error(line_no or number, message if line_no else f"line {number}: {message}")
-    if report.rows == 0 and report.error_count == 0:
-        error(None, "the file has no records, only blank lines")
-    return report.report()
+    """Checks every line (shared.jsonl_rules); `status` is ready only when there is no error."""
+    found = check_file(data, max_bytes, declared)
+    return ValidationReport(
+        status=DatasetStatus.INVALID if found.error_count else DatasetStatus.READY,
+        rows=found.rows,
+        bytes=found.bytes,
+        format=found.format,
+        errors=tuple(LineError(line, message) for line, message in found.errors),
+        error_count=found.error_count,
+        blank_lines=found.blank_lines,
+    )
 
 
 # --- the dataset resource --------------------------------------------------------------------

@@ -199,7 +199,7 @@ class ValidationReport(NamedTuple):
     rows: int
     bytes: int
     format: str | None  # "chat" or "prompt_completion"
-    errors: tuple[LineError, ...] = ()  # the first few (datasets.MAX_REPORTED)
+    errors: tuple[LineError, ...] = ()  # the first few (jsonl_rules.MAX_REPORTED)
     error_count: int = 0
     blank_lines: int = 0
 

@@ -18,25 +18,20 @@ from __future__ import annotations
 
 import json
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
 from itertools import islice
 from pathlib import Path
 from typing import Any, NamedTuple
 
-ROLES = ("system", "user", "assistant")
-MAX_LINE_BYTES = 4 << 20  # one record; a longer line is refused rather than read
+# The file rules (what a record must be) live in shared.jsonl_rules, which the CLI ships too.
+from shared.jsonl_rules import RecordError, check_messages, record_format
+
 # A template whose turns cannot be found in one render is rendered up to each assistant turn, so
 # a record's work grows with its messages squared: these caps bound it (a file's work then grows
 # linearly with its records). Well above what chat fine-tuning data holds.
-MAX_MESSAGES = 200
-MAX_MESSAGE_CHARS = 200_000
 COUNT_CHUNK = 256  # records encoded together when counting a file
-
-
-class RecordError(ValueError):
-    """A record the trainer cannot train on; the message is meant for the dataset's owner."""
 
 
 @dataclass(frozen=True)
@@ -63,96 +58,6 @@ class TokenCount(NamedTuple):
     tokens: int  # tokens of the kept records: what one epoch processes and bills
     trained_tokens: int  # of which training targets
     truncated: int  # records cut at max_seq_length
-
-
-@dataclass(frozen=True)
-class Line:
-    number: int  # 1-based line number in the file
-    record: Any
-
-
-def split_lines(data: bytes) -> list[bytes]:
-    """The raw lines of a JSONL file: a UTF-8 byte-order mark dropped, split on newlines (CRLF's
-    carriage return is JSON whitespace, so it needs no special case)."""
-    if b"\x00" in data[:8192]:
-        raise RecordError("line 1: this looks like a binary file, not JSONL text")
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    return data.split(b"\n")
-
-
-def parse_line(number: int, raw: bytes) -> Line | None:
-    """One raw line parsed; None for a blank line; RecordError naming the line otherwise."""
-    if len(raw) > MAX_LINE_BYTES:
-        raise RecordError(
-            f"line {number}: {len(raw)} bytes; a record may be at most {MAX_LINE_BYTES} bytes"
-        )
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise RecordError(
-            f"line {number}: not UTF-8 text (byte {exc.start + 1} of the line); "
-            "save the file as UTF-8"
-        ) from None
-    if not text.strip():
-        return None
-    try:
-        return Line(number, json.loads(text))
-    except ValueError as exc:
-        raise RecordError(f"line {number}: not valid JSON ({exc})") from None
-
-
-def parse_jsonl(data: bytes) -> Iterator[Line]:
-    """Yields each non-blank line of a JSONL file; the one reader that validation, the estimate
-    and the trainer share. Raises RecordError naming the first line it cannot read."""
-    for number, raw in enumerate(split_lines(data), start=1):
-        line = parse_line(number, raw)
-        if line is not None:
-            yield line
-
-
-def record_format(record: Any) -> str:
-    """'chat' or 'prompt_completion'; raises RecordError for anything else."""
-    if not isinstance(record, dict):
-        raise RecordError("each line must be a JSON object")
-    if "messages" in record:
-        return "chat"
-    if "prompt" in record and "completion" in record:
-        return "prompt_completion"
-    raise RecordError("expected 'messages' (chat) or 'prompt' and 'completion'")
-
-
-def check_messages(messages: Any) -> list[dict[str, str]]:
-    """Validates a chat record's messages; returns them as plain role/content dicts."""
-    if not isinstance(messages, list) or not messages:
-        raise RecordError("'messages' must be a non-empty list")
-    if len(messages) > MAX_MESSAGES:
-        raise RecordError(
-            f"{len(messages)} messages; a record may hold at most {MAX_MESSAGES}: split the "
-            "conversation into several records"
-        )
-    out = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict):
-            raise RecordError(f"messages[{i}] must be an object with 'role' and 'content'")
-        role, content = m.get("role"), m.get("content")
-        if role not in ROLES:
-            raise RecordError(
-                f"messages[{i}].role must be one of {', '.join(ROLES)}, not {_excerpt(role)}"
-            )
-        if not isinstance(content, str):
-            raise RecordError(f"messages[{i}].content must be a string")
-        if len(content) > MAX_MESSAGE_CHARS:
-            raise RecordError(
-                f"messages[{i}].content has {len(content)} characters; at most "
-                f"{MAX_MESSAGE_CHARS} per message"
-            )
-        if role == "system" and i != 0:
-            raise RecordError(f"messages[{i}]: a system message may only come first")
-        out.append({"role": role, "content": content})
-    if not any(m["role"] == "assistant" for m in out):
-        raise RecordError("a chat record needs at least one assistant message to train on")
-    return out
 
 
 class ChatTokenizer:
@@ -376,12 +281,6 @@ def _find_spans(
             spans.append((at, end))
         cursor = end
     return spans
-
-
-def _excerpt(value: Any, limit: int = 40) -> str:
-    """A short quote of a user's value for an error message."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _in_spans(starts: list[int], spans: list[tuple[int, int]]) -> list[bool]:

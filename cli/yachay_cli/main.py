@@ -17,6 +17,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from yachay_cli import jsonl_rules
 from yachay_cli.api import ApiError, Client, download, upload
 from yachay_cli.progress import Bar, job_line
 
@@ -94,26 +95,12 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def check_file(path: Path) -> list[str]:
-    """A quick local look before uploading: one JSON object per line with `messages` or
-    `prompt` and `completion`. The server's validation, run right after the upload, is the
-    full check and its line-numbered report is what counts."""
-    problems = []
-    with path.open("rb") as f:
-        for number, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            try:
-                record = json.loads(raw)
-            except ValueError as exc:
-                problems.append(f"line {number}: not JSON ({exc})")
-            else:
-                if not isinstance(record, dict) or not (
-                    "messages" in record or {"prompt", "completion"} <= record.keys()
-                ):
-                    problems.append(f"line {number}: needs 'messages' or 'prompt'+'completion'")
-            if len(problems) >= 20:
-                break
-    return problems
+    """The file checked before uploading by the rules the server applies (jsonl_rules is a copy
+    of the server's own module): each problem with its line."""
+    found = jsonl_rules.check_file(path.read_bytes(), max_bytes=1 << 40)
+    more = found.error_count - len(found.errors)
+    problems = [message for _, message in found.errors]
+    return problems + ([f"... and {more} more"] if more > 0 else [])
 
 
 def upload_dataset(api: Client, path: Path, quiet: bool) -> dict[str, Any]:

@@ -8,7 +8,8 @@ import stat
 
 import pytest
 
-from shared.openapi import PUBLIC_SPEC
+from shared.datasets import validate
+from shared.openapi import PUBLIC_SPEC, ROOT
 from yachay_cli import api, main
 
 
@@ -64,10 +65,12 @@ def test_the_saved_key_is_readable_by_its_owner_only(monkeypatch, tmp_path) -> N
     assert json.loads(path.read_text())["api_key"] == "yk_test_secret"
 
 
-def test_the_local_check_names_lines(tmp_path) -> None:
+def test_the_cli_checks_files_by_the_server_s_own_rules(tmp_path) -> None:
+    assert (ROOT / "cli" / "yachay_cli" / "jsonl_rules.py").read_bytes() == (
+        ROOT / "shared" / "jsonl_rules.py"
+    ).read_bytes(), "the CLI's copy of shared/jsonl_rules.py is stale: run `make openapi`"
     f = tmp_path / "bad.jsonl"
     f.write_text('{"messages": []}\nnot json\n\n{"text": "x"}\n')
     problems = main.check_file(f)
-    assert problems[0].startswith("line 2: not JSON")
-    assert problems[1].startswith("line 4:")
-    assert len(problems) == 2
+    assert [p.split(":")[0] for p in problems] == ["line 1", "line 2", "line 4"]
+    assert problems == [message for _, message in validate(f.read_bytes(), 1 << 30).errors]

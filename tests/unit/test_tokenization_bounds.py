@@ -10,12 +10,8 @@ from pathlib import Path
 import pytest
 
 from shared.datasets import validate
-from shared.tokenization import (
-    MAX_MESSAGE_CHARS,
-    MAX_MESSAGES,
-    ChatTokenizer,
-    _in_spans,
-)
+from shared.jsonl_rules import MAX_MESSAGE_CHARS, MAX_MESSAGES
+from shared.tokenization import ChatTokenizer, _in_spans
 from tests.support.tiny import build_tokenizer
 
 
@@ -130,7 +126,7 @@ def test_a_template_whose_turns_are_not_plain_falls_back_to_rendering_each_turn(
 def test_a_report_quotes_user_values_briefly_and_stays_small() -> None:
     """A huge bad value on every line must not make a report Firestore cannot store (1 MiB a
     document): each error quotes a short excerpt, and only the first 20 are kept."""
-    from shared.datasets import MAX_ERROR_CHARS, MAX_REPORTED
+    from shared.jsonl_rules import MAX_ERROR_CHARS, MAX_REPORTED
 
     huge_role = {"messages": [{"role": "r" * 300_000, "content": "hi"}]}
     report = validate(jsonl(*[huge_role] * 30), 1 << 30)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-from shared.tokenization import ChatTokenizer, EncodedExample, RecordError, parse_jsonl
+from shared.jsonl_rules import RecordError, parse_jsonl
+from shared.tokenization import ChatTokenizer, EncodedExample
 
 IGNORE = -100
 
