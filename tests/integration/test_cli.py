@@ -117,14 +117,16 @@ def test_a_file_becomes_a_verified_adapter(api, tiny_in_store, tmp_path) -> None
 def test_bad_data_is_reported_by_line_and_exits_1(api, tmp_path) -> None:
     user = api.new_user()
     env = env_for(api, key_for(api, user), tmp_path)
-    local_bad = tmp_path / "bad.jsonl"
-    local_bad.write_text('{"messages": [{"role": "user", "content": "hi"}]}\nnot json\n')
-    done = yachay(env, "datasets", "upload", str(local_bad))
-    assert done.returncode == 1 and "line 2" in done.stderr
-    server_bad = tmp_path / "server_bad.jsonl"  # passes the quick local look, not validation
-    server_bad.write_text('{"messages": []}\n{"prompt": "a", "completion": ""}\n')
-    done = yachay(env, "datasets", "upload", str(server_bad))
-    assert done.returncode == 1 and "invalid" in done.stdout and "line 1" in done.stdout
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(
+        '{"messages": [{"role": "user", "content": "hi"}]}\nnot json\n'
+        '{"prompt": "a", "completion": ""}\n'
+    )
+    done = yachay(env, "datasets", "upload", str(bad))
+    assert done.returncode == 1
+    assert "line 1: a chat record needs at least one assistant message" in done.stderr
+    assert "line 2: not valid JSON" in done.stderr and "line 3:" in done.stderr
+    assert as_json(yachay(env, "datasets", "list", "--json"))["data"] == []  # nothing uploaded
 
 
 def test_a_key_without_the_scope_fails_cleanly(api, tmp_path) -> None:
