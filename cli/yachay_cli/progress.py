@@ -1,5 +1,5 @@
-"""A one-line progress bar on stderr, redrawn in place ("\\r"); silent with --json or when the
-bar is off, so scripts read clean output."""
+"""A one-line progress bar on stderr, redrawn in place ("\\r") on a terminal; elsewhere (a log,
+a pipe) one plain line per change; silent with --json, so scripts read clean output."""
 
 from __future__ import annotations
 
@@ -33,9 +33,20 @@ class Bar:
         self.label = label
         self.enabled = enabled
         self.drawn = False
+        self.terminal = sys.stderr.isatty()
+        self.last = ""
 
-    def show(self, text: str, fraction: float) -> None:
+    def show(self, text: str, fraction: float, change: str | None = None) -> None:
+        """Draws the bar; off a terminal, writes a line only when `change` (default: the text)
+        differs from the last one written."""
         if not self.enabled:
+            return
+        if not self.terminal:
+            change = text if change is None else change
+            if change != self.last:
+                sys.stderr.write(f"{self.label} {fraction:4.0%} {text}\n")
+                sys.stderr.flush()
+                self.last = change
             return
         filled = round(max(0.0, min(1.0, fraction)) * WIDTH)
         bar = "#" * filled + "-" * (WIDTH - filled)
@@ -44,10 +55,11 @@ class Bar:
         self.drawn = True
 
     def update(self, done: int, total: int) -> None:
-        self.show(f"{human(done)}B/{human(total)}B", done / total if total else 1.0)
+        fraction = done / total if total else 1.0
+        self.show(f"{human(done)}B/{human(total)}B", fraction, change=str(int(fraction * 4)))
 
     def done(self) -> None:
-        if self.enabled and self.drawn:
+        if self.enabled and self.terminal and self.drawn:
             sys.stderr.write("\n")
             sys.stderr.flush()
             self.drawn = False
