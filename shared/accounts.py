@@ -79,9 +79,14 @@ def _portal(user: UserRecord, cfg: Settings) -> str | None:
     return payments.portal_url(cfg, user.stripe_customer_id)
 
 
-def get_account(uid: str, email: str | None, cfg: Settings) -> dict[str, Any]:
+def get_account(
+    uid: str, email: str | None, cfg: Settings, with_portal: bool = True
+) -> dict[str, Any]:
+    """GET /v1/me. `with_portal` is False for an API key: a billing-portal link can change the
+    card and cancel things, far more than the key's billing:read (portal_url is then null)."""
     user = store.get_or_create_user(uid, email)
-    return account_view(user, spent_this_month(user), _portal(user, cfg))
+    portal = _portal(user, cfg) if with_portal else None
+    return account_view(user, spent_this_month(user), portal)
 
 
 def update_account(

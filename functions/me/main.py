@@ -5,7 +5,8 @@ from shared.http import ApiRequest, Reply, serve
 
 
 def get_me(req: ApiRequest) -> Reply:
-    return Reply(accounts.get_account(req.uid, req.email, req.settings))
+    session = req.principal is not None and req.principal.key is None
+    return Reply(accounts.get_account(req.uid, req.email, req.settings, with_portal=session))
 
 
 def update_me(req: ApiRequest) -> Reply:

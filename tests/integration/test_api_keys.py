@@ -7,7 +7,7 @@ import base64
 from datetime import timedelta
 
 from shared import apikeys, store
-from tests.support.api import Api, User
+from tests.support.api import Api, User, save_test_card
 
 ALL = ["jobs:read", "jobs:write", "datasets:write", "billing:read"]
 
@@ -68,7 +68,17 @@ def test_keys_never_manage_keys_or_cards(api) -> None:
         resp = api.request(method, path, token=key["secret"], json=body)
         assert resp.status_code == 403, (method, path)
         assert resp.json()["error"]["code"] == "session_required"
-    assert api.request("GET", "/v1/me", token=key["secret"]).status_code == 200
+    me = api.request("GET", "/v1/me", token=key["secret"])
+    assert me.status_code == 200 and me.json()["uid"] == user.uid
+
+
+def test_a_key_never_gets_a_billing_portal_link(api) -> None:
+    """A portal link can change the card: more than billing:read, so a key's /v1/me has none."""
+    user = api.new_user()
+    save_test_card(user.uid)
+    assert api.request("GET", "/v1/me", user).json()["portal_url"] is not None
+    key = mint(api, user, ["billing:read"])["secret"]
+    assert api.request("GET", "/v1/me", token=key).json()["portal_url"] is None
 
 
 def test_a_revoked_key_is_refused_by_the_next_request(api) -> None:
