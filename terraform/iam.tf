@@ -19,7 +19,7 @@ locals {
 
   project_roles = {
     api      = ["roles/datastore.user", "roles/cloudtasks.enqueuer", local.batch_job_stopper, "roles/firebaseauth.viewer", "roles/eventarc.eventReceiver"]
-    launcher = ["roles/datastore.user", "roles/batch.jobsEditor"]
+    launcher = ["roles/datastore.user", "roles/batch.jobsEditor", "roles/cloudtasks.enqueuer"]
     trainer  = ["roles/datastore.user", "roles/batch.agentReporter", "roles/logging.logWriter"]
     charger  = ["roles/datastore.user", "roles/eventarc.eventReceiver"]
     webhook  = ["roles/datastore.user"]
@@ -92,6 +92,14 @@ resource "google_service_account_iam_member" "api_uses_tasks_identity" {
   service_account_id = google_service_account.role["tasks"].name
   role               = "roles/iam.serviceAccountUser"
   member             = "serviceAccount:${google_service_account.role["api"].email}"
+}
+
+# The launcher enqueues tasks too (the sweep's relaunches, each webhook attempt's retry), sent
+# with the same identity.
+resource "google_service_account_iam_member" "launcher_uses_tasks_identity" {
+  service_account_id = google_service_account.role["tasks"].name
+  role               = "roles/iam.serviceAccountUser"
+  member             = "serviceAccount:${google_service_account.role["launcher"].email}"
 }
 
 # The launcher starts Batch jobs that run as the trainer account.

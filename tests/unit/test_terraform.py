@@ -158,7 +158,8 @@ EXPECTED_ROLES = {
         "roles/firebaseauth.viewer",
         "roles/eventarc.eventReceiver",
     },
-    "launcher": {"roles/datastore.user", "roles/batch.jobsEditor"},
+    # enqueues too: the sweep's relaunches and each webhook attempt's retry
+    "launcher": {"roles/datastore.user", "roles/batch.jobsEditor", "roles/cloudtasks.enqueuer"},
     "trainer": {"roles/datastore.user", "roles/batch.agentReporter", "roles/logging.logWriter"},
     "charger": {"roles/datastore.user", "roles/eventarc.eventReceiver"},
     "webhook": {"roles/datastore.user"},
@@ -210,3 +211,17 @@ def test_internal_functions_are_not_reachable_from_the_internet() -> None:
     assert 'each.value.kind == "public" ? "ALLOW_ALL" : "ALLOW_INTERNAL_ONLY"' in functions_tf
     kinds = {name: f["kind"] for name, f in deployed().items()}
     assert kinds["launch_job"] == "tasks" and kinds["charge_job"] == "firestore"
+
+
+def test_every_account_that_enqueues_tasks_may_send_them_as_the_tasks_identity() -> None:
+    """Cloud Tasks mints each task's OIDC token as the tasks account, which the enqueuer must be
+    allowed to act as: an enqueuer without it fails in production only."""
+    iam = (TF / "iam.tf").read_text()
+    enqueuers = {r for r, roles in EXPECTED_ROLES.items() if "roles/cloudtasks.enqueuer" in roles}
+    for role in enqueuers:
+        assert re.search(
+            r'service_account_id = google_service_account\.role\["tasks"\]\.name\s+'
+            r'role\s+= "roles/iam\.serviceAccountUser"\s+'
+            rf'member\s+= "serviceAccount:\$\{{google_service_account\.role\["{role}"\]\.email\}}"',
+            iam,
+        ), role
