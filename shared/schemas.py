@@ -612,9 +612,6 @@ class Operation:
         self.raw_body = raw_body
 
 
-_READ_JOB = (Code.NOT_FOUND,)
-_WRITE = (Code.ACCOUNT_PAUSED,)
-
 OPERATIONS: Mapping[str, Operation] = {
     "getHealth": Operation(
         ok=Health,
@@ -672,7 +669,7 @@ OPERATIONS: Mapping[str, Operation] = {
             }
         ),
     ),
-    "getJob": Operation(ok=Job, errors=_READ_JOB),
+    "getJob": Operation(ok=Job, errors=(Code.NOT_FOUND,)),
     "cancelJob": Operation(ok=Job, errors=(Code.NOT_FOUND, Code.JOB_ALREADY_ENDED)),
     "downloadJob": Operation(
         ok=Download,

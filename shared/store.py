@@ -32,7 +32,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -844,16 +844,19 @@ def get_api_key(secret_sha256: str) -> tuple[ApiKeyRecord, datetime] | None:
     return ApiKeyRecord.from_doc(snap.to_dict() or {}), snap.update_time
 
 
+def _docs_of(collection: str, ids: Iterable[str]) -> list[dict[str, Any]]:
+    """The documents with these ids that exist, read together (a per-account list: the ids
+    come from the account record, bounded by its limit, so there is no paging)."""
+    refs = [_ref(collection, i) for i in ids]
+    return [s.to_dict() or {} for s in client().get_all(refs) if s.exists] if refs else []
+
+
 def live_api_keys(uid: str) -> list[ApiKeyRecord]:
-    """The user's live keys, newest first (at most the per-account limit: no paging)."""
+    """The user's live keys, newest first."""
     user = find_user(uid)
-    if user is None or not user.api_keys:
-        return []
-    refs = [_ref(API_KEYS, h) for h in user.api_keys.values()]
-    found = [ApiKeyRecord.from_doc(s.to_dict() or {}) for s in client().get_all(refs) if s.exists]
-    return sorted(
-        (k for k in found if k.revoked_at is None), key=lambda k: k.created_at, reverse=True
-    )
+    docs = _docs_of(API_KEYS, user.api_keys.values()) if user else []
+    found = [k for k in map(ApiKeyRecord.from_doc, docs) if k.revoked_at is None]
+    return sorted(found, key=lambda k: k.created_at, reverse=True)
 
 
 def revoke_api_key(uid: str, key_id: str) -> bool:
@@ -924,15 +927,10 @@ def get_webhook_endpoint(endpoint_id: str, uid: str | None = None) -> WebhookEnd
 
 
 def webhook_endpoints_of(uid: str) -> list[WebhookEndpoint]:
-    """The user's endpoints, newest first (at most the per-account limit: no paging)."""
+    """The user's endpoints, newest first."""
     user = find_user(uid)
-    if user is None or not user.webhook_endpoints:
-        return []
-    refs = [_ref(WEBHOOK_ENDPOINTS, i) for i in user.webhook_endpoints]
-    found = [
-        WebhookEndpoint.from_doc(s.to_dict() or {}) for s in client().get_all(refs) if s.exists
-    ]
-    return sorted(found, key=lambda e: e.created_at, reverse=True)
+    docs = _docs_of(WEBHOOK_ENDPOINTS, user.webhook_endpoints) if user else []
+    return sorted(map(WebhookEndpoint.from_doc, docs), key=lambda e: e.created_at, reverse=True)
 
 
 def save_webhook_endpoint(endpoint: WebhookEndpoint) -> None:
