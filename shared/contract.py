@@ -31,7 +31,15 @@ FAIL_EXIT_CODES = (EXIT_PLATFORM_FAILURE, EXIT_USAGE, EXIT_USER_ERROR, EXIT_KILL
 # Files the trainer leaves in the output folder (MANIFEST also names a base model's manifest in
 # the model store: the same format, written last, so its presence means "complete").
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+GGUF_ADAPTER = "adapter-lora.gguf"  # the same adapter for llama.cpp (`--lora`) and Ollama
+MERGED_DIR = "merged"  # OUTPUT_MERGED: the base with the adapter merged in, loadable without peft
+CHECKPOINTS_DIR = "checkpoints"  # epoch-end adapters, one folder each (checkpoint_folder)
 MANIFEST = "manifest.json"
+MAX_KEPT_CHECKPOINTS = 10  # epoch ends kept per job (the catalog allows at most 10 epochs)
+
+# Extra outputs a job can ask for (TrainerConfig.outputs); the adapter and its GGUF always come.
+OUTPUT_MERGED = "merged"
+EXTRA_OUTPUTS = (OUTPUT_MERGED,)
 
 # Job document fields the trainer writes (the API owns every other field). The trainer writes
 # them into the document TrainerConfig.job_document names, so it knows no collection name.
@@ -61,13 +69,14 @@ class Progress(NamedTuple):
     loss: float
     learning_rate: float
     eta_s: float
+    eval_loss: float | None = None  # the latest validation loss, once there is one
 
     def to_doc(self) -> dict[str, Any]:
         return self._asdict()
 
     @staticmethod
     def from_doc(doc: Mapping[str, Any]) -> Progress:
-        return Progress(**{name: doc[name] for name in Progress._fields})
+        return Progress(**{name: doc[name] for name in Progress._fields if name in doc})
 
 
 class ArtifactFile(NamedTuple):
@@ -85,6 +94,42 @@ class ArtifactFile(NamedTuple):
         return ArtifactFile(name=doc["name"], size=int(doc["size"]), sha256=doc["sha256"])
 
 
+class Checkpoint(NamedTuple):
+    """The adapter as it was at the end of one epoch, kept with the outputs under
+    CHECKPOINTS_DIR/<folder>/ (the PEFT pair), listed and downloadable like the final one."""
+
+    step: int
+    epoch: int
+    train_loss: float  # the mean training loss of the epoch it ends
+    eval_loss: float | None
+    files: tuple[ArtifactFile, ...]
+
+    @property
+    def folder(self) -> str:
+        return checkpoint_folder(self.step)
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def to_doc(self) -> dict[str, Any]:
+        return {**self._asdict(), "files": [f.to_doc() for f in self.files]}
+
+    @staticmethod
+    def from_doc(doc: Mapping[str, Any]) -> Checkpoint:
+        return Checkpoint(
+            step=int(doc["step"]),
+            epoch=int(doc["epoch"]),
+            train_loss=float(doc["train_loss"]),
+            eval_loss=doc.get("eval_loss"),
+            files=tuple(ArtifactFile.from_doc(f) for f in doc.get("files") or ()),
+        )
+
+
+def checkpoint_folder(step: int) -> str:
+    return f"{CHECKPOINTS_DIR}/step-{step:06d}"
+
+
 class TrainerResult(NamedTuple):
     """What a finished run reports (RESULT_FIELD); its presence means the outputs are uploaded."""
 
@@ -95,9 +140,16 @@ class TrainerResult(NamedTuple):
     last_epoch_mean_loss: float | None
     train_seconds: float
     artifacts: tuple[ArtifactFile, ...] = ()
+    eval_loss: float | None = None  # the last validation loss (None: no validation)
+    eval_tokens: int = 0  # tokens of the validation examples, one pass (never billed)
+    checkpoints: tuple[Checkpoint, ...] = ()
 
     def to_doc(self) -> dict[str, Any]:
-        return {**self._asdict(), "artifacts": [a.to_doc() for a in self.artifacts]}
+        return {
+            **self._asdict(),
+            "artifacts": [a.to_doc() for a in self.artifacts],
+            "checkpoints": [c.to_doc() for c in self.checkpoints],
+        }
 
     @staticmethod
     def from_doc(doc: Mapping[str, Any]) -> TrainerResult:
@@ -109,11 +161,18 @@ class TrainerResult(NamedTuple):
             last_epoch_mean_loss=doc.get("last_epoch_mean_loss"),
             train_seconds=float(doc.get("train_seconds", 0.0)),
             artifacts=tuple(ArtifactFile.from_doc(a) for a in doc.get("artifacts") or ()),
+            eval_loss=doc.get("eval_loss"),
+            eval_tokens=int(doc.get("eval_tokens", 0)),
+            checkpoints=tuple(Checkpoint.from_doc(c) for c in doc.get("checkpoints") or ()),
         )
 
     @property
     def total_bytes(self) -> int:
-        return sum(a.size for a in self.artifacts)
+        """Every kept byte: the outputs and the epoch checkpoints (what storage is priced on)."""
+        return sum(a.size for a in self.artifacts) + sum(c.size for c in self.checkpoints)
+
+    def checkpoint(self, step: int) -> Checkpoint | None:
+        return next((c for c in self.checkpoints if c.step == step), None)
 
 
 class TrainerFailure(NamedTuple):
@@ -184,6 +243,15 @@ class TrainerConfig:
     # moves it later when the job completes.
     outputs_kept_until: str = ""
     project_id: str = "demo-yachay"
+    # Validation: a second JSONL file, or a seeded split of the training file's records
+    # (shared.tokenization.held_out); evaluated at each epoch end and every eval_every_steps.
+    validation_uri: str = ""
+    validation_sha256: str = ""
+    validation_split: float = 0.0
+    eval_every_steps: int = 0  # 0: at epoch ends only
+    # Start from an earlier result: a folder holding adapter_config.json + adapter_model.safetensors
+    init_adapter_uri: str = ""
+    outputs: tuple[str, ...] = ()  # of EXTRA_OUTPUTS
 
     def to_env(self) -> dict[str, str]:
         env = {}
@@ -191,6 +259,8 @@ class TrainerConfig:
             value = getattr(self, f.name)
             if isinstance(value, Hyperparameters):
                 value = json.dumps(value.to_dict(), sort_keys=True)
+            elif isinstance(value, tuple):
+                value = ",".join(value)
             env[ENV_PREFIX + f.name.upper()] = str(value)
         return env
 
@@ -207,10 +277,12 @@ class TrainerConfig:
             raw = env[name]
             if f.name == "hyperparameters":
                 values[f.name] = Hyperparameters.from_dict(json.loads(raw))
-            elif f.name == "checkpoint_every_steps":
+            elif f.name in ("checkpoint_every_steps", "eval_every_steps"):
                 values[f.name] = int(raw)
-            elif f.name == "progress_interval_s":
+            elif f.name in ("progress_interval_s", "validation_split"):
                 values[f.name] = float(raw)
+            elif f.name == "outputs":
+                values[f.name] = tuple(x for x in raw.split(",") if x)
             else:
                 values[f.name] = raw
         return TrainerConfig(**values)
@@ -224,13 +296,26 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_manifest(folder: Path, **extra: Any) -> dict[str, Any]:
-    """Lists every file of `folder` with its size and sha256 in manifest.json (written last)."""
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name != MANIFEST)
+def write_manifest(folder: Path, skip: tuple[str, ...] = (), **extra: Any) -> dict[str, Any]:
+    """Lists every file under `folder` (but those under the subfolders `skip`) with its size and
+    sha256 in manifest.json (written last); a file in a subfolder is named by its relative path
+    ("merged/model.safetensors")."""
+    files = sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and p.relative_to(folder).as_posix() != MANIFEST
+        and p.relative_to(folder).parts[0] not in skip
+    )
     manifest = {
         **extra,
         "files": [
-            {"name": p.name, "size": p.stat().st_size, "sha256": sha256_file(p)} for p in files
+            {
+                "name": p.relative_to(folder).as_posix(),
+                "size": p.stat().st_size,
+                "sha256": sha256_file(p),
+            }
+            for p in files
         ],
     }
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")

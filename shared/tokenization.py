@@ -16,6 +16,7 @@ Depends only on `tokenizers` and `jinja2`, never on transformers, so functions s
 
 from __future__ import annotations
 
+import hashlib
 import json
 from bisect import bisect_left
 from collections.abc import Iterable
@@ -300,3 +301,32 @@ def _token_text(value: Any) -> str | None:
     if isinstance(value, dict):
         value = value.get("content")
     return value if isinstance(value, str) else None
+
+
+# --- validation split --------------------------------------------------------------------------
+
+MAX_VALIDATION_SPLIT = 0.2
+DEFAULT_VALIDATION_SPLIT = 0.05
+DEFAULT_SPLIT_MIN_RECORDS = 200  # below this the default holds nothing out: too little to train
+
+
+def default_split(n_records: int) -> float:
+    """The validation split a job gets when it asks for none: a few percent, only when the file
+    has enough records that losing them does not hurt the training."""
+    return DEFAULT_VALIDATION_SPLIT if n_records >= DEFAULT_SPLIT_MIN_RECORDS else 0.0
+
+
+def held_out(n_records: int, fraction: float, seed: int) -> frozenset[int]:
+    """The record numbers (0-based, file order, every record) a split of `fraction` holds out for
+    validation: the first round(fraction * n) records in an order fixed by `seed`, at least one and
+    never all. The estimate counts the other records, and the trainer trains exactly those, so
+    the held-out records are never billed. sha256 rather than `random`: the order must be the
+    same in every Python the API and the trainer run."""
+    if fraction <= 0 or n_records < 2:
+        return frozenset()
+    k = min(n_records - 1, max(1, round(fraction * n_records)))
+
+    def rank(i: int) -> bytes:
+        return hashlib.sha256(f"{seed}:{i}".encode()).digest()
+
+    return frozenset(sorted(range(n_records), key=rank)[:k])

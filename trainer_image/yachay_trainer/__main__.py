@@ -78,7 +78,7 @@ def main() -> int:
             run = Run(cfg, workdir, reporter, stop).setup()
             result = run.train()
             out = workdir / "output"
-            manifest = write_outputs(out, run.model, cfg, run.metrics, result)
+            manifest = write_outputs(out, run.model, run.model_dir, cfg, run.metrics, result)
             kept_until = (
                 datetime.fromisoformat(cfg.outputs_kept_until) if cfg.outputs_kept_until else None
             )

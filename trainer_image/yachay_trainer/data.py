@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from shared.jsonl_rules import RecordError, parse_jsonl
-from shared.tokenization import ChatTokenizer, EncodedExample
+from shared.tokenization import ChatTokenizer, EncodedExample, held_out
 
 IGNORE = -100
 
@@ -18,24 +18,34 @@ class DataError(Exception):
     """The dataset cannot be trained on; the message names the line and is meant for the user."""
 
 
-def read_examples(path: Path, tok: ChatTokenizer, max_seq_length: int) -> list[EncodedExample]:
-    """Every trainable example of a JSONL file, in file order, read by the same parser the
-    dataset validation uses (records with nothing left to train after truncation are dropped,
-    exactly as the price estimate counts them)."""
-    examples = []
+def read_examples(
+    path: Path,
+    tok: ChatTokenizer,
+    max_seq_length: int,
+    split: float = 0.0,
+    seed: int = 0,
+    what: str = "the dataset",
+) -> tuple[list[EncodedExample], list[EncodedExample]]:
+    """The trainable examples of a JSONL file, in file order, read by the same parser the dataset
+    validation uses (records with nothing left to train after truncation are dropped, exactly as
+    the price estimate counts them): (training examples, the held-out ones of a `split`)."""
+    train: list[EncodedExample] = []
+    held: list[EncodedExample] = []
     try:
-        for line in parse_jsonl(path.read_bytes()):
+        lines = list(parse_jsonl(path.read_bytes()))
+        hold = held_out(len(lines), split, seed)
+        for i, line in enumerate(lines):
             try:
                 ex = tok.encode(line.record, max_seq_length)
             except RecordError as exc:
-                raise DataError(f"line {line.number}: {exc}") from None
+                raise DataError(f"{what}, line {line.number}: {exc}") from None
             if ex.n_trained:
-                examples.append(ex)
+                (held if i in hold else train).append(ex)
     except RecordError as exc:
-        raise DataError(str(exc)) from None
-    if not examples:
-        raise DataError("the dataset has no example with anything to train on")
-    return examples
+        raise DataError(f"{what}: {exc}") from None
+    if not train:
+        raise DataError(f"{what} has no example with anything to train on")
+    return train, held
 
 
 @dataclass

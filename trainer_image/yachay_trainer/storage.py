@@ -69,12 +69,12 @@ def upload_file(src: Path, uri: str, custom_time: datetime | None = None) -> Non
 def upload_folder(
     src: Path, uri: str, last: str | None = None, custom_time: datetime | None = None
 ) -> None:
-    """Uploads every file of `src` into the folder `uri`; the file named `last` goes last, so
-    its presence means the rest is complete."""
-    files = sorted(p for p in src.iterdir() if p.is_file())
-    files.sort(key=lambda p: p.name == last)
+    """Uploads every file under `src` (subfolders too) into the folder `uri`; the file named
+    `last` goes last, so its presence means the rest is complete."""
+    files = sorted(p for p in src.rglob("*") if p.is_file())
+    files.sort(key=lambda p: p.relative_to(src).as_posix() == last)
     for p in files:
-        upload_file(p, _join(uri, p.name), custom_time)
+        upload_file(p, _join(uri, p.relative_to(src).as_posix()), custom_time)
 
 
 def read_text(uri: str) -> str | None:

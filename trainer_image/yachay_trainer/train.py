@@ -22,13 +22,23 @@ import json
 import math
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from shared.contract import Progress, TrainerConfig, TrainerResult, sha256_file
+from shared.contract import (
+    MAX_KEPT_CHECKPOINTS,
+    ArtifactFile,
+    Checkpoint,
+    Progress,
+    TrainerConfig,
+    TrainerResult,
+    checkpoint_folder,
+    sha256_file,
+)
 from shared.tokenization import ChatTokenizer, EncodedExample
 from yachay_trainer import attention, dropout, storage
 from yachay_trainer.data import IGNORE, DataError, Pack, StepPlan, pack_step, read_examples
@@ -84,6 +94,8 @@ class Run:
         self.step = 0
         self.trained_tokens = 0
         self.metrics: list[dict[str, Any]] = []
+        self.kept: list[Checkpoint] = []  # epoch-end adapters uploaded with the outputs
+        self.eval_loss: float | None = None
         self.stop = stop or threading.Event()
         self._train_seconds = 0.0
 
@@ -102,9 +114,17 @@ class Run:
                 "the dataset file changed after it was validated; validate it "
                 "again and submit a new job"
             )
-        self.examples: list[EncodedExample] = read_examples(
-            data, self.tokenizer, self.hp.max_seq_length
+        self.examples: list[EncodedExample]
+        self.examples, self.validation = read_examples(
+            data,
+            self.tokenizer,
+            self.hp.max_seq_length,
+            split=self.cfg.validation_split,
+            seed=self.hp.seed,
         )
+        if self.cfg.validation_uri:
+            self.validation = self._validation_file()
+        self.eval_tokens = sum(e.n_tokens for e in self.validation)
         self.plan = StepPlan(len(self.examples), self.hp.batch_size, self.hp.epochs, self.hp.seed)
         self.tokens_per_epoch = sum(e.n_tokens for e in self.examples)
 
@@ -122,6 +142,9 @@ class Run:
         )
         self.model = get_peft_model(base, lora).to(self.device)
         self.model.peft_config["default"].base_model_name_or_path = self.cfg.base_model_name
+        self.model_dir = model_dir
+        if self.cfg.init_adapter_uri:
+            self._start_from(self.cfg.init_adapter_uri)
         self.dropout_cache = dropout.share_lora_dropout(self.model)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
@@ -133,6 +156,42 @@ class Run:
         )
         self._resume()
         return self
+
+    def _validation_file(self) -> list[EncodedExample]:
+        path = storage.download_file(self.cfg.validation_uri, self.workdir / "validation.jsonl")
+        if self.cfg.validation_sha256 and sha256_file(path) != self.cfg.validation_sha256:
+            raise DataError(
+                "the validation dataset changed after it was validated; validate it again and "
+                "submit a new job"
+            )
+        examples, _ = read_examples(
+            path, self.tokenizer, self.hp.max_seq_length, what="the validation dataset"
+        )
+        return examples
+
+    def _start_from(self, uri: str) -> None:
+        """Loads an earlier job's adapter (same rank and target modules: the API checked, and
+        a mismatch would fail to load here) as this run's starting point."""
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        folder = storage.download_folder(uri, self.workdir / "init-adapter")
+        config = json.loads((folder / "adapter_config.json").read_text())
+        ours: Any = self.model.peft_config["default"]
+        if config.get("r") != ours.r or set(config.get("target_modules") or ()) != set(
+            ours.target_modules
+        ):
+            raise DataError(
+                "the adapter to continue from has rank "
+                f"{config.get('r')} on {sorted(config.get('target_modules') or ())}; this job "
+                f"trains rank {ours.r} on {sorted(ours.target_modules)}"
+            )
+        state = load_file(str(folder / "adapter_model.safetensors"), device=str(self.device))
+        result: Any = set_peft_model_state_dict(self.model, state)
+        missing = [k for k in result.missing_keys if "lora_" in k]
+        if missing:
+            raise DataError(f"the adapter to continue from lacks {len(missing)} LoRA tensors")
+        Reporter.log("started_from", uri=uri, tensors=len(state))
 
     def _local_model(self) -> Path:
         uri = self.cfg.model_uri
@@ -161,10 +220,70 @@ class Run:
             self.metrics.append(
                 {"step": self.step, "loss": loss, "lr": lr, "tokens": self.trained_tokens}
             )
-            self._report(loss, lr, force=self.step == self.plan.total_steps)
-            if self.step % self.cfg.checkpoint_every_steps == 0:
+            epoch_end = self.step % self.plan.steps_per_epoch == 0
+            every = self.cfg.eval_every_steps
+            if self.validation and (epoch_end or (every and self.step % every == 0)):
+                self.eval_loss = self.evaluate()
+                self.metrics[-1]["eval_loss"] = self.eval_loss
+            self._report(loss, lr, force=self.step == self.plan.total_steps or epoch_end)
+            if epoch_end:
+                self.keep_epoch_adapter()
+            if epoch_end or self.step % self.cfg.checkpoint_every_steps == 0:
                 self.save_checkpoint()
         return self.result()
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """The mean loss over every validation target token: the training loss's packing and
+        labelled-only projection, with dropout off. Not counted as trained tokens."""
+        self.model.eval()
+        causal_lm = self.model.get_base_model()
+        total, targets = 0.0, 0
+        try:
+            for start in range(0, len(self.validation), self.hp.batch_size):
+                batch = self.validation[start : start + self.hp.batch_size]
+                for pack in pack_step(batch, self.hp.max_seq_length):
+                    total += float(pack_loss(causal_lm, pack, self.device))
+                    targets += pack.n_trained
+        finally:
+            self.model.train()
+        loss = total / max(1, targets)
+        Reporter.log("evaluated", step=self.step, eval_loss=loss, eval_tokens=self.eval_tokens)
+        return loss
+
+    def keep_epoch_adapter(self) -> None:
+        """Uploads the adapter as it is at this epoch end beside the outputs (the same retention:
+        outputs_kept_until); at most MAX_KEPT_CHECKPOINTS, the oldest dropped from the list."""
+        epoch = self.step // self.plan.steps_per_epoch
+        name = checkpoint_folder(self.step)
+        folder = self.workdir / "kept" / name
+        self.model.save_pretrained(str(folder), safe_serialization=True)
+        (folder / "README.md").unlink(missing_ok=True)  # peft's placeholder card: the pair only
+        files = tuple(
+            ArtifactFile(p.name, p.stat().st_size, sha256_file(p))
+            for p in sorted(folder.iterdir())
+            if p.is_file()
+        )
+        kept_until = (
+            datetime.fromisoformat(self.cfg.outputs_kept_until)
+            if self.cfg.outputs_kept_until
+            else None
+        )
+        storage.upload_folder(
+            folder, storage.join(self.cfg.output_uri, name), custom_time=kept_until
+        )
+        epoch_losses = self.metrics[-self.plan.steps_per_epoch :]
+        self.kept.append(
+            Checkpoint(
+                step=self.step,
+                epoch=epoch,
+                train_loss=sum(m["loss"] for m in epoch_losses) / len(epoch_losses),
+                eval_loss=self.eval_loss if self.validation else None,
+                files=files,
+            )
+        )
+        self.kept = self.kept[-MAX_KEPT_CHECKPOINTS:]
+        Reporter.log("epoch_adapter_kept", step=self.step, epoch=epoch)
 
     def _one_step(self) -> tuple[float, int]:
         batch = [self.examples[i] for i in self.plan.indices(self.step)]
@@ -196,6 +315,7 @@ class Run:
                 loss=round(loss, 5),
                 learning_rate=lr,
                 eta_s=round(rate * (total - done), 1),
+                eval_loss=None if self.eval_loss is None else round(self.eval_loss, 5),
             ),
             force=force,
         )
@@ -210,6 +330,9 @@ class Run:
             final_loss=self.metrics[-1]["loss"] if self.metrics else None,
             last_epoch_mean_loss=sum(m["loss"] for m in tail) / len(tail) if tail else None,
             train_seconds=round(self._train_seconds, 3),
+            eval_loss=self.eval_loss,
+            eval_tokens=self.eval_tokens,
+            checkpoints=tuple(self.kept),
         )
 
     # -- checkpoints ---------------------------------------------------------------------------
@@ -237,6 +360,8 @@ class Run:
                     "trained_tokens": self.trained_tokens,
                     "metrics": self.metrics,
                     "train_seconds": self._train_seconds,
+                    "eval_loss": self.eval_loss,
+                    "kept": [c.to_doc() for c in self.kept],
                 }
             )
         )
@@ -275,4 +400,6 @@ class Run:
         self.trained_tokens = progress["trained_tokens"]
         self.metrics = progress["metrics"]
         self._train_seconds = progress["train_seconds"]
+        self.eval_loss = progress.get("eval_loss")
+        self.kept = [Checkpoint.from_doc(c) for c in progress.get("kept", [])]
         Reporter.log("resumed", step=self.step, trained_tokens=self.trained_tokens)
