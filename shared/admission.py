@@ -13,20 +13,21 @@ the first job, even if the account changed since.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from shared import accounts, idempotency, modelstore, storage, store
+from shared import accounts, continuation, idempotency, modelstore, storage, store
 from shared.catalog import ModelSpec, catalog
 from shared.config import Settings
-from shared.contract import Hyperparameters
+from shared.contract import OUTPUT_MERGED, Hyperparameters
 from shared.datasets import owned as owned_dataset
 from shared.errors import ApiError, Code
-from shared.jobs import view
+from shared.jobs import options_view, view
 from shared.jsonl_rules import RecordError, parse_jsonl
 from shared.lifecycle import enqueue_launch
-from shared.pricing import quote, resolve_hyperparameters
+from shared.pricing import merged_storage_cents, quote, resolve_hyperparameters
 from shared.records import (
     Dataset,
     DatasetStatus,
@@ -35,10 +36,11 @@ from shared.records import (
     JobEvent,
     JobStatus,
     Quote,
+    TrainingOptions,
     UserRecord,
     month_of,
 )
-from shared.tokenization import TokenCount
+from shared.tokenization import ChatTokenizer, TokenCount, default_split, held_out
 
 SUBMIT_TARGET = "POST /v1/jobs"
 
@@ -138,6 +140,7 @@ class PricedRequest:
     hyperparameters: Hyperparameters
     quote: Quote
     user: UserRecord
+    options: TrainingOptions
 
     def applicant(self, active_jobs: int | None, cfg: Settings) -> Applicant:
         return Applicant(
@@ -151,40 +154,115 @@ class PricedRequest:
         )
 
 
-def _parse(uid: str, body: dict[str, Any]) -> tuple[ModelSpec, Dataset, Hyperparameters]:
-    """The model, the caller's ready dataset and the resolved hyperparameters of a request
-    body already checked against schemas.JobRequest (so its fields have their types)."""
+MAX_EVALUATIONS = 50  # mid-run evaluations a job may ask for (eval_every_steps), epoch ends apart
+MIN_VALIDATION_TOKENS_CAP = 50_000  # a validation file may always have this many tokens...
+VALIDATION_SHARE_CAP = 4  # ...or up to a quarter of the training tokens (one epoch), if more
+
+
+def _ready_dataset(uid: str, dataset_id: str, param: str) -> Dataset:
+    try:
+        dataset = owned_dataset(uid, dataset_id)
+    except ApiError as exc:
+        raise ApiError(exc.code, exc.message, param=param) from None
+    if dataset.status != DatasetStatus.READY:
+        raise ApiError(
+            Code.DATASET_NOT_READY,
+            f"Dataset '{dataset_id}' is {dataset.status.value}; only a validated (ready) "
+            "dataset can be used.",
+            param=param,
+        )
+    return dataset
+
+
+def _parse(
+    uid: str, body: dict[str, Any], cfg: Settings
+) -> tuple[ModelSpec, Dataset, Hyperparameters, TrainingOptions, Dataset | None]:
+    """The model, the caller's ready dataset, the resolved hyperparameters and the training
+    options of a request body already checked against schemas.JobRequest (so its fields have
+    their types), and the validation dataset where one is named."""
     model_id = body["model"]
     spec = catalog().get(model_id)
     if spec is None:
         raise ApiError(
             Code.INVALID_VALUE, f"Unknown model '{model_id}'; see GET /v1/models.", param="model"
         )
-    dataset_id = body["dataset_id"]
-    dataset = owned_dataset(uid, dataset_id)
-    if dataset.status != DatasetStatus.READY:
-        raise ApiError(
-            Code.DATASET_NOT_READY,
-            f"Dataset '{dataset_id}' is {dataset.status.value}; only a validated (ready) "
-            "dataset can be used.",
-            param="dataset_id",
+    dataset = _ready_dataset(uid, body["dataset_id"], "dataset_id")
+    raw_hp = dict(body.get("hyperparameters") or {})
+    source, step = (None, None)
+    if "from_job" in body:
+        source, step = continuation.source(uid, body["from_job"], spec.id, cfg)
+        # Unless the request says otherwise, the adapter keeps the shape it is continued from.
+        raw_hp.setdefault(
+            "lora_target_modules", source.hyperparameters.to_dict()["lora_target_modules"]
         )
-    return spec, dataset, resolve_hyperparameters(spec, body.get("hyperparameters") or {})
+    hp = resolve_hyperparameters(spec, raw_hp)
+    if source is not None:
+        continuation.check_shape(source, hp)
+
+    validation = None
+    if "validation_dataset_id" in body:
+        if "validation_split" in body:
+            raise ApiError(
+                Code.INVALID_VALUE,
+                "Give either validation_dataset_id or validation_split, not both.",
+                param="validation_split",
+            )
+        validation = _ready_dataset(uid, body["validation_dataset_id"], "validation_dataset_id")
+        if validation.id == dataset.id:
+            raise ApiError(
+                Code.INVALID_VALUE,
+                "The validation dataset must not be the training dataset; use "
+                "validation_split to hold out part of it instead.",
+                param="validation_dataset_id",
+            )
+        split = 0.0
+    elif "validation_split" in body:
+        split = float(body["validation_split"])
+    else:
+        split = default_split(dataset.report.rows if dataset.report else 0)
+    options = TrainingOptions(
+        validation_split=split,
+        validation_dataset_id=None if validation is None else validation.id,
+        validation_object=None if validation is None else validation.object_name,
+        validation_sha256=None if validation is None else validation.sha256,
+        eval_every_steps=int(body.get("eval_every_steps", 0)),
+        from_job=None if source is None else source.id,
+        from_step=step,
+        outputs=tuple(dict.fromkeys(body.get("outputs") or ())),
+    )
+    return spec, dataset, hp, options, validation
 
 
-def _count(spec: ModelSpec, dataset: Dataset, hp: Hyperparameters, cfg: Settings) -> TokenCount:
-    """The dataset's exact token count for this model and max_seq_length, counted once: later
-    estimates and submissions of the same validated file reuse it."""
-    key = Dataset.count_key(dataset.sha256 or "", spec.id, hp.max_seq_length)
-    cached = dataset.token_counts.get(key)
-    if cached is not None:
-        return cached
-    count = _tokenize(spec, dataset, hp, cfg)
-    store.record_token_count(dataset.id, key, count)
-    return count
+def _count(
+    spec: ModelSpec, dataset: Dataset, hp: Hyperparameters, cfg: Settings, split: float = 0.0
+) -> tuple[TokenCount, TokenCount | None]:
+    """The dataset's exact token counts for this model and max_seq_length: (the records trained,
+    those a `split` holds out for validation, None without one). Counted once: later estimates
+    and submissions of the same validated file reuse them."""
+    sha, msl = dataset.sha256 or "", hp.max_seq_length
+    keys: tuple[str, ...] = (Dataset.count_key(sha, spec.id, msl),)
+    if split > 0:
+        part = f"{spec.id}\nsplit {split!r} seed {hp.seed}"
+        keys = tuple(Dataset.count_key(sha, f"{part} {side}", msl) for side in ("train", "held"))
+    cached = [dataset.token_counts.get(k) for k in keys]
+    if all(c is not None for c in cached):
+        return cached[0], cached[1] if split > 0 else None  # type: ignore[return-value]
+    tok, records = _records(spec, dataset, cfg)
+    hold = held_out(len(records), split, hp.seed)
+    try:
+        counts = [tok.count((r for i, r in enumerate(records) if i not in hold), msl)]
+        if split > 0:
+            counts.append(tok.count((r for i, r in enumerate(records) if i in hold), msl))
+    except RecordError as exc:  # validation passed, so only the template can refuse a record
+        raise ApiError(
+            Code.INVALID_VALUE, f"{spec.id} cannot train on this dataset: {exc}", param="dataset_id"
+        ) from None
+    for key, count in zip(keys, counts, strict=True):
+        store.record_token_count(dataset.id, key, count)
+    return counts[0], counts[1] if split > 0 else None
 
 
-def _tokenize(spec: ModelSpec, dataset: Dataset, hp: Hyperparameters, cfg: Settings) -> TokenCount:
+def _records(spec: ModelSpec, dataset: Dataset, cfg: Settings) -> tuple[ChatTokenizer, list[Any]]:
     tok = modelstore.tokenizer_for(cfg, spec.id)
     if tok is None:
         raise ApiError(
@@ -200,18 +278,72 @@ def _tokenize(spec: ModelSpec, dataset: Dataset, hp: Hyperparameters, cfg: Setti
             param="dataset_id",
         )
     try:
-        return tok.count((line.record for line in parse_jsonl(data)), hp.max_seq_length)
-    except RecordError as exc:  # validation passed, so only the template can refuse a record
+        return tok, [line.record for line in parse_jsonl(data)]
+    except RecordError as exc:  # cannot happen to a validated file; refused cleanly if it does
         raise ApiError(
-            Code.INVALID_VALUE, f"{spec.id} cannot train on this dataset: {exc}", param="dataset_id"
+            Code.DATASET_NOT_READY, f"The dataset cannot be read: {exc}", param="dataset_id"
         ) from None
+
+
+def _check_validation(
+    hp: Hyperparameters, options: TrainingOptions, train: TokenCount, valid: TokenCount | None
+) -> None:
+    """Validation is never billed, so what it costs us is bounded: its size and how often it
+    runs."""
+    if valid is not None and options.validation_dataset_id is not None:
+        cap = max(MIN_VALIDATION_TOKENS_CAP, train.tokens // VALIDATION_SHARE_CAP)
+        if valid.tokens > cap:
+            raise ApiError(
+                Code.INVALID_VALUE,
+                f"The validation dataset has {valid.tokens} tokens; at most {cap} are allowed "
+                f"with this training set (the larger of {MIN_VALIDATION_TOKENS_CAP} and a "
+                "quarter of its tokens). Use a smaller sample.",
+                param="validation_dataset_id",
+            )
+    every = options.eval_every_steps
+    if not every:
+        return
+    if not options.has_validation:
+        raise ApiError(
+            Code.INVALID_VALUE,
+            "eval_every_steps needs validation data: give validation_split or "
+            "validation_dataset_id (this dataset is too small for the default split).",
+            param="eval_every_steps",
+        )
+    total_steps = math.ceil(train.examples / hp.batch_size) * hp.epochs
+    if total_steps // every > MAX_EVALUATIONS:
+        least = math.ceil(total_steps / MAX_EVALUATIONS)
+        raise ApiError(
+            Code.INVALID_VALUE,
+            f"This job has {total_steps} steps; evaluating every {every} would run more than "
+            f"{MAX_EVALUATIONS} evaluations. Use eval_every_steps of at least {least}.",
+            param="eval_every_steps",
+        )
 
 
 def _priced(uid: str, email: str | None, body: dict[str, Any], cfg: Settings) -> PricedRequest:
     """The checked request, its exact quote, and the user (shared by estimate and submit)."""
-    spec, dataset, hp = _parse(uid, body)
-    q = quote(spec, _count(spec, dataset, hp, cfg), hp, catalog().currency, cfg.startup_overhead_s)
-    return PricedRequest(spec, dataset, hp, q, store.get_or_create_user(uid, email))
+    spec, dataset, hp, options, validation = _parse(uid, body, cfg)
+    train, valid = _count(spec, dataset, hp, cfg, options.validation_split)
+    if validation is not None:
+        valid, _ = _count(spec, validation, hp, cfg)
+    _check_validation(hp, options, train, valid)
+    storage_cents = (
+        merged_storage_cents(spec.parameters, cfg.retention_days)
+        if OUTPUT_MERGED in options.outputs
+        else 0
+    )
+    q = quote(
+        spec,
+        train,
+        hp,
+        catalog().currency,
+        cfg.startup_overhead_s,
+        validation=valid,
+        validation_split=options.validation_split,
+        storage_cents=storage_cents,
+    )
+    return PricedRequest(spec, dataset, hp, q, store.get_or_create_user(uid, email), options)
 
 
 # --- estimate and submit ---------------------------------------------------------------------
@@ -235,6 +367,7 @@ def estimate(uid: str, email: str | None, body: dict[str, Any], cfg: Settings) -
         "model": req.spec.id,
         "dataset_id": req.dataset.id,
         "hyperparameters": req.hyperparameters.to_dict(),
+        **options_view(req.options),
         **req.quote.to_doc(),
         "allowed_to_proceed": not reasons,
         "reasons": [{"code": code.value, "message": message} for code, message in reasons],
@@ -290,6 +423,7 @@ def submit(
         created_at=t,
         updated_at=t,
         events=(JobEvent(t, JobStatus.QUEUED, "submitted"),),
+        options=req.options,
     )
     limit = req.user.monthly_spend_limit_cents
     try:

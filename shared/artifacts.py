@@ -9,6 +9,7 @@ production, the local sweeper locally.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any
 
@@ -23,8 +24,8 @@ def prefix(job_id: str) -> str:
     return f"jobs/{job_id}/"
 
 
-def download_links(job: Job, cfg: Settings, now: datetime | None = None) -> dict[str, Any]:
-    """One-hour signed URLs for each file of a completed, paid, unexpired job.
+def check_downloadable(job: Job, now: datetime | None = None) -> None:
+    """The gates every download (and continuing from a job) passes: completed, paid, unexpired.
 
     Raises:
         ApiError: job_not_completed (409), payment_required (402), artifacts_expired (410).
@@ -43,21 +44,53 @@ def download_links(job: Job, cfg: Settings, now: datetime | None = None) -> dict
             + (f": {reason}" if reason else "; try again in a moment.")
             + " Downloads open once it is paid.",
         )
-    now = now or store.now()
     expires_at = job.expires_at
-    if expires_at is not None and expires_at <= now:
+    if expires_at is not None and expires_at <= (now or store.now()):
         raise ApiError(
             Code.ARTIFACTS_EXPIRED,
             f"This job's files were kept until {expires_at.isoformat()} and are gone.",
         )
-    files = {a.name: a for a in (job.trainer_result.artifacts if job.trainer_result else ())}
+
+
+# A file name from a trainer's manifest: a name, or one folder and a name; never "..".
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)?$")
+
+
+def download_links(
+    job: Job, cfg: Settings, now: datetime | None = None, checkpoint: int | None = None
+) -> dict[str, Any]:
+    """One-hour signed URLs for each file of a completed, paid, unexpired job: its outputs, or
+    the adapter kept at the epoch end `checkpoint` (a step).
+
+    Raises:
+        ApiError: what check_downloadable raises; not_found for a step with no checkpoint.
+    """
+    now = now or store.now()
+    check_downloadable(job, now)
+    result = job.trainer_result
+    if checkpoint is None:
+        folder = ""
+        files = {a.name: a for a in (result.artifacts if result else ())}
+        names = [*files, MANIFEST]
+    else:
+        kept = result.checkpoint(checkpoint) if result else None
+        if kept is None:
+            raise ApiError(
+                Code.NOT_FOUND,
+                f"Job {job.id} has no checkpoint at step {checkpoint}; "
+                f"see GET /v1/jobs/{job.id}/checkpoints.",
+                param="checkpoint",
+            )
+        folder = kept.folder + "/"
+        files = {f.name: f for f in kept.files}
+        names = list(files)
     out = []
     link_expiry = None
-    for name in [*files, MANIFEST]:
-        if "/" in name:  # names come from the trainer's manifest: never leave the job's prefix
+    for name in names:
+        if not _SAFE_NAME.match(name):  # names come from the trainer: never leave the prefix
             continue
         url, link_expiry = storage.signed_url(
-            cfg.artifacts_bucket, prefix(job.id) + name, "GET", now=now
+            cfg.artifacts_bucket, prefix(job.id) + folder + name, "GET", now=now
         )
         meta = files.get(name)
         out.append(
@@ -68,12 +101,39 @@ def download_links(job: Job, cfg: Settings, now: datetime | None = None) -> dict
                 "sha256": None if meta is None else meta.sha256,
             }
         )
+    expires_at = job.expires_at
     return {
         "object": "download",
         "job_id": job.id,
+        "checkpoint": checkpoint,
         "files": out,
         "urls_expire_at": link_expiry.isoformat() if link_expiry else None,
         "files_kept_until": expires_at.isoformat() if expires_at else None,
+    }
+
+
+def checkpoints(job: Job) -> dict[str, Any]:
+    """GET /v1/jobs/{id}/checkpoints: the adapters kept at each epoch end, for any job of the
+    caller's (a running job lists those made so far only once it completes: the trainer reports
+    them with its result)."""
+    result = job.trainer_result
+    kept = result.checkpoints if result else ()
+    return {
+        "object": "list",
+        "data": [
+            {
+                "object": "checkpoint",
+                "step": c.step,
+                "epoch": c.epoch,
+                "train_loss": c.train_loss,
+                "eval_loss": c.eval_loss,
+                "size": c.size,
+                "from_job": f"{job.id}:{c.step}",
+            }
+            for c in kept
+        ],
+        "has_more": False,
+        "next_cursor": None,
     }
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from shared import store
 from shared.errors import ApiError, Code
 from shared.pricing import CHARGE_POLICY
-from shared.records import Job, JobStatus
+from shared.records import Job, JobStatus, TrainingOptions
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -32,6 +32,7 @@ def view(job: Job) -> dict[str, Any]:
         "model": job.model,
         "dataset_id": job.dataset_id,
         "hyperparameters": job.hyperparameters.to_dict(),
+        **options_view(job.options),
         "quote": job.quote.to_doc(),
         "progress": None if job.progress is None else job.progress.to_doc(),
         "failure": None if job.failure is None else job.failure.to_doc(),
@@ -41,6 +42,9 @@ def view(job: Job) -> dict[str, Any]:
             "trained_tokens": result.trained_tokens,
             "steps": result.steps,
             "final_loss": result.final_loss,
+            "eval_loss": result.eval_loss,
+            "eval_tokens": result.eval_tokens,
+            "checkpoints": len(result.checkpoints),
         },
         "events": [
             {"at": e.at.isoformat(), "status": e.status.value, "message": e.message}
@@ -65,6 +69,19 @@ def view(job: Job) -> dict[str, Any]:
         "created_at": _iso(job.created_at),
         "started_at": _iso(job.started_at),
         "ended_at": _iso(job.ended_at),
+    }
+
+
+def options_view(options: TrainingOptions) -> dict[str, Any]:
+    """The training options as a job and an estimate show them (the split is in the quote)."""
+    source = options.from_job
+    if source is not None and options.from_step is not None:
+        source = f"{source}:{options.from_step}"
+    return {
+        "validation_dataset_id": options.validation_dataset_id,
+        "eval_every_steps": options.eval_every_steps,
+        "from_job": source,
+        "outputs": list(options.outputs),
     }
 
 

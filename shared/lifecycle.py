@@ -18,7 +18,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from shared import artifacts, batch, logs, modelstore, store, tasks
+from shared import artifacts, batch, continuation, logs, modelstore, store, tasks
 from shared.catalog import catalog
 from shared.config import Settings
 from shared.contract import FailureKind, TrainerConfig
@@ -131,6 +131,7 @@ def trainer_config(job: Job, cfg: Settings) -> TrainerConfig:
     spec = catalog().get(job.model)
     if spec is None:
         raise LookupError(f"model {job.model} left the catalog")
+    opts = job.options
     return TrainerConfig(
         job_id=job.id,
         model_id=spec.id,
@@ -147,6 +148,16 @@ def trainer_config(job: Job, cfg: Settings) -> TrainerConfig:
         job_document=store.job_document(job.id),
         outputs_kept_until=(store.now() + timedelta(days=cfg.retention_days)).isoformat(),
         project_id=cfg.project_id,
+        validation_uri=(
+            f"gs://{cfg.datasets_bucket}/{opts.validation_object}" if opts.validation_object else ""
+        ),
+        validation_sha256=opts.validation_sha256 or "",
+        validation_split=opts.validation_split,
+        eval_every_steps=opts.eval_every_steps,
+        init_adapter_uri=(
+            continuation.adapter_uri(opts.from_job, opts.from_step, cfg) if opts.from_job else ""
+        ),
+        outputs=opts.outputs,
     )
 
 

@@ -24,9 +24,11 @@ if TYPE_CHECKING:  # annotations only: the job views import this module for CHAR
 
 MIN_CHARGE_CENTS = 50  # Stripe's smallest card charge in USD
 STORAGE_CENTS_PER_GB_MONTH = 10
+MERGED_BYTES_PER_PARAMETER = 2  # merged weights are written in the base's dtype (bf16)
 MAX_EXTENSION_DAYS = 365
 CHARGE_POLICY = (
-    "Completed: the tokens trained (equal to the quote), at least the minimum charge. "
+    "Completed: the tokens trained (equal to the quote), at least the minimum charge, plus the "
+    "quoted storage of merged weights when asked for. Validation tokens are never billed. "
     "Cancelled while running: the tokens trained so far (free below the minimum charge). "
     "Cancelled while queued, or failed (bad data or our side): free."
 )
@@ -80,15 +82,27 @@ def price_cents(billable_tokens: int, cents_per_million: int, min_charge_cents: 
     return max(exact, min_charge_cents)
 
 
+def merged_storage_cents(parameters: int, retention_days: int) -> int:
+    """Keeping a model's merged weights (bf16: 2 bytes a parameter) for the retention period."""
+    size = parameters * MERGED_BYTES_PER_PARAMETER
+    return math.ceil(size / 1e9 * retention_days / 30 * STORAGE_CENTS_PER_GB_MONTH)
+
+
 def quote(
     spec: ModelSpec,
     count: TokenCount,
     hp: Hyperparameters,
     currency: str,
     startup_overhead_s: int,
+    validation: TokenCount | None = None,
+    validation_split: float = 0.0,
+    storage_cents: int = 0,
 ) -> Quote:
-    """The exact price of training `count` for `hp.epochs` epochs."""
+    """The exact price of training `count` for `hp.epochs` epochs, plus `storage_cents` for the
+    extra outputs asked for. `validation` (the held-out records, or a second file) is reported,
+    never billed."""
     billable = count.tokens * hp.epochs
+    tokens_cents = price_cents(billable, spec.price_per_million_tokens_cents, MIN_CHARGE_CENTS)
     return Quote(
         examples=count.examples,
         dropped_examples=count.dropped,
@@ -97,11 +111,15 @@ def quote(
         trained_tokens_per_epoch=count.trained_tokens,
         epochs=hp.epochs,
         billable_tokens=billable,
-        price_cents=price_cents(billable, spec.price_per_million_tokens_cents, MIN_CHARGE_CENTS),
+        price_cents=tokens_cents + storage_cents,
         currency=currency,
         estimated_seconds=startup_overhead_s + math.ceil(billable / spec.throughput_tokens_per_s),
         gpu_type=spec.gpu_type,
         price_per_million_tokens_cents=spec.price_per_million_tokens_cents,
+        validation_split=validation_split,
+        validation_examples=validation.examples if validation else 0,
+        validation_tokens=validation.tokens if validation else 0,
+        storage_cents=storage_cents,
     )
 
 
@@ -124,7 +142,8 @@ def amount_due(job: Job) -> Due:
     if job.status == JobStatus.COMPLETED:
         trained = job.trainer_result.trained_tokens if job.trainer_result else 0
         tokens = _at_most_quoted(job, trained)
-        return Due(tokens, price_cents(tokens, q.price_per_million_tokens_cents, MIN_CHARGE_CENTS))
+        cents = price_cents(tokens, q.price_per_million_tokens_cents, MIN_CHARGE_CENTS)
+        return Due(tokens, cents + q.storage_cents)
     if job.status == JobStatus.CANCELLED and job.started_at is not None:
         tokens = _at_most_quoted(job, job.progress.trained_tokens if job.progress else 0)
         cents = price_cents(tokens, q.price_per_million_tokens_cents, 0)

@@ -312,13 +312,20 @@ class Quote(NamedTuple):
     estimated_seconds: int
     gpu_type: str
     price_per_million_tokens_cents: int  # the model's rate when quoted
+    # Validation: the held-out (or second) file's share, evaluated and never billed.
+    validation_split: float = 0.0
+    validation_examples: int = 0
+    validation_tokens: int = 0
+    # Outputs beyond the adapter (merged weights), priced as their storage for the retention
+    # period and included in price_cents.
+    storage_cents: int = 0
 
     def to_doc(self) -> dict[str, Any]:
         return self._asdict()
 
     @staticmethod
     def from_doc(doc: Mapping[str, Any]) -> "Quote":
-        return Quote(**{name: doc[name] for name in Quote._fields})
+        return Quote(**{name: doc[name] for name in Quote._fields if name in doc})
 
 
 class JobStatus(StrEnum):
@@ -464,6 +471,32 @@ class Authorization(NamedTuple):
         )
 
 
+class TrainingOptions(NamedTuple):
+    """What a job asked for beyond the model, the dataset and the hyperparameters."""
+
+    validation_split: float = 0.0  # resolved: the default is already applied
+    validation_dataset_id: str | None = None
+    validation_object: str | None = None
+    validation_sha256: str | None = None
+    eval_every_steps: int = 0  # 0: at epoch ends only
+    from_job: str | None = None  # the completed job whose adapter this one starts from
+    from_step: int | None = None  # one of its checkpoints; None: its final adapter
+    outputs: tuple[str, ...] = ()  # contract.EXTRA_OUTPUTS asked for
+
+    def to_doc(self) -> dict[str, Any]:
+        return {**self._asdict(), "outputs": list(self.outputs)}
+
+    @staticmethod
+    def from_doc(doc: Mapping[str, Any]) -> "TrainingOptions":
+        values = {k: v for k, v in doc.items() if k in TrainingOptions._fields}
+        values["outputs"] = tuple(values.get("outputs") or ())
+        return TrainingOptions(**values)
+
+    @property
+    def has_validation(self) -> bool:
+        return self.validation_split > 0 or self.validation_dataset_id is not None
+
+
 class Job(NamedTuple):
     id: str
     uid: str
@@ -489,6 +522,7 @@ class Job(NamedTuple):
     progress: Progress | None = None
     trainer_result: TrainerResult | None = None
     trainer_failure: TrainerFailure | None = None
+    options: TrainingOptions = TrainingOptions()
 
     def to_doc(self) -> dict[str, Any]:
         """Every field the API owns. The trainer's fields are left out: the store never
@@ -514,6 +548,7 @@ class Job(NamedTuple):
             "failure": None if self.failure is None else self.failure.to_doc(),
             "payment": None if self.payment is None else self.payment.to_doc(),
             "authorization": None if self.authorization is None else self.authorization.to_doc(),
+            "options": self.options.to_doc(),
         }
 
     @staticmethod
@@ -546,6 +581,7 @@ class Job(NamedTuple):
             progress=opt("progress", Progress.from_doc),
             trainer_result=opt("trainer_result", TrainerResult.from_doc),
             trainer_failure=opt("trainer_failure", TrainerFailure.from_doc),
+            options=opt("options", TrainingOptions.from_doc) or TrainingOptions(),
         )
 
 

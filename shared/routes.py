@@ -125,7 +125,11 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/jobs/{job_id}/cancel", "jobs", "cancelJob",
           "Cancels a queued or running job.", key_scopes=(JOBS_WRITE,)),
     Route("GET", "/v1/jobs/{job_id}/download", "jobs", "downloadJob",
-          "One-hour signed URLs for the adapter files, with size and sha256.",
+          "One-hour signed URLs for the adapter files (or a checkpoint's: ?checkpoint=<step>), "
+          "with size and sha256.",
+          key_scopes=(JOBS_READ,)),
+    Route("GET", "/v1/jobs/{job_id}/checkpoints", "jobs", "listCheckpoints",
+          "The adapters kept at each epoch end: step, epoch, train and eval loss, size.",
           key_scopes=(JOBS_READ,)),
     Route("POST", "/v1/jobs/{job_id}/retry-payment", "jobs", "retryPayment",
           "Retries a failed payment for the job with the saved card.", key_scopes=(JOBS_WRITE,)),

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from shared.contract import EXTRA_OUTPUTS
 from shared.errors import ApiError, Code
 from shared.pricing import MAX_EXTENSION_DAYS
 from shared.records import (
@@ -43,6 +44,11 @@ from shared.schema import (
     opt,
     req,
     response,
+)
+from shared.tokenization import (
+    DEFAULT_SPLIT_MIN_RECORDS,
+    DEFAULT_VALIDATION_SPLIT,
+    MAX_VALIDATION_SPLIT,
 )
 
 MAX_SPEND_LIMIT_CENTS = 100_000_00  # what PATCH /v1/me accepts as a monthly limit
@@ -237,6 +243,14 @@ _quote_fields: dict[str, Schema] = {
     "estimated_seconds": Integer(minimum=0),
     "gpu_type": String(),
     "price_per_million_tokens_cents": Cents,
+    "validation_split": Number(
+        minimum=0, maximum=MAX_VALIDATION_SPLIT, description="The share of records held out."
+    ),
+    "validation_examples": Integer(minimum=0, description="Evaluated, never billed."),
+    "validation_tokens": Integer(minimum=0, description="One pass; never billed."),
+    "storage_cents": Integer(
+        minimum=0, description="Keeping the extra outputs asked for (merged weights); in price."
+    ),
 }
 Quote = response(_quote_fields, "Quote")
 JobRequest = Object(
@@ -245,10 +259,50 @@ JobRequest = Object(
         # Not pattern-checked: an id that cannot be ours names nothing of ours (404, as in a path)
         "dataset_id": req(String(), hint="a ready dataset's id, from POST /v1/datasets"),
         "hyperparameters": opt(HyperparametersIn),
+        "validation_dataset_id": opt(
+            String(description="A ready dataset of yours to evaluate on (not billed).")
+        ),
+        "validation_split": opt(
+            Number(
+                minimum=0,
+                maximum=MAX_VALIDATION_SPLIT,
+                description="The share of the dataset's records to hold out for validation "
+                "(seeded by hyperparameters.seed; never billed). Default: "
+                f"{DEFAULT_VALIDATION_SPLIT} for datasets of {DEFAULT_SPLIT_MIN_RECORDS} records "
+                "or more, else none.",
+            )
+        ),
+        "eval_every_steps": opt(
+            Integer(
+                minimum=1,
+                description="Also evaluate every this many steps (always at epoch ends).",
+            )
+        ),
+        "from_job": opt(
+            String(
+                max_length=200,
+                description="Start from a completed job's adapter: '<job_id>' or "
+                "'<job_id>:<step>' (a checkpoint). Same model, rank and target modules.",
+            )
+        ),
+        "outputs": opt(
+            Array(
+                String(enum=list(EXTRA_OUTPUTS)),
+                max_items=len(EXTRA_OUTPUTS),
+                description="Extra outputs: 'merged' (weights with the adapter merged in, "
+                "priced as their storage).",
+            )
+        ),
     },
     name="JobRequest",
     example={"model": "smollm2-135m-instruct", "dataset_id": "ds-3c1f0a9b2e"},
 )
+_options_fields: dict[str, Schema] = {
+    "validation_dataset_id": String(nullable=True),
+    "eval_every_steps": Integer(minimum=0, description="0: at epoch ends only."),
+    "from_job": String(nullable=True),
+    "outputs": Array(String()),
+}
 Reason = response(
     {"code": String(enum=[c.value for c in Code]), "message": String()}, "RefusalReason"
 )
@@ -258,6 +312,7 @@ Estimate = response(
         "model": String(),
         "dataset_id": Id,
         "hyperparameters": Hyperparameters,
+        **_options_fields,
         **_quote_fields,
         "allowed_to_proceed": Boolean(),
         "reasons": Array(Reason, description="Every rule that would refuse a submission now."),
@@ -275,6 +330,7 @@ Progress = response(
         "loss": Number(),
         "learning_rate": Number(),
         "eta_s": Number(),
+        "eval_loss": Number(nullable=True, description="The latest validation loss."),
     },
     "Progress",
 )
@@ -295,6 +351,7 @@ _job_fields: dict[str, Schema] = {
     "model": String(),
     "dataset_id": Id,
     "hyperparameters": Hyperparameters,
+    **_options_fields,
     "quote": Quote,
     "progress": Progress.nullable_copy(),
     "failure": response(
@@ -306,6 +363,9 @@ _job_fields: dict[str, Schema] = {
             "trained_tokens": Integer(minimum=0),
             "steps": Integer(minimum=0),
             "final_loss": Number(nullable=True),
+            "eval_loss": Number(nullable=True),
+            "eval_tokens": Integer(minimum=0),
+            "checkpoints": Integer(minimum=0, description="How many; GET .../checkpoints."),
         },
         "JobResult",
     ).nullable_copy(),
@@ -352,6 +412,7 @@ Download = response(
     {
         "object": Const("download"),
         "job_id": Id,
+        "checkpoint": Integer(nullable=True, description="The checkpoint's step, or null."),
         "files": Array(
             response(
                 {
@@ -367,6 +428,19 @@ Download = response(
         "files_kept_until": MaybeTime,
     },
     "Download",
+)
+Checkpoint = response(
+    {
+        "object": Const("checkpoint"),
+        "step": Integer(minimum=1),
+        "epoch": Integer(minimum=1),
+        "train_loss": Number(),
+        "eval_loss": Number(nullable=True),
+        "size": Integer(minimum=0),
+        "from_job": String(description="What POST /v1/jobs takes to continue from it."),
+    },
+    "Checkpoint",
+    "The adapter as it was at an epoch end.",
 )
 ExtendStorage = Object(
     {
@@ -671,8 +745,14 @@ OPERATIONS: Mapping[str, Operation] = {
     ),
     "getJob": Operation(ok=Job, errors=(Code.NOT_FOUND,)),
     "cancelJob": Operation(ok=Job, errors=(Code.NOT_FOUND, Code.JOB_ALREADY_ENDED)),
+    "listCheckpoints": Operation(
+        ok=list_of(Checkpoint, "CheckpointList"), errors=(Code.NOT_FOUND,)
+    ),
     "downloadJob": Operation(
         ok=Download,
+        query=Query(
+            {"checkpoint": Integer(minimum=1, description="A checkpoint's step: its files.")}
+        ),
         errors=(
             Code.NOT_FOUND,
             Code.JOB_NOT_COMPLETED,

@@ -1,4 +1,5 @@
-"""/v1/jobs: estimate, submit, list, get, cancel, download, retry a payment, extend storage.
+"""/v1/jobs: estimate, submit, list, get, cancel, download, checkpoints, retry a payment, extend
+storage.
 
 Reads (list, get) need only the job views; each other operation imports its core module when
 it first runs, so a cold start serving a read does not load admission, the Batch and Tasks
@@ -46,7 +47,14 @@ def cancel_job(req: ApiRequest) -> Reply:
 def download_job(req: ApiRequest) -> Reply:
     from shared import artifacts
 
-    return Reply(artifacts.download_links(owned(req.uid, req.params["job_id"]), req.settings))
+    job = owned(req.uid, req.params["job_id"])
+    return Reply(artifacts.download_links(job, req.settings, checkpoint=req.args.get("checkpoint")))
+
+
+def list_checkpoints(req: ApiRequest) -> Reply:
+    from shared import artifacts
+
+    return Reply(artifacts.checkpoints(owned(req.uid, req.params["job_id"])))
 
 
 def extend_storage(req: ApiRequest) -> Reply:
@@ -78,6 +86,7 @@ jobs = serve(
         "getJob": get_job,
         "cancelJob": cancel_job,
         "downloadJob": download_job,
+        "listCheckpoints": list_checkpoints,
         "retryPayment": retry_payment,
         "extendStorage": extend_storage,
     },

@@ -93,9 +93,7 @@ def test_a_validation_file_is_evaluated_whole(tiny_model, tiny_data, tmp_path) -
         Run(changed, tmp_path / "again").setup()
 
 
-def test_a_full_run_keeps_epoch_checkpoints_a_gguf_and_merged_weights(
-    tiny_model, tmp_path
-) -> None:
+def test_a_full_run_keeps_epoch_checkpoints_a_gguf_and_merged_weights(tiny_model, tmp_path) -> None:
     data = memorisable(tmp_path)
     cfg = replace(
         mem_config(tiny_model, data, tmp_path, epochs=3),
