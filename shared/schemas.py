@@ -686,6 +686,9 @@ class Operation:
         self.raw_body = raw_body
 
 
+# What continuing from a job (from_job) can answer: the download gates of the source job.
+_FROM_JOB = (Code.JOB_NOT_COMPLETED, Code.PAYMENT_REQUIRED, Code.ARTIFACTS_EXPIRED)
+
 OPERATIONS: Mapping[str, Operation] = {
     "getHealth": Operation(
         ok=Health,
@@ -713,7 +716,7 @@ OPERATIONS: Mapping[str, Operation] = {
     "estimateJob": Operation(
         ok=Estimate,
         body=JobRequest,
-        errors=(Code.NOT_FOUND, Code.DATASET_NOT_READY, Code.MODEL_UNAVAILABLE),
+        errors=(Code.NOT_FOUND, Code.DATASET_NOT_READY, Code.MODEL_UNAVAILABLE, *_FROM_JOB),
     ),
     "createJob": Operation(
         ok_status=201,
@@ -724,6 +727,7 @@ OPERATIONS: Mapping[str, Operation] = {
             Code.NOT_FOUND,
             Code.DATASET_NOT_READY,
             Code.MODEL_UNAVAILABLE,
+            *_FROM_JOB,
             Code.PAYMENT_METHOD_REQUIRED,
             Code.PAYMENT_DECLINED,
             Code.ACCOUNT_PAUSED,
