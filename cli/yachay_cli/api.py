@@ -27,6 +27,7 @@ CALLS: dict[str, tuple[str, str]] = {
     "get_job": ("GET", "/v1/jobs/{job_id}"),
     "cancel_job": ("POST", "/v1/jobs/{job_id}/cancel"),
     "download": ("GET", "/v1/jobs/{job_id}/download"),
+    "list_checkpoints": ("GET", "/v1/jobs/{job_id}/checkpoints"),
     "billing": ("GET", "/v1/billing/summary"),
     "list_keys": ("GET", "/v1/api-keys"),
     "list_webhooks": ("GET", "/v1/webhook-endpoints"),

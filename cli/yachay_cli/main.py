@@ -158,15 +158,31 @@ def job_body(args: argparse.Namespace, dataset_id: str) -> dict[str, Any]:
     hp = hyperparameters(args)
     if hp:
         body["hyperparameters"] = hp
+    for option, field in (
+        ("validation_split", "validation_split"),
+        ("validation_dataset", "validation_dataset_id"),
+        ("eval_every", "eval_every_steps"),
+        ("from_job", "from_job"),
+    ):
+        if getattr(args, option) is not None:
+            body[field] = getattr(args, option)
+    if args.merged:
+        body["outputs"] = ["merged"]
     return body
 
 
 def price_line(est: dict[str, Any]) -> str:
-    return (
+    line = (
         f"{est['billable_tokens']:,} billable tokens ({est['tokens_per_epoch']:,} x "
         f"{est['epochs']} epochs) on {est['model']}: {money(est['price_cents'], est['currency'])}"
         f", about {est['estimated_seconds'] // 60 + 1} min"
     )
+    if est.get("validation_examples"):
+        line += (
+            f"\nvalidation: {est['validation_examples']} examples, "
+            f"{est['validation_tokens']:,} tokens (not billed)"
+        )
+    return line
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
@@ -278,11 +294,16 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    links = client().call("download", path={"job_id": args.job})
+    query = {} if args.checkpoint is None else {"checkpoint": args.checkpoint}
+    links = client().call("download", path={"job_id": args.job}, query=query)
     out = Path(args.out or args.job)
     out.mkdir(parents=True, exist_ok=True)
     results = []
     for f in links["files"]:
+        parts = Path(f["name"]).parts
+        if not parts or Path(f["name"]).is_absolute() or ".." in parts:
+            raise ApiError(0, "bad_file_name", f"refusing to write {f['name']!r} outside {out}")
+        (out / f["name"]).parent.mkdir(parents=True, exist_ok=True)
         bar = Bar(f["name"], enabled=not args.json)
         outcome = download(f["url"], out / f["name"], f["size"], f["sha256"], bar.update)
         bar.done()
@@ -290,6 +311,18 @@ def cmd_download(args: argparse.Namespace) -> int:
         if not args.json:
             print(f"  {f['name']:28s} {outcome}{', sha256 ok' if f['sha256'] else ''}")
     emit(args, {"dir": str(out), "files": results}, f"Saved in {out}")
+    return OK
+
+
+def cmd_checkpoints(args: argparse.Namespace) -> int:
+    page = client().call("list_checkpoints", path={"job_id": args.job})
+    lines = [
+        f"step {c['step']:5d}  epoch {c['epoch']:2d}  train loss {c['train_loss']:.4f}  "
+        + ("" if c["eval_loss"] is None else f"eval loss {c['eval_loss']:.4f}  ")
+        + f"--from-job {c['from_job']}"
+        for c in page["data"]
+    ]
+    emit(args, page, "\n".join(lines) or "no checkpoints (the job has not completed)")
     return OK
 
 
@@ -373,6 +406,11 @@ def parser() -> argparse.ArgumentParser:
         c.add_argument("--model", required=True)
         c.add_argument("--epochs", type=int)
         c.add_argument("--hp", action="append", help="a hyperparameter, name=value (repeat)")
+        c.add_argument("--validation-split", type=float, help="hold out this share (0-0.2)")
+        c.add_argument("--validation-dataset", help="a ready dataset id to evaluate on")
+        c.add_argument("--eval-every", type=int, help="also evaluate every N steps")
+        c.add_argument("--from-job", help="continue from JOB or JOB:STEP (a checkpoint)")
+        c.add_argument("--merged", action="store_true", help="also output merged weights")
         if name == "estimate":
             c.add_argument("--dataset", required=True)
         else:
@@ -393,6 +431,9 @@ def parser() -> argparse.ArgumentParser:
     c = command("download", cmd_download, "download a job's files, sha256-checked, resumable")
     c.add_argument("job")
     c.add_argument("--out")
+    c.add_argument("--checkpoint", type=int, help="a checkpoint's step: its adapter")
+    c = command("checkpoints", cmd_checkpoints, "the adapters a job kept at each epoch end")
+    c.add_argument("job")
     command("billing", cmd_billing, "what you spent")
     command("keys", cmd_keys, "your API keys (needs a signed-in session; see the dashboard)")
     c = command("webhooks", cmd_webhooks, "list, add, remove, test webhook endpoints")

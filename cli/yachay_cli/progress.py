@@ -24,7 +24,8 @@ def job_line(job: dict[str, Any]) -> str:
     return (
         f"{job['status']} step {p['step']}/{p['total_steps']}  tokens "
         f"{human(p['trained_tokens'])}/{human(p['total_tokens'])}  loss {p['loss']:.3f}  "
-        f"eta {int(p['eta_s'])} s"
+        + ("" if p.get("eval_loss") is None else f"eval {p['eval_loss']:.3f}  ")
+        + f"eta {int(p['eta_s'])} s"
     )
 
 

