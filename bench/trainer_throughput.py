@@ -2,15 +2,17 @@
 
 Both train the same model, on the same examples (tokenized by the same shared function, so the
 same assistant-only targets), with the same LoRA config, optimizer, schedule, seed, batch size and
-epochs, in the same invocation. The baseline pads each batch to its longest sequence (the usual
-collator). Each run is its own process, so peak memory (max RSS) is clean; runs alternate and the
-medians are compared.
+epochs, in the same invocation, with the same fixed torch thread count. The baseline pads each
+batch to its longest sequence (the usual collator). Each run is its own process, so peak memory
+(max RSS) is clean; the two alternate for 5 rounds (the order flipping each round), and min,
+median and max are printed, of each trainer's tokens/s and of the per-round ratio.
 
 Printed per model: trained (non-padding) tokens/s of each, the ratio, the padding fraction of
 each, peak RSS, and the final eval loss on held-out assistant tokens, computed by one function
 for both. Goal: ratio >= 2.5 on CPU at equal or lower eval loss.
 
-    make bench-trainer        # or: python -m bench.trainer_throughput [--rounds 3] [--no-smollm2]
+    make bench-trainer   # or: python -m bench.trainer_throughput [--rounds 5] [--threads N]
+                         #     [--no-smollm2]
 """
 
 from __future__ import annotations
@@ -166,8 +168,15 @@ def worker_hf(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def run_worker(kind: str, model: Path, data: Path, held_out: Path, hp: dict[str, Any]) -> dict:
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'trainer_image'}"}
+def run_worker(
+    kind: str, model: Path, data: Path, held_out: Path, hp: dict[str, Any], threads: int
+) -> dict:
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'trainer_image'}",
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+    }
     out = subprocess.run(
         [
             sys.executable,
@@ -183,6 +192,8 @@ def run_worker(kind: str, model: Path, data: Path, held_out: Path, hp: dict[str,
             str(held_out),
             "--hp",
             json.dumps(hp),
+            "--threads",
+            str(threads),
         ],
         env=env,
         cwd=ROOT,
@@ -194,28 +205,48 @@ def run_worker(kind: str, model: Path, data: Path, held_out: Path, hp: dict[str,
 
 
 def compare(
-    title: str, model: Path, data: Path, held_out: Path, hp: dict[str, Any], rounds: int
-) -> None:
+    title: str,
+    model: Path,
+    data: Path,
+    held_out: Path,
+    hp: dict[str, Any],
+    rounds: int,
+    threads: int,
+) -> float:
+    """Runs both trainers `rounds` times, interleaved (the order flips each round, so a drift
+    of the machine's speed favours neither), and prints min / median / max. Returns the median
+    of the per-round ratios."""
     results: dict[str, list[dict]] = {"ours": [], "hf": []}
-    for _ in range(rounds):
-        for kind in ("hf", "ours"):
-            results[kind].append(run_worker(kind, model, data, held_out, hp))
+    for i in range(rounds):
+        for kind in ("hf", "ours") if i % 2 == 0 else ("ours", "hf"):
+            results[kind].append(run_worker(kind, model, data, held_out, hp, threads))
+
+    def spread(values: list[float], fmt: str) -> str:
+        return "/".join(
+            format(v, fmt) for v in (min(values), statistics.median(values), max(values))
+        )
 
     def med(kind: str, key: str) -> float:
         return statistics.median(r[key] for r in results[kind])
 
-    tps = {k: statistics.median(r["tokens"] / r["seconds"] for r in results[k]) for k in results}
-    print(f"\n== {title} (median of {rounds} alternating runs per trainer)")
-    print(f"{'':22s} {'tokens/s':>10s} {'padding':>8s} {'peak RSS':>9s} {'eval loss':>10s}")
+    tps = {k: [r["tokens"] / r["seconds"] for r in results[k]] for k in results}
+    ratios = [o / h for o, h in zip(tps["ours"], tps["hf"], strict=True)]
+    print(f"\n== {title}: {rounds} interleaved rounds, torch threads {threads}")
+    print(
+        f"{'':22s} {'tokens/s min/median/max':>26s} {'padding':>8s} {'peak RSS':>9s} "
+        f"{'eval loss':>10s}"
+    )
     for kind, label in (("hf", "HF Trainer + peft"), ("ours", "yachay trainer")):
         print(
-            f"{label:22s} {tps[kind]:10.0f} {med(kind, 'padding_fraction'):8.1%} "
+            f"{label:22s} {spread(tps[kind], '.0f'):>26s} {med(kind, 'padding_fraction'):8.1%} "
             f"{med(kind, 'peak_rss_mb'):7.0f}MB {med(kind, 'eval_loss'):10.4f}"
         )
     print(
-        f"throughput ratio (ours / HF): {tps['ours'] / tps['hf']:.2f}x; trained tokens "
-        f"ours {results['ours'][0]['tokens']}, HF non-padding {results['hf'][0]['tokens']}"
+        f"throughput ratio (ours / HF, per round) min/median/max: {spread(ratios, '.2f')}x; "
+        f"trained tokens ours {results['ours'][0]['tokens']}, "
+        f"HF non-padding {results['hf'][0]['tokens']}"
     )
+    return statistics.median(ratios)
 
 
 def main() -> None:
@@ -225,10 +256,17 @@ def main() -> None:
     parser.add_argument("--data", type=Path)
     parser.add_argument("--eval", type=Path)
     parser.add_argument("--hp")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--threads", type=int, default=os.cpu_count() or 1, help="torch threads, both trainers"
+    )
     parser.add_argument("--no-smollm2", action="store_true")
     args = parser.parse_args()
     if args.worker:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        torch.set_num_interop_threads(1)
         result = worker_ours(args) if args.worker == "ours" else worker_hf(args)
         result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(result))
@@ -260,6 +298,7 @@ def main() -> None:
             held_out,
             {**hp, "epochs": 2},
             args.rounds,
+            args.threads,
         )
         if not args.no_smollm2 and (SMOLLM2 / "manifest.json").exists():
             data = write_jsonl(chat_records(32, seed=1, mean_words=40), t / "s-train.jsonl")
@@ -270,7 +309,8 @@ def main() -> None:
                 data,
                 held_out,
                 {**hp, "batch_size": 4, "learning_rate": 2e-4},
-                max(1, args.rounds - 2),
+                args.rounds,
+                args.threads,
             )
 
 
