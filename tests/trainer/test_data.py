@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from shared.tokenization import EncodedExample
@@ -80,3 +81,50 @@ def test_shared_dropout_masks_siblings_alike_and_keeps_rate_and_scale() -> None:
     assert cache.x is None
     q.eval()
     assert q(x) is x
+
+
+@pytest.mark.parametrize("p", [0.05, 0.1, 0.5])
+def test_the_dropout_mask_drops_at_the_rate_and_keeps_the_mean(p) -> None:
+    from yachay_trainer.dropout import keep_mask
+
+    x = torch.ones(1000, 1001)  # an odd size: the 16-bit draws are cut from 64-bit ones
+    keep, scale = keep_mask(x, p)
+    assert keep.shape == x.shape
+    rate = 1 - keep.float().mean().item()
+    sigma = (p * (1 - p) / x.numel()) ** 0.5
+    assert abs(rate - p) < 5 * sigma + 1 / 65536
+    assert abs((x * keep * scale).mean().item() - 1.0) < 5 * sigma / (1 - p) + 1e-4
+    assert scale == pytest.approx(1 / (1 - p), abs=1e-4)
+
+
+def test_the_one_gemm_lora_forward_matches_peft_in_output_and_gradients(tiny_model) -> None:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from yachay_trainer.lora_add import fuse_lora_add
+
+    def model():
+        torch.manual_seed(0)
+        base = AutoModelForCausalLM.from_pretrained(tiny_model)
+        cfg = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear")
+        m = get_peft_model(base, cfg)
+        for n, p in m.named_parameters():  # lora_B starts at zero: give it something to add
+            if "lora_B" in n:
+                torch.nn.init.normal_(p, std=0.02)
+        return m
+
+    ids = torch.tensor([[5, 60, 700, 31, 9, 1200, 44]])
+    results = []
+    for fused in (False, True):
+        m = model()
+        if fused:
+            assert fuse_lora_add(m) == 4 * 7
+        loss = m(input_ids=ids, labels=ids).loss
+        loss.backward()
+        grads = {n: p.grad for n, p in m.named_parameters() if p.requires_grad}
+        results.append((loss.detach(), grads))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    torch.testing.assert_close(loss_a, loss_b)
+    assert grads_a.keys() == grads_b.keys()
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], atol=1e-6, rtol=1e-5)

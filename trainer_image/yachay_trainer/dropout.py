@@ -24,6 +24,23 @@ class _Cache:
         self.dropped: torch.Tensor | None = None
 
 
+LEVELS = 1 << 16  # the mask's resolution: each element draws 16 random bits
+
+
+def keep_mask(like: torch.Tensor, p: float) -> tuple[torch.Tensor, float]:
+    """A keep-mask shaped like `like`, each element dropped with probability round(p * 2^16) /
+    2^16 (within 1/131072 of p), and the scale 1 / (1 - that rate) that keeps the expectation
+    exact. Drawn as 16-bit integers cut from 64-bit draws: a quarter of the generator calls of
+    one float per element, which on a CPU made the masks cost about half as much."""
+    cut = round(p * LEVELS)
+    n = like.numel()
+    bits = torch.randint(
+        -(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=like.device
+    )
+    draws = bits.view(torch.int16)[:n].view(like.shape)
+    return draws >= cut - LEVELS // 2, LEVELS / (LEVELS - cut)
+
+
 class SharedMaskDropout(torch.nn.Module):
     def __init__(self, p: float, cache: _Cache) -> None:
         super().__init__()
@@ -34,9 +51,9 @@ class SharedMaskDropout(torch.nn.Module):
         if not self.training or self.p == 0.0:
             return x
         if self.cache.x is not x:
-            keep = torch.rand_like(x) >= self.p
+            keep, scale = keep_mask(x, self.p)
             self.cache.x = x
-            self.cache.dropped = x * keep.to(x.dtype).mul_(1.0 / (1.0 - self.p))
+            self.cache.dropped = x * keep.to(x.dtype).mul_(scale)
         assert self.cache.dropped is not None
         return self.cache.dropped
 

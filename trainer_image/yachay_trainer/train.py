@@ -5,7 +5,9 @@ What makes it fast, against the standard Trainer with padding (see bench/trainer
   per example (attention.py), so no token attends across an example boundary;
 - the vocabulary projection and the loss are computed only at positions that have a target
   (assistant tokens), not over every position of every sequence;
-- LoRA branches that read the same tensor (q/k/v, gate/up) share one dropout mask (dropout.py).
+- LoRA branches that read the same tensor (q/k/v, gate/up) share one dropout mask (dropout.py),
+  drawn 16 bits an element;
+- each LoRA update is added into its base output by the same GEMM (lora_add.py).
 
 Faithfulness: the loss of a step is the mean over all its target tokens (summed across packs, so
 gradient accumulation is exact); AdamW with linear warmup then cosine decay; gradient clipping at
@@ -40,7 +42,7 @@ from shared.contract import (
     sha256_file,
 )
 from shared.tokenization import ChatTokenizer, EncodedExample
-from yachay_trainer import attention, dropout, storage
+from yachay_trainer import attention, dropout, lora_add, storage
 from yachay_trainer.data import IGNORE, DataError, Pack, StepPlan, pack_step, read_examples
 from yachay_trainer.progress import Reporter
 
@@ -146,6 +148,7 @@ class Run:
         if self.cfg.init_adapter_uri:
             self._start_from(self.cfg.init_adapter_uri)
         self.dropout_cache = dropout.share_lora_dropout(self.model)
+        lora_add.fuse_lora_add(self.model)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             self.trainable, lr=self.hp.learning_rate, weight_decay=0.0
