@@ -21,7 +21,7 @@ from typing import Any
 from shared import artifacts, batch, continuation, logs, modelstore, store, tasks
 from shared.catalog import catalog
 from shared.config import Settings
-from shared.contract import FailureKind, TrainerConfig
+from shared.contract import FailureKind, TrainerConfig, TrainerResult
 from shared.errors import ApiError, Code
 from shared.jobs import owned, view
 from shared.records import (
@@ -292,6 +292,18 @@ NO_RESULT = JobFailure(
 )
 
 
+def completed_message(result: TrainerResult) -> str:
+    """The completed event's message: where the losses ended and what can be downloaded."""
+    parts = ["the adapter is ready to download"]
+    if result.final_loss is not None:
+        parts.append(f"final training loss {result.final_loss:.4f}")
+    if result.eval_loss is not None:
+        parts.append(f"validation loss {result.eval_loss:.4f}")
+    if result.checkpoints:
+        parts.append(f"{len(result.checkpoints)} checkpoints")
+    return "; ".join(parts)
+
+
 def on_batch_state(batch_name: str, state: str, cfg: Settings) -> str:
     """The Batch state-notification handler: turns Batch's view into our state machine."""
     job_id = batch.our_job_id(batch_name)
@@ -310,7 +322,7 @@ def on_batch_state(batch_name: str, state: str, cfg: Settings) -> str:
             transition(
                 job_id,
                 JobStatus.COMPLETED,
-                "the adapter is ready to download",
+                completed_message(job.trainer_result),
                 lambda j: j._replace(expires_at=expires),
             )
             artifacts.set_retention(job_id, expires, cfg)
