@@ -253,6 +253,7 @@ _quote_fields: dict[str, Schema] = {
     ),
 }
 Quote = response(_quote_fields, "Quote")
+MAX_EVAL_EVERY_STEPS = 1_000_000
 JobRequest = Object(
     {
         "model": req(String(max_length=128), hint="a model id from GET /v1/models"),
@@ -275,6 +276,7 @@ JobRequest = Object(
         "eval_every_steps": opt(
             Integer(
                 minimum=1,
+                maximum=MAX_EVAL_EVERY_STEPS,
                 description="Also evaluate every this many steps (always at epoch ends).",
             )
         ),
