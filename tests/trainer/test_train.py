@@ -109,7 +109,7 @@ def test_outputs_are_a_loadable_peft_adapter_with_a_true_manifest(
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == EXIT_OK, err
     folder = Path(cfg.output_uri)
-    names = {p.name for p in folder.iterdir()}
+    names = {p.name for p in folder.iterdir() if p.is_file()}
     assert set(ADAPTER_FILES) | {"metrics.jsonl", "loss.png", "README.md", MANIFEST} <= names
     manifest = json.loads((folder / MANIFEST).read_text())
     assert {f["name"] for f in manifest["files"]} == names - {MANIFEST}

@@ -29,20 +29,18 @@ def read_examples(
     """The trainable examples of a JSONL file, in file order, read by the same parser the dataset
     validation uses (records with nothing left to train after truncation are dropped, exactly as
     the price estimate counts them): (training examples, the held-out ones of a `split`)."""
-    train: list[EncodedExample] = []
-    held: list[EncodedExample] = []
+    encoded: list[EncodedExample] = []  # one per record, in order: the first bad line is named
     try:
-        lines = list(parse_jsonl(path.read_bytes()))
-        hold = held_out(len(lines), split, seed)
-        for i, line in enumerate(lines):
+        for line in parse_jsonl(path.read_bytes()):
             try:
-                ex = tok.encode(line.record, max_seq_length)
+                encoded.append(tok.encode(line.record, max_seq_length))
             except RecordError as exc:
                 raise DataError(f"{what}, line {line.number}: {exc}") from None
-            if ex.n_trained:
-                (held if i in hold else train).append(ex)
     except RecordError as exc:
         raise DataError(f"{what}: {exc}") from None
+    hold = held_out(len(encoded), split, seed)
+    train = [ex for i, ex in enumerate(encoded) if ex.n_trained and i not in hold]
+    held = [ex for i, ex in enumerate(encoded) if ex.n_trained and i in hold]
     if not train:
         raise DataError(f"{what} has no example with anything to train on")
     return train, held
