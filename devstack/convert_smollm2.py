@@ -31,6 +31,31 @@ def gguf_path() -> Path:
     return Path(spec.origin).parent / GGUF_NAME
 
 
+def ask_llama_cpp(questions: list[str], lora: Path | None = None) -> list[str]:
+    """llama.cpp's greedy answers (llama-cpp-python) from the shipped GGUF, with the GGUF LoRA
+    adapter `lora` applied as `llama-cli --lora` applies it, or without one."""
+    from llama_cpp import Llama
+
+    llm = Llama(
+        model_path=str(gguf_path()),
+        lora_path=None if lora is None else str(lora),
+        n_ctx=256,
+        n_threads=2,
+        seed=0,
+        verbose=False,
+    )
+    try:
+        replies = [
+            llm.create_chat_completion(
+                messages=[{"role": "user", "content": q}], max_tokens=24, temperature=0.0
+            )
+            for q in questions
+        ]
+    finally:
+        llm.close()
+    return [str(r["choices"][0]["message"]["content"]).strip() for r in replies]
+
+
 def convert(out: Path) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM

