@@ -12,7 +12,7 @@ each, peak RSS, and the final eval loss on held-out assistant tokens, computed b
 for both. Goal: ratio >= 2.5 on CPU at equal or lower eval loss.
 
     make bench-trainer   # or: python -m bench.trainer_throughput [--rounds 5] [--threads N]
-                         #     [--no-smollm2]
+                         #     [--no-smollm2] [--no-tiny]
 """
 
 from __future__ import annotations
@@ -261,6 +261,7 @@ def main() -> None:
         "--threads", type=int, default=os.cpu_count() or 1, help="torch threads, both trainers"
     )
     parser.add_argument("--no-smollm2", action="store_true")
+    parser.add_argument("--no-tiny", action="store_true")
     args = parser.parse_args()
     if args.worker:
         import torch
@@ -291,15 +292,16 @@ def main() -> None:
         model = build_tiny_model(t / "tiny")
         data = write_jsonl(chat_records(384, seed=1), t / "train.jsonl")
         held_out = write_jsonl(chat_records(48, seed=2), t / "eval.jsonl")
-        compare(
-            "tiny Llama (hidden 256, 4 layers), 384 chat examples",
-            model,
-            data,
-            held_out,
-            {**hp, "epochs": 2},
-            args.rounds,
-            args.threads,
-        )
+        if not args.no_tiny:
+            compare(
+                "tiny Llama (hidden 256, 4 layers), 384 chat examples",
+                model,
+                data,
+                held_out,
+                {**hp, "epochs": 2},
+                args.rounds,
+                args.threads,
+            )
         if not args.no_smollm2 and (SMOLLM2 / "manifest.json").exists():
             data = write_jsonl(chat_records(32, seed=1, mean_words=40), t / "s-train.jsonl")
             held_out = write_jsonl(chat_records(8, seed=2, mean_words=40), t / "s-eval.jsonl")

@@ -97,20 +97,23 @@ def test_the_dropout_mask_drops_at_the_rate_and_keeps_the_mean(p) -> None:
     assert scale == pytest.approx(1 / (1 - p), abs=1e-4)
 
 
-def test_the_one_gemm_lora_forward_matches_peft_in_output_and_gradients(tiny_model) -> None:
+@pytest.mark.parametrize("p", [0.0, 0.1])
+def test_the_fused_lora_forward_matches_peft_in_output_and_gradients(tiny_model, p) -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from yachay_trainer.lora_add import fuse_lora_add
+    from yachay_trainer.dropout import share_lora_dropout
+    from yachay_trainer.lora_add import fuse_lora
 
     def model():
         torch.manual_seed(0)
         base = AutoModelForCausalLM.from_pretrained(tiny_model)
-        cfg = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear")
+        cfg = LoraConfig(r=8, lora_alpha=16, lora_dropout=p, target_modules="all-linear")
         m = get_peft_model(base, cfg)
-        for n, p in m.named_parameters():  # lora_B starts at zero: give it something to add
+        for n, w in m.named_parameters():  # lora_B starts at zero: give it something to add
             if "lora_B" in n:
-                torch.nn.init.normal_(p, std=0.02)
+                torch.nn.init.normal_(w, std=0.02)
+        share_lora_dropout(m)  # as the trainer does (with p > 0, the same masks both ways)
         return m
 
     ids = torch.tensor([[5, 60, 700, 31, 9, 1200, 44]])
@@ -118,10 +121,13 @@ def test_the_one_gemm_lora_forward_matches_peft_in_output_and_gradients(tiny_mod
     for fused in (False, True):
         m = model()
         if fused:
-            assert fuse_lora_add(m) == 4 * 7
+            assert len(fuse_lora(m)) == 4 * 2  # q/k/v and gate/up of each of the 4 layers
+            alone = [mod for n, mod in m.named_modules() if n.endswith(("o_proj", "down_proj"))]
+            assert alone and all(mod._lora_group is None for mod in alone)
+        torch.manual_seed(1)
         loss = m(input_ids=ids, labels=ids).loss
         loss.backward()
-        grads = {n: p.grad for n, p in m.named_parameters() if p.requires_grad}
+        grads = {n: w.grad for n, w in m.named_parameters() if w.requires_grad}
         results.append((loss.detach(), grads))
     (loss_a, grads_a), (loss_b, grads_b) = results
     torch.testing.assert_close(loss_a, loss_b)

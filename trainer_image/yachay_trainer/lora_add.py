@@ -1,14 +1,21 @@
-"""The LoRA update added into the base output in one GEMM.
+"""Fewer, larger GEMMs for the LoRA branches.
 
-peft computes a LoRA layer as `base(x) + lora_B(lora_A(dropout(x))) * scaling`: the rank-r
-product is written out as a full [tokens, out] tensor, then scaled (a second one), then added (a
-third). Here the same sum is one `addmm`: the base output plus scaling * (h @ B^T) in a single
-pass of the GEMM, whose backward gives the same gradients. The profile this came from
-(SmolLM2-135M on two CPU cores, `bench/trainer_throughput.py`): the rank-16 products and their
-passes took about a third of all matmul time.
+peft computes a LoRA layer as `base(x) + lora_B(lora_A(dropout(x))) * scaling`, one branch per
+layer. On a CPU the rank-r products are small, badly shaped GEMMs, and the profile this came
+from (SmolLM2-135M on two cores, `bench/trainer_throughput.py`) had them at about a third of all
+matmul time. Two rewrites, each exactly the same sum:
+
+- the update is added into the base output by the GEMM itself: `addmm(base, h, B^T, alpha=s)`
+  writes base + s * h @ B^T in one pass, where peft writes h @ B^T, then a scaled copy, then
+  the sum;
+- siblings that read the very same input (q/k/v of an attention, gate/up of an MLP) compute
+  their lora_A products as one GEMM against their stacked A matrices, each taking its slice
+  (their dropout mask is already shared, dropout.py, so their dropped inputs are the same
+  tensor).
 
 Only plain LoRA with one adapter is rewritten (no DoRA or other variant, not merged, adapters
-enabled); any other layer keeps peft's own forward.
+enabled); any other layer keeps peft's own forward. `clear(groups)` after each backward drops
+the cached products.
 """
 
 from __future__ import annotations
@@ -18,33 +25,88 @@ from typing import Any
 
 import torch
 
+SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+
+
+class Group:
+    """LoRA layers that read the same input: their lora_A products, computed once per input."""
+
+    def __init__(self, members: list[Any]) -> None:
+        self.members = members
+        self.x: torch.Tensor | None = None
+        self.h: torch.Tensor | None = None
+
+    def product(self, x: torch.Tensor, member: Any) -> torch.Tensor:
+        """`member`'s lora_A(dropout(x)), cut from the whole group's one GEMM."""
+        if self.x is not x:
+            stacked = torch.cat([m.lora_A["default"].weight for m in self.members])
+            dropped = self.members[0].lora_dropout["default"](x)
+            self.h = dropped @ stacked.t()
+            self.x = x
+        assert self.h is not None
+        start = 0
+        for m in self.members:
+            r = m.lora_A["default"].weight.shape[0]
+            if m is member:
+                return self.h[..., start : start + r]
+            start += r
+        raise LookupError("not a member of this group")
+
 
 def _forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
     if self.disable_adapters or self.merged or kwargs.get("adapter_names") is not None:
         return self._peft_forward(x, *args, **kwargs)  # type: ignore[no-any-return]
     result = self.base_layer(x, *args, **kwargs)
-    lora_b = self.lora_B["default"].weight  # [out, r]
-    h = self.lora_A["default"](self.lora_dropout["default"](x))  # [..., r]
+    group = self._lora_group
+    if group is not None:
+        h = group.product(x, self)
+    else:
+        h = self.lora_A["default"](self.lora_dropout["default"](x))  # [..., r]
     out = torch.addmm(
         result.reshape(-1, result.shape[-1]),
         h.reshape(-1, h.shape[-1]),
-        lora_b.t(),
+        self.lora_B["default"].weight.t(),
         alpha=self.scaling["default"],
     )
     return out.view(result.shape)
 
 
-def fuse_lora_add(peft_model: Any) -> int:
-    """Gives each plain LoRA Linear of `peft_model` the one-GEMM forward; returns how many."""
+def _plain(module: Any) -> bool:
     from peft.tuners.lora import layer
 
-    n = 0
+    return (
+        type(module) is layer.Linear
+        and list(module.lora_A) == ["default"]
+        and not module.lora_variant
+    )
+
+
+def fuse_lora(peft_model: Any) -> list[Group]:
+    """Gives each plain LoRA Linear of `peft_model` the rewritten forward, grouping siblings;
+    returns the groups (pass them to `clear` after each backward)."""
+    groups = []
+    for parent in peft_model.modules():
+        for names in SIBLINGS:
+            members: list[Any] = [getattr(parent, n, None) for n in names]
+            if all(m is not None and _plain(m) for m in members):
+                p = {float(getattr(m.lora_dropout["default"], "p", 0.0)) for m in members}
+                if len(p) == 1:  # one dropout rate: one shared mask (dropout.py)
+                    group = Group(members)
+                    groups.append(group)
+                    for m in members:
+                        m._lora_group = group
     for module in peft_model.modules():
-        if type(module) is not layer.Linear:
+        if not _plain(module):
             continue
-        if list(module.lora_A) != ["default"] or module.lora_variant:
-            continue
-        module._peft_forward = module.forward  # type: ignore[assignment]
-        module.forward = types.MethodType(_forward, module)  # type: ignore[method-assign]
-        n += 1
-    return n
+        if not hasattr(module, "_lora_group"):
+            module._lora_group = None
+        module._peft_forward = module.forward
+        module.forward = types.MethodType(_forward, module)
+    return groups
+
+
+def clear(groups: list[Group]) -> None:
+    """Drops the cached inputs and products so they do not outlive the step."""
+    for g in groups:
+        g.x = None
+        g.h = None

@@ -7,7 +7,8 @@ What makes it fast, against the standard Trainer with padding (see bench/trainer
   (assistant tokens), not over every position of every sequence;
 - LoRA branches that read the same tensor (q/k/v, gate/up) share one dropout mask (dropout.py),
   drawn 16 bits an element;
-- each LoRA update is added into its base output by the same GEMM (lora_add.py).
+- each LoRA update is added into its base output by the GEMM itself, and sibling branches (q/k/v,
+  gate/up) compute their lora_A products as one GEMM (lora_add.py).
 
 Faithfulness: the loss of a step is the mean over all its target tokens (summed across packs, so
 gradient accumulation is exact); AdamW with linear warmup then cosine decay; gradient clipping at
@@ -148,7 +149,7 @@ class Run:
         if self.cfg.init_adapter_uri:
             self._start_from(self.cfg.init_adapter_uri)
         self.dropout_cache = dropout.share_lora_dropout(self.model)
-        lora_add.fuse_lora_add(self.model)
+        self.lora_groups = lora_add.fuse_lora(self.model)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             self.trainable, lr=self.hp.learning_rate, weight_decay=0.0
@@ -248,6 +249,7 @@ class Run:
                 for pack in pack_step(batch, self.hp.max_seq_length):
                     total += float(pack_loss(causal_lm, pack, self.device))
                     targets += pack.n_trained
+                    lora_add.clear(self.lora_groups)
         finally:
             self.model.train()
         loss = total / max(1, targets)
@@ -299,6 +301,7 @@ class Run:
             loss.backward()  # type: ignore[no-untyped-call]
             total += float(loss.item())
             dropout.clear(self.dropout_cache)
+            lora_add.clear(self.lora_groups)
         torch.nn.utils.clip_grad_norm_(self.trainable, MAX_GRAD_NORM)
         self.optimizer.step()
         self.scheduler.step()
