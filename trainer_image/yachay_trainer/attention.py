@@ -34,16 +34,17 @@ def varlen_attention(
         key = key.repeat_interleave(groups, dim=1)
         value = value.repeat_interleave(groups, dim=1)
     p = dropout if module.training else 0.0
+    # torch.split, not slicing: the backward of a split is one concatenation of the pieces'
+    # gradients, where each slice's backward would fill a zero tensor of the whole pack.
+    lengths = [b - a for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
     parts = [
-        F.scaled_dot_product_attention(
-            query[:, :, a:b],
-            key[:, :, a:b],
-            value[:, :, a:b],
-            is_causal=True,
-            scale=scaling,
-            dropout_p=p,
+        F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling, dropout_p=p)
+        for q, k, v in zip(
+            torch.split(query, lengths, dim=2),
+            torch.split(key, lengths, dim=2),
+            torch.split(value, lengths, dim=2),
+            strict=True,
         )
-        for a, b in zip(bounds[:-1], bounds[1:], strict=True)
     ]
     return torch.cat(parts, dim=2).transpose(1, 2).contiguous(), None
 

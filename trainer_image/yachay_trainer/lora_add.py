@@ -5,9 +5,9 @@ layer. On a CPU the rank-r products are small, badly shaped GEMMs, and the profi
 from (SmolLM2-135M on two cores, `bench/trainer_throughput.py`) had them at about a third of all
 matmul time. Two rewrites, each exactly the same sum:
 
-- the update is added into the base output by the GEMM itself: `addmm(base, h, B^T, alpha=s)`
-  writes base + s * h @ B^T in one pass, where peft writes h @ B^T, then a scaled copy, then
-  the sum;
+- the update is added into the base output by the GEMM itself: `base.addmm_(h, B^T, alpha=s)`
+  accumulates s * h @ B^T into it in one pass, where peft writes h @ B^T, then a scaled copy,
+  then the sum;
 - siblings that read the very same input (q/k/v of an attention, gate/up of an MLP) compute
   their lora_A products as one GEMM against their stacked A matrices, each taking its slice
   (their dropout mask is already shared, dropout.py, so their dropped inputs are the same
@@ -56,19 +56,18 @@ class Group:
 def _forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
     if self.disable_adapters or self.merged or kwargs.get("adapter_names") is not None:
         return self._peft_forward(x, *args, **kwargs)  # type: ignore[no-any-return]
-    result = self.base_layer(x, *args, **kwargs)
+    result: torch.Tensor = self.base_layer(x, *args, **kwargs)
     group = self._lora_group
     if group is not None:
         h = group.product(x, self)
     else:
         h = self.lora_A["default"](self.lora_dropout["default"](x))  # [..., r]
-    out = torch.addmm(
-        result.reshape(-1, result.shape[-1]),
-        h.reshape(-1, h.shape[-1]),
-        self.lora_B["default"].weight.t(),
-        alpha=self.scaling["default"],
+    # In place: the base output is needed by nothing else (a linear layer's backward keeps its
+    # input, not its output), and an out-of-place addmm would first copy it whole.
+    result.view(-1, result.shape[-1]).addmm_(
+        h.reshape(-1, h.shape[-1]), self.lora_B["default"].weight.t(), alpha=self.scaling["default"]
     )
-    return out.view(result.shape)
+    return result
 
 
 def _plain(module: Any) -> bool:
