@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -93,7 +94,7 @@ def test_a_stack_refuses_to_start_beside_an_earlier_stacks_trainer(tmp_path: Pat
     import sys
 
     from devstack.stack import ROOT, LeftoverTrainers
-    from shared.batch import TRAINER_MARK
+    from shared.batch import TRAINER_MARK, local_trainers
 
     orphan = subprocess.Popen(
         [sys.executable, "-c", "import time; time.sleep(120)"],
@@ -101,6 +102,13 @@ def test_a_stack_refuses_to_start_beside_an_earlier_stacks_trainer(tmp_path: Pat
         start_new_session=True,
     )
     try:
+        # Popen returns once exec has begun, which is before the kernel has set up the new
+        # environment that /proc shows (a loaded machine widens that window): wait until the
+        # orphan is what it plays, a process carrying the mark.
+        deadline = time.monotonic() + 30
+        while orphan.pid not in local_trainers(ROOT) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert orphan.pid in local_trainers(ROOT)
         with pytest.raises(LeftoverTrainers, match=f"kill -9 .*{orphan.pid}"):
             Stack(tmp_path).start(timeout_s=60)
         assert not processes_mentioning([str(tmp_path)])
