@@ -109,8 +109,12 @@ def test_a_stack_refuses_to_start_beside_an_earlier_stacks_trainer(tmp_path: Pat
         while orphan.pid not in local_trainers(ROOT) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert orphan.pid in local_trainers(ROOT)
-        with pytest.raises(LeftoverTrainers, match=f"kill -9 .*{orphan.pid}"):
-            Stack(tmp_path).start(timeout_s=60)
+        stack = Stack(tmp_path)
+        try:
+            with pytest.raises(LeftoverTrainers, match=f"kill -9 .*{orphan.pid}"):
+                stack.start(timeout_s=60)
+        finally:
+            stack.stop()  # a stack that wrongly started must not outlive the test
         assert not processes_mentioning([str(tmp_path)])
     finally:
         os.killpg(orphan.pid, signal.SIGKILL)
