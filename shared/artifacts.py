@@ -112,29 +112,23 @@ def download_links(
     }
 
 
-def checkpoints(job: Job) -> dict[str, Any]:
+def checkpoints(job: Job) -> list[dict[str, Any]]:
     """GET /v1/jobs/{id}/checkpoints: the adapters kept at each epoch end, for any job of the
     caller's (a running job lists those made so far only once it completes: the trainer reports
     them with its result)."""
     result = job.trainer_result
-    kept = result.checkpoints if result else ()
-    return {
-        "object": "list",
-        "data": [
-            {
-                "object": "checkpoint",
-                "step": c.step,
-                "epoch": c.epoch,
-                "train_loss": c.train_loss,
-                "eval_loss": c.eval_loss,
-                "size": c.size,
-                "from_job": f"{job.id}:{c.step}",
-            }
-            for c in kept
-        ],
-        "has_more": False,
-        "next_cursor": None,
-    }
+    return [
+        {
+            "object": "checkpoint",
+            "step": c.step,
+            "epoch": c.epoch,
+            "train_loss": c.train_loss,
+            "eval_loss": c.eval_loss,
+            "size": c.size,
+            "from_job": f"{job.id}:{c.step}",
+        }
+        for c in (result.checkpoints if result else ())
+    ]
 
 
 def set_retention(job_id: str, expires_at: datetime, cfg: Settings) -> None:

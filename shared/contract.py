@@ -12,6 +12,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -253,6 +254,11 @@ class TrainerConfig:
     init_adapter_uri: str = ""
     outputs: tuple[str, ...] = ()  # of EXTRA_OUTPUTS
 
+    @property
+    def kept_until(self) -> datetime | None:
+        """outputs_kept_until as a time (None when not set)."""
+        return datetime.fromisoformat(self.outputs_kept_until) if self.outputs_kept_until else None
+
     def to_env(self) -> dict[str, str]:
         env = {}
         for f in fields(self):
@@ -296,16 +302,11 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_manifest(folder: Path, skip: tuple[str, ...] = (), **extra: Any) -> dict[str, Any]:
-    """Lists every file under `folder` (but those under the subfolders `skip`) with its size and
-    sha256 in manifest.json (written last); a file in a subfolder is named by its relative path
-    ("merged/model.safetensors")."""
+def write_manifest(folder: Path, **extra: Any) -> dict[str, Any]:
+    """Lists every file under `folder` with its size and sha256 in manifest.json (written last);
+    a file in a subfolder is named by its relative path ("merged/model.safetensors")."""
     files = sorted(
-        p
-        for p in folder.rglob("*")
-        if p.is_file()
-        and p.relative_to(folder).as_posix() != MANIFEST
-        and p.relative_to(folder).parts[0] not in skip
+        p for p in folder.rglob("*") if p.is_file() and p.relative_to(folder).as_posix() != MANIFEST
     )
     manifest = {
         **extra,

@@ -54,7 +54,7 @@ def download_job(req: ApiRequest) -> Reply:
 def list_checkpoints(req: ApiRequest) -> Reply:
     from shared import artifacts
 
-    return Reply(artifacts.checkpoints(owned(req.uid, req.params["job_id"])))
+    return list_reply(artifacts.checkpoints(owned(req.uid, req.params["job_id"])), None)
 
 
 def extend_storage(req: ApiRequest) -> Reply:

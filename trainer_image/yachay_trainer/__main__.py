@@ -8,7 +8,6 @@ import signal
 import sys
 import tempfile
 import threading
-from datetime import datetime
 from pathlib import Path
 
 from shared.contract import (
@@ -79,10 +78,7 @@ def main() -> int:
             result = run.train()
             out = workdir / "output"
             manifest = write_outputs(out, run.model, run.model_dir, cfg, run.metrics, result)
-            kept_until = (
-                datetime.fromisoformat(cfg.outputs_kept_until) if cfg.outputs_kept_until else None
-            )
-            storage.upload_folder(out, cfg.output_uri, last=MANIFEST, custom_time=kept_until)
+            storage.upload_folder(out, cfg.output_uri, last=MANIFEST, custom_time=cfg.kept_until)
             files = tuple(ArtifactFile.from_doc(f) for f in manifest["files"])
             reporter.result(result._replace(artifacts=files))
             return EXIT_OK

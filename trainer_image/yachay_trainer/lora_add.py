@@ -33,6 +33,12 @@ class Group:
 
     def __init__(self, members: list[Any]) -> None:
         self.members = members
+        self.slices: dict[int, slice] = {}  # id(member) -> its columns of the stacked product
+        start = 0
+        for m in members:
+            r = m.lora_A["default"].weight.shape[0]
+            self.slices[id(m)] = slice(start, start + r)
+            start += r
         self.x: torch.Tensor | None = None
         self.h: torch.Tensor | None = None
 
@@ -44,13 +50,7 @@ class Group:
             self.h = dropped @ stacked.t()
             self.x = x
         assert self.h is not None
-        start = 0
-        for m in self.members:
-            r = m.lora_A["default"].weight.shape[0]
-            if m is member:
-                return self.h[..., start : start + r]
-            start += r
-        raise LookupError("not a member of this group")
+        return self.h[..., self.slices[id(member)]]
 
 
 def _forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:

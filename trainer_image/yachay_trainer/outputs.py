@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from shared.contract import (
-    CHECKPOINTS_DIR,
     GGUF_ADAPTER,
     MERGED_DIR,
     OUTPUT_MERGED,
@@ -54,7 +53,6 @@ def write_outputs(
         write_merged(model, model_dir, out / MERGED_DIR)  # last: merging changes the model
     return write_manifest(
         out,
-        skip=(CHECKPOINTS_DIR,),
         job_id=cfg.job_id,
         model_id=cfg.model_id,
         checkpoints=[c.to_doc() for c in result.checkpoints],

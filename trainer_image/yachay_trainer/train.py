@@ -25,7 +25,6 @@ import json
 import math
 import threading
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -269,13 +268,8 @@ class Run:
             for p in sorted(folder.iterdir())
             if p.is_file()
         )
-        kept_until = (
-            datetime.fromisoformat(self.cfg.outputs_kept_until)
-            if self.cfg.outputs_kept_until
-            else None
-        )
         storage.upload_folder(
-            folder, storage.join(self.cfg.output_uri, name), custom_time=kept_until
+            folder, storage.join(self.cfg.output_uri, name), custom_time=self.cfg.kept_until
         )
         epoch_losses = self.metrics[-self.plan.steps_per_epoch :]
         self.kept.append(
