@@ -56,9 +56,20 @@ def _bounds(raw: dict[str, Any]) -> dict[str, Bound]:
     return {k: Bound(v["default"], v["min"], v["max"]) for k, v in raw.items() if "min" in v}
 
 
+class CatalogError(ValueError):
+    """The catalog data offers something we cannot train or export."""
+
+
 def parse(raw: dict[str, Any]) -> Catalog:
+    from shared.contract import ARCHITECTURES
+
     models = []
     for m in raw["models"]:
+        if m["family"] not in ARCHITECTURES:
+            raise CatalogError(
+                f"catalog model {m['id']!r} is of architecture {m['family']!r}, which the trainer "
+                f"and the GGUF exporter do not support (only {', '.join(ARCHITECTURES)})"
+            )
         targets = m["lora"]["target_modules"]
         models.append(
             ModelSpec(

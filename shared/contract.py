@@ -36,6 +36,10 @@ GGUF_ADAPTER = "adapter-lora.gguf"  # the same adapter for llama.cpp (`--lora`) 
 MERGED_DIR = "merged"  # OUTPUT_MERGED: the base with the adapter merged in, loadable without peft
 CHECKPOINTS_DIR = "checkpoints"  # epoch-end adapters, one folder each (checkpoint_folder)
 MANIFEST = "manifest.json"
+# The Hugging Face model types the trainer trains as themselves (each family's soft-capping,
+# window, biases: tests/trainer/test_architectures.py) and the GGUF exporter maps; the catalog
+# refuses a model of any other.
+ARCHITECTURES = ("llama", "mistral", "qwen2", "gemma2")
 MAX_KEPT_CHECKPOINTS = 10  # epoch ends kept per job (the catalog allows at most 10 epochs)
 
 # Extra outputs a job can ask for (TrainerConfig.outputs); the adapter and its GGUF always come.

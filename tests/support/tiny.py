@@ -1,4 +1,5 @@
-"""A tiny random-weight Llama and synthetic chat data, built offline in seconds.
+"""Tiny random-weight models (Llama, or any catalog family) and synthetic chat data, built
+offline in seconds.
 
 For fast tests and the throughput benchmark: no model hub is reachable, and the trainer must be
 exercised on something small. The folder it writes has the same layout as a model-store folder
@@ -128,6 +129,44 @@ def build_tokenizer(folder: Path, vocab_size: int = 8192) -> None:
     (folder / "chat_template.jinja").write_text(CHATML)
 
 
+# A tiny config of each catalog architecture with the family's own features switched on, sized
+# so that each feature changes the loss: Gemma 2's caps are far below the real 50 / 30 (tiny
+# random weights give small logits), its window is shorter than the test examples, and its
+# query_pre_attn_scalar is not head_dim; Mistral v0.3 has no window; Qwen2 has q/k/v biases.
+FAMILIES = ("llama", "mistral", "qwen2", "gemma2")
+
+
+def family_config(family: str, hidden: int, layers: int, heads: int, **common: Any) -> Any:
+    from transformers import Gemma2Config, LlamaConfig, MistralConfig, Qwen2Config
+
+    shape = dict(
+        hidden_size=hidden,
+        intermediate_size=hidden * 8 // 3,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        max_position_embeddings=4096,
+        **common,
+    )
+    if family == "llama":
+        return LlamaConfig(num_key_value_heads=heads, tie_word_embeddings=False, **shape)
+    if family == "mistral":
+        return MistralConfig(num_key_value_heads=heads // 2, sliding_window=None, **shape)
+    if family == "qwen2":
+        return Qwen2Config(num_key_value_heads=heads // 2, tie_word_embeddings=False, **shape)
+    if family == "gemma2":
+        return Gemma2Config(
+            num_key_value_heads=heads // 2,
+            head_dim=hidden // heads,
+            query_pre_attn_scalar=(hidden // heads) // 4,
+            attn_logit_softcapping=1.0,
+            final_logit_softcapping=2.0,
+            sliding_window=16,
+            initializer_range=0.1,  # logits and scores large enough for the caps to bite
+            **shape,
+        )
+    raise ValueError(f"no tiny config for family {family!r}")
+
+
 def build_tiny_model(
     folder: Path,
     hidden: int = 256,
@@ -135,32 +174,31 @@ def build_tiny_model(
     heads: int = 4,
     vocab_size: int = 8192,
     seed: int = 0,
+    family: str = "llama",
     **config: Any,
 ) -> Path:
-    """Writes a tiny random-weight Llama and its tokenizer to `folder`; returns the folder."""
+    """Writes a tiny random-weight model of `family` and its tokenizer to `folder`; returns the
+    folder."""
     import torch
     from tokenizers import Tokenizer
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
 
     build_tokenizer(folder, vocab_size)
     tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
     torch.manual_seed(seed)
-    cfg = LlamaConfig(
+    cfg = family_config(
+        family,
+        hidden,
+        layers,
+        heads,
         vocab_size=tok.get_vocab_size(),
-        hidden_size=hidden,
-        intermediate_size=hidden * 8 // 3,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=heads,
-        max_position_embeddings=4096,
-        tie_word_embeddings=False,
         bos_token_id=None,
         eos_token_id=tok.token_to_id("<|im_end|>"),
         pad_token_id=tok.token_to_id("<|endoftext|>"),
         **config,
     )
-    LlamaForCausalLM(cfg).save_pretrained(str(folder), safe_serialization=True)
-    write_manifest(folder, model_id="tiny-llama", source="random init from a config")
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(str(folder), safe_serialization=True)
+    write_manifest(folder, model_id=f"tiny-{family}", source="random init from a config")
     return folder
 
 

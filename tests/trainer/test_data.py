@@ -97,8 +97,15 @@ def test_the_dropout_mask_drops_at_the_rate_and_keeps_the_mean(p) -> None:
     assert scale == pytest.approx(1 / (1 - p), abs=1e-4)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("p", [0.0, 0.1])
-def test_the_fused_lora_forward_matches_peft_in_output_and_gradients(tiny_model, p) -> None:
+def test_the_fused_lora_forward_matches_peft_in_output_and_gradients(tiny_model, p, dtype) -> None:
+    """In fp32 exactly; over a bf16 base (peft's LoRA weights stay fp32 and it computes the
+    branch in fp32, ours casts them to bf16 as autocast would) within bf16 rounding. Not bf16
+    with dropout: peft casts each branch's input to fp32 first, a new tensor per branch, so its
+    siblings draw separate masks and the two sides cannot see the same masks."""
+    if dtype == torch.bfloat16 and p > 0:
+        pytest.skip("peft's bf16 path draws one mask per branch: nothing to compare against")
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -107,7 +114,7 @@ def test_the_fused_lora_forward_matches_peft_in_output_and_gradients(tiny_model,
 
     def model():
         torch.manual_seed(0)
-        base = AutoModelForCausalLM.from_pretrained(tiny_model)
+        base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=dtype)
         cfg = LoraConfig(r=8, lora_alpha=16, lora_dropout=p, target_modules="all-linear")
         m = get_peft_model(base, cfg)
         for n, w in m.named_parameters():  # lora_B starts at zero: give it something to add
@@ -130,7 +137,14 @@ def test_the_fused_lora_forward_matches_peft_in_output_and_gradients(tiny_model,
         grads = {n: w.grad for n, w in m.named_parameters() if w.requires_grad}
         results.append((loss.detach(), grads))
     (loss_a, grads_a), (loss_b, grads_b) = results
-    torch.testing.assert_close(loss_a, loss_b)
     assert grads_a.keys() == grads_b.keys()
-    for name in grads_a:
-        torch.testing.assert_close(grads_a[name], grads_b[name], atol=1e-6, rtol=1e-5)
+    if dtype == torch.float32:
+        torch.testing.assert_close(loss_a, loss_b)
+        for name in grads_a:
+            torch.testing.assert_close(grads_a[name], grads_b[name], atol=1e-6, rtol=1e-5)
+        return
+    assert all(g.dtype == torch.float32 for g in grads_b.values())  # the fp32 master weights
+    assert float(loss_b) == pytest.approx(float(loss_a), rel=2e-3)
+    for name in grads_a:  # the relative error of each gradient, against its own size
+        err = (grads_b[name] - grads_a[name]).norm() / grads_a[name].norm().clamp_min(1e-12)
+        assert err < 0.05, (name, float(err))

@@ -74,7 +74,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="yachay-trainer-") as tmp:
         workdir = Path(tmp)
         try:
-            run = Run(cfg, workdir, reporter, stop).setup()
+            precision = os.environ.get("YACHAY_TRAINER_PRECISION", "auto")
+            run = Run(cfg, workdir, reporter, stop, precision).setup()
             result = run.train()
             out = workdir / "output"
             manifest = write_outputs(out, run.model, run.model_dir, cfg, run.metrics, result)

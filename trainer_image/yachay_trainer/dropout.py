@@ -53,7 +53,9 @@ class SharedMaskDropout(torch.nn.Module):
         if self.cache.x is not x:
             keep, scale = keep_mask(x, self.p)
             self.cache.x = x
-            self.cache.dropped = x * keep.to(x.dtype).mul_(scale)
+            # The scale multiplies the kept values, never a mask of x's dtype: in bf16 the scale
+            # itself would round (1/0.95 to 1.0547) and bias every update.
+            self.cache.dropped = torch.mul(x, keep).mul_(scale)
         assert self.cache.dropped is not None
         return self.cache.dropped
 

@@ -14,8 +14,10 @@ matmul time. Two rewrites, each exactly the same sum:
   tensor).
 
 Only plain LoRA with one adapter is rewritten (no DoRA or other variant, not merged, adapters
-enabled); any other layer keeps peft's own forward. `clear(groups)` after each backward drops
-the cached products.
+enabled); any other layer keeps peft's own forward. Over a bf16 base, peft keeps the LoRA weights
+in fp32 (the optimizer's master copy); the products here run in the base's dtype, the weights
+cast to it as autocast would, so every GEMM is a bf16 GEMM on the GPU. `clear(groups)` after each
+backward drops the cached products.
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ class Group:
     def product(self, x: torch.Tensor, member: Any) -> torch.Tensor:
         """`member`'s lora_A(dropout(x)), cut from the whole group's one GEMM."""
         if self.x is not x:
-            stacked = torch.cat([m.lora_A["default"].weight for m in self.members])
+            # In the base's compute dtype: the fp32 adapter weights are cast, as autocast would.
+            stacked = torch.cat([m.lora_A["default"].weight for m in self.members]).to(x.dtype)
             dropped = self.members[0].lora_dropout["default"](x)
             self.h = dropped @ stacked.t()
             self.x = x
@@ -61,11 +64,13 @@ def _forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Ten
     if group is not None:
         h = group.product(x, self)
     else:
-        h = self.lora_A["default"](self.lora_dropout["default"](x))  # [..., r]
+        a = self.lora_A["default"].weight.to(x.dtype)
+        h = torch.nn.functional.linear(self.lora_dropout["default"](x), a)  # [..., r]
     # In place: the base output is needed by nothing else (a linear layer's backward keeps its
     # input, not its output), and an out-of-place addmm would first copy it whole.
+    b = self.lora_B["default"].weight.to(result.dtype)
     result.view(-1, result.shape[-1]).addmm_(
-        h.reshape(-1, h.shape[-1]), self.lora_B["default"].weight.t(), alpha=self.scaling["default"]
+        h.reshape(-1, h.shape[-1]).to(result.dtype), b.t(), alpha=self.scaling["default"]
     )
     return result
 

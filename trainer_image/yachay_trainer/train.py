@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from shared.contract import (
     MAX_KEPT_CHECKPOINTS,
@@ -42,11 +41,23 @@ from shared.contract import (
     sha256_file,
 )
 from shared.tokenization import ChatTokenizer, EncodedExample
-from yachay_trainer import attention, dropout, lora_add, storage
+from yachay_trainer import attention, dropout, lora_add, loss, storage
 from yachay_trainer.data import IGNORE, DataError, Pack, StepPlan, pack_step, read_examples
 from yachay_trainer.progress import Reporter
 
 MAX_GRAD_NORM = 1.0
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def compute_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """The dtype the base model runs in: `auto` is bf16 on CUDA (every GPU job) and fp32 on the
+    CPU; `bf16` and `fp32` force one. The LoRA weights and the optimizer state stay fp32 either
+    way (peft keeps adapters in fp32 over a bf16 base), so the saved adapter is fp32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"YACHAY_TRAINER_PRECISION must be one of {PRECISIONS}, not {precision!r}")
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return torch.bfloat16 if precision == "bf16" else torch.float32
 
 
 class Preempted(Exception):
@@ -64,7 +75,8 @@ def cosine_with_warmup(warmup: int, total: int) -> Any:
 
 
 def pack_loss(causal_lm: Any, pack: Pack, device: torch.device) -> torch.Tensor:
-    """Summed cross-entropy over the pack's target tokens, projecting only those positions."""
+    """Summed cross-entropy over the pack's target tokens, projecting only those positions, in
+    chunks (loss.py), with the model's own final-logit soft-capping where it has one."""
     cu = pack.cu_seq_lens.to(device)
     hidden = causal_lm.model(
         input_ids=pack.input_ids.to(device),
@@ -75,8 +87,11 @@ def pack_loss(causal_lm: Any, pack: Pack, device: torch.device) -> torch.Tensor:
     ).last_hidden_state[0]
     targets = pack.targets.to(device)
     where = targets != IGNORE
-    logits = causal_lm.lm_head(hidden[where])
-    return F.cross_entropy(logits.float(), targets[where], reduction="sum")
+    head = causal_lm.lm_head
+    if head.bias is not None:  # no catalog family has one; never train something else silently
+        raise ValueError("an output projection with a bias is not supported")
+    softcap = getattr(causal_lm.config, "final_logit_softcapping", None)
+    return loss.cross_entropy_sum(hidden[where], head.weight, targets[where], softcap)
 
 
 class Run:
@@ -86,13 +101,14 @@ class Run:
         workdir: Path,
         reporter: Reporter | None = None,
         stop: threading.Event | None = None,
+        precision: str = "auto",
     ):
         self.cfg = cfg
         self.hp = cfg.hyperparameters
         self.workdir = workdir
         self.reporter = reporter or Reporter(cfg)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        self.dtype = compute_dtype(precision, self.device)
         self.step = 0
         self.trained_tokens = 0
         self.metrics: list[dict[str, Any]] = []
