@@ -284,6 +284,7 @@ class LocalBatch:
             "PATH",
             "HOME",
             "LANG",
+            "YACHAY_TRAINER_PRECISION",  # the image's default (auto: bf16 on a GPU) unless set
         )
         env = {k: os.environ[k] for k in passthrough if k in os.environ}
         env.update(trainer.to_env())

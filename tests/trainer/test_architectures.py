@@ -10,19 +10,30 @@ query_pre_attn_scalar; Qwen2's q/k/v biases; Mistral v0.3 without a window; grou
 
 from __future__ import annotations
 
+import json
+import signal
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-from shared.contract import ARCHITECTURES
+from shared.contract import (
+    ARCHITECTURES,
+    EXIT_OK,
+    EXIT_RETRYABLE,
+    GGUF_ADAPTER,
+    MERGED_DIR,
+    OUTPUT_MERGED,
+)
 from tests.support.tiny import FAMILIES, build_tiny_model, chat_records, write_jsonl
-from tests.support.trainer import make_config
+from tests.support.trainer import events, make_config, trainer_process
 from yachay_trainer import attention
 from yachay_trainer.data import make_pack
-from yachay_trainer.train import Run, pack_loss
+from yachay_trainer.export import GGUF_ARCHITECTURES
+from yachay_trainer.train import Run, compute_dtype, pack_loss
 
 # Relative tolerance on a mean loss: bf16 rounds each activation to 8 bits of mantissa, in a
 # different order in the packed and the per-example forward.
@@ -40,8 +51,8 @@ def family_model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
     return family, folder, data
 
 
-def test_every_catalog_architecture_has_a_tiny_config() -> None:
-    assert set(FAMILIES) == set(ARCHITECTURES)
+def test_every_catalog_architecture_has_a_tiny_config_and_a_gguf_mapping() -> None:
+    assert set(FAMILIES) == set(ARCHITECTURES) == set(GGUF_ARCHITECTURES)
 
 
 def _run(folder: Path, data: Path, tmp: Path, precision: str) -> Run:
@@ -198,3 +209,86 @@ def test_the_cpu_never_takes_a_cuda_kernel() -> None:
     assert attention.backend(gpu, None, 0.0) == "flash_varlen"
     assert attention.backend(gpu, 50.0, 0.0) == "flex"
     assert attention.backend(gpu, None, 0.1) == "per_example"
+
+
+def _trainer_run(cfg: Any, precision: str) -> dict[str, Any]:
+    proc = trainer_process(cfg, {"YACHAY_TRAINER_PRECISION": precision})
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == EXIT_OK, err[-3000:]
+    return next(e for e in events(out) if e["event"] == "result")
+
+
+def test_a_bf16_run_of_every_family_exports_what_peft_transformers_and_gguf_load(
+    family_model, tmp_path
+) -> None:
+    """The whole trainer as a GPU job runs it (bf16), with validation, epoch adapters and merged
+    weights: the adapter is fp32 (the master weights) and peft loads it; the merged folder loads
+    in transformers alone and gives base + adapter; the GGUF names every LoRA tensor under the
+    family's GGUF architecture."""
+    import gguf
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    family, folder, data = family_model
+    cfg = replace(
+        make_config(folder, data, tmp_path, epochs=2, batch_size=4, learning_rate=3e-3),
+        validation_split=0.2,
+        outputs=(OUTPUT_MERGED,),
+    )
+    result = _trainer_run(cfg, "bf16")
+    assert result["eval_loss"] is not None and len(result["checkpoints"]) == 2
+    out = Path(cfg.output_uri)
+    adapter = load_file(out / "adapter_model.safetensors")
+    assert {t.dtype for t in adapter.values()} == {torch.float32}
+    n_tensors = len(adapter)
+
+    ids = torch.tensor([[5, 60, 700, 31, 9, 1200]])
+    with torch.no_grad():
+        base = AutoModelForCausalLM.from_pretrained(folder)
+        want = PeftModel.from_pretrained(base, out).eval()(input_ids=ids).logits
+        plain = AutoModelForCausalLM.from_pretrained(folder).eval()(input_ids=ids).logits
+        got = AutoModelForCausalLM.from_pretrained(out / MERGED_DIR).eval()(input_ids=ids).logits
+    assert (want - plain).abs().max() > 1e-3
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+    reader = gguf.GGUFReader(out / GGUF_ADAPTER)
+    assert reader.fields["general.architecture"].contents() == GGUF_ARCHITECTURES[family][0]
+    assert len(reader.tensors) == n_tensors == 2 * 7 * 2  # 2 layers, 7 projections, A and B
+
+
+def test_bf16_trains_like_fp32_and_resumes_exactly(tmp_path) -> None:
+    """On the tiny Llama: a bf16 run's losses stay within a few percent of fp32's, and a bf16 run
+    stopped by SIGTERM and retried ends where an uninterrupted bf16 run does."""
+    folder = build_tiny_model(tmp_path / "model", layers=2)
+    data = write_jsonl(chat_records(24, seed=3), tmp_path / "data.jsonl")
+
+    def cfg(name: str) -> Any:
+        return make_config(folder, data, tmp_path / name, epochs=2, batch_size=4)
+
+    fp32 = _trainer_run(cfg("fp32"), "fp32")
+    bf16 = _trainer_run(cfg("bf16"), "bf16")
+    assert bf16["trained_tokens"] == fp32["trained_tokens"]
+    assert bf16["final_loss"] == pytest.approx(fp32["final_loss"], rel=0.03)
+    assert bf16["last_epoch_mean_loss"] == pytest.approx(fp32["last_epoch_mean_loss"], rel=0.03)
+
+    resumed = cfg("resumed")
+    env = {"YACHAY_TRAINER_PRECISION": "bf16"}
+    proc = trainer_process(resumed, env)
+    assert proc.stdout is not None
+    for line in proc.stdout:  # SIGTERM mid-run, as Batch does on Spot preemption
+        if '"event": "progress"' in line and json.loads(line)["step"] == 5:
+            proc.send_signal(signal.SIGTERM)
+            break
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == EXIT_RETRYABLE, err[-3000:]
+    again = _trainer_run(resumed, "bf16")
+    assert again["trained_tokens"] == bf16["trained_tokens"]
+    assert again["final_loss"] == pytest.approx(bf16["final_loss"], rel=1e-3)
+
+
+def test_an_unknown_precision_is_refused() -> None:
+    with pytest.raises(ValueError, match="YACHAY_TRAINER_PRECISION"):
+        compute_dtype("fp16", torch.device("cpu"))
+    assert compute_dtype("auto", torch.device("cpu")) == torch.float32
+    assert compute_dtype("auto", torch.device("cuda")) == torch.bfloat16

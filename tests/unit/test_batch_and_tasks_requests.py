@@ -70,3 +70,15 @@ def test_launch_task_is_named_after_the_job_and_carries_oidc() -> None:
 def test_trainer_environment_round_trips() -> None:
     cfg = trainer()
     assert TrainerConfig.from_env(cfg.to_env()) == cfg
+
+
+def test_the_local_batch_passes_the_trainer_precision_through(monkeypatch) -> None:
+    """The local stand-in for Batch gives the trainer the container's environment; the
+    precision setting (auto in the image: bf16 on a GPU) travels with it when set."""
+    local = batch.LocalBatch(load({"YACHAY_ENV": "local", "GOOGLE_CLOUD_PROJECT": "demo-x"}))
+    monkeypatch.delenv("YACHAY_TRAINER_PRECISION", raising=False)
+    assert "YACHAY_TRAINER_PRECISION" not in local.environment(trainer())
+    monkeypatch.setenv("YACHAY_TRAINER_PRECISION", "bf16")
+    env = local.environment(trainer())
+    assert env["YACHAY_TRAINER_PRECISION"] == "bf16"
+    assert TrainerConfig.from_env(env) == trainer()

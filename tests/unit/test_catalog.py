@@ -43,3 +43,17 @@ def test_every_catalog_gpu_is_one_batch_can_attach() -> None:
 
     for m in catalog().models:
         assert m.gpu_type in GPU_TYPES, (m.id, m.gpu_type)
+
+
+def test_a_model_of_an_architecture_we_cannot_train_is_refused_when_the_catalog_loads() -> None:
+    import json
+
+    import pytest
+
+    from shared.catalog import CATALOG_PATH, CatalogError, parse
+
+    raw = json.loads(CATALOG_PATH.read_text())
+    assert parse(raw).models  # the real catalog loads
+    raw["models"][0]["family"] = "phi3"
+    with pytest.raises(CatalogError, match="'phi3'.*only llama, mistral, qwen2, gemma2"):
+        parse(raw)

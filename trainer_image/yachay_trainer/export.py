@@ -93,12 +93,25 @@ def write_gguf_adapter(
 def write_merged(peft_model: Any, model_dir: Path, out: Path) -> Path:
     """The base with the adapter merged in, in the base's own dtype, with its config and
     tokenizer: a folder `transformers` loads with no peft. Merging changes the model in place,
-    so this runs after everything else is written."""
+    so this runs after everything else is written. When the run computed in another dtype than
+    the base is stored in (a bf16 run over an fp32 base), the adapter is merged into the base as
+    stored, not into the rounded copy the run computed with."""
     import shutil
 
     config = json.loads((model_dir / "config.json").read_text())
     dtype_name = config.get("dtype") or config.get("torch_dtype") or "float32"
     dtype = getattr(torch, str(dtype_name))
+    if peft_model.get_base_model().dtype != dtype:
+        from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+        from transformers import AutoModelForCausalLM
+
+        state = {k: v.detach().cpu() for k, v in get_peft_model_state_dict(peft_model).items()}
+        lora = peft_model.peft_config["default"]
+        peft_model.to("cpu")  # the training copy leaves the GPU before the base is loaded again
+        peft_model = get_peft_model(
+            AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype), lora
+        )
+        set_peft_model_state_dict(peft_model, state)
     merged = peft_model.merge_and_unload()
     merged.to(dtype)
     out.mkdir(parents=True, exist_ok=True)
