@@ -215,7 +215,8 @@ def flex(
         scale=scale,
         enable_gqa=key.shape[1] != query.shape[1],
     )
-    return out.transpose(1, 2).contiguous()
+    result: torch.Tensor = out.transpose(1, 2).contiguous()
+    return result
 
 
 def register() -> str:

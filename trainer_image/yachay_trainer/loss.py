@@ -27,7 +27,7 @@ def chunk_rows(vocab: int) -> int:
 
 class _ChunkedCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         hidden: torch.Tensor,
         weight: torch.Tensor,
@@ -69,7 +69,7 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         return total
 
     @staticmethod
-    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:
         grad_h, grad_w = ctx.saved_tensors
         has_h, has_w, w_dtype = ctx.has
         return (
@@ -88,4 +88,7 @@ def cross_entropy_sum(
 ) -> torch.Tensor:
     """sum_i CE(softcap(hidden[i] @ weight^T), targets[i]) in fp32, with its gradients, never
     holding more than one chunk of logits. hidden: [N, H]; weight: [V, H]; targets: [N]."""
-    return _ChunkedCrossEntropy.apply(hidden, weight, targets, softcap)  # type: ignore[no-any-return]
+    out: torch.Tensor = _ChunkedCrossEntropy.apply(  # type: ignore[no-untyped-call]
+        hidden, weight, targets, softcap
+    )
+    return out
