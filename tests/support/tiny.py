@@ -139,31 +139,32 @@ FAMILIES = ("llama", "mistral", "qwen2", "gemma2")
 def family_config(family: str, hidden: int, layers: int, heads: int, **common: Any) -> Any:
     from transformers import Gemma2Config, LlamaConfig, MistralConfig, Qwen2Config
 
-    shape = dict(
+    shape: dict[str, Any] = dict(
         hidden_size=hidden,
         intermediate_size=hidden * 8 // 3,
         num_hidden_layers=layers,
         num_attention_heads=heads,
         max_position_embeddings=4096,
-        **common,
     )
     if family == "llama":
-        return LlamaConfig(num_key_value_heads=heads, tie_word_embeddings=False, **shape)
+        return LlamaConfig(**{**shape, "num_key_value_heads": heads, **common})
     if family == "mistral":
-        return MistralConfig(num_key_value_heads=heads // 2, sliding_window=None, **shape)
-    if family == "qwen2":
-        return Qwen2Config(num_key_value_heads=heads // 2, tie_word_embeddings=False, **shape)
-    if family == "gemma2":
-        return Gemma2Config(
-            num_key_value_heads=heads // 2,
-            head_dim=hidden // heads,
-            query_pre_attn_scalar=(hidden // heads) // 4,
-            attn_logit_softcapping=1.0,
-            final_logit_softcapping=2.0,
-            sliding_window=16,
-            initializer_range=0.1,  # logits and scores large enough for the caps to bite
-            **shape,
+        return MistralConfig(
+            **{**shape, "num_key_value_heads": heads // 2, "sliding_window": None, **common}
         )
+    if family == "qwen2":
+        return Qwen2Config(**{**shape, "num_key_value_heads": heads // 2, **common})
+    if family == "gemma2":
+        gemma = {
+            "num_key_value_heads": heads // 2,
+            "head_dim": hidden // heads,
+            "query_pre_attn_scalar": (hidden // heads) // 4,
+            "attn_logit_softcapping": 1.0,
+            "final_logit_softcapping": 2.0,
+            "sliding_window": 16,
+            "initializer_range": 0.1,  # logits and scores large enough for the caps to bite
+        }
+        return Gemma2Config(**{**shape, **gemma, **common})
     raise ValueError(f"no tiny config for family {family!r}")
 
 
@@ -186,17 +187,14 @@ def build_tiny_model(
     build_tokenizer(folder, vocab_size)
     tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
     torch.manual_seed(seed)
-    cfg = family_config(
-        family,
-        hidden,
-        layers,
-        heads,
-        vocab_size=tok.get_vocab_size(),
-        bos_token_id=None,
-        eos_token_id=tok.token_to_id("<|im_end|>"),
-        pad_token_id=tok.token_to_id("<|endoftext|>"),
-        **config,
-    )
+    common = {
+        "vocab_size": tok.get_vocab_size(),
+        "bos_token_id": None,
+        "eos_token_id": tok.token_to_id("<|im_end|>"),
+        "pad_token_id": tok.token_to_id("<|endoftext|>"),
+        "tie_word_embeddings": family == "gemma2",  # as the real ones
+    }
+    cfg = family_config(family, hidden, layers, heads, **{**common, **config})
     AutoModelForCausalLM.from_config(cfg).save_pretrained(str(folder), safe_serialization=True)
     write_manifest(folder, model_id=f"tiny-{family}", source="random init from a config")
     return folder

@@ -58,16 +58,18 @@ def test_trainer_shares_only_the_contract_and_tokenization() -> None:
     used = set()
     for path in py_files("trainer_image"):
         used |= {m for m in imports(path) if m.startswith("shared.") and m.count(".") == 1}
-    assert used == {"shared.contract", "shared.tokenization", "shared.jsonl_rules"}
+    assert used == {"shared.contract", "shared.tokenization", "shared.jsonl_rules", "shared.sizing"}
     dockerfile = (ROOT / "trainer_image" / "Dockerfile").read_text()
     copied = set(re.findall(r"shared/(\w+)\.py", dockerfile))
-    assert copied == {"__init__", "contract", "jsonl_rules", "tokenization"}
+    assert copied == {"__init__", "contract", "jsonl_rules", "sizing", "tokenization"}
     assert re.search(r"^FROM \S+@sha256:[0-9a-f]{64}$", dockerfile, re.M), "pin the base image"
 
 
-def test_the_file_rules_import_nothing_of_ours() -> None:
-    """shared/jsonl_rules.py ships inside the trainer image and, copied, inside the CLI."""
-    assert not {m for m in imports(ROOT / "shared" / "jsonl_rules.py") if m.startswith("shared")}
+def test_the_file_rules_and_the_sizing_import_nothing_of_ours() -> None:
+    """shared/jsonl_rules.py ships inside the trainer image and, copied, inside the CLI;
+    shared/sizing.py inside the trainer image."""
+    for name in ("jsonl_rules.py", "sizing.py"):
+        assert not {m for m in imports(ROOT / "shared" / name) if m.startswith("shared")}
 
 
 def test_only_the_store_touches_firestore_documents() -> None:

@@ -40,6 +40,7 @@ from shared.contract import (
     checkpoint_folder,
     sha256_file,
 )
+from shared.sizing import Shape, needs_checkpointing, peak_bytes
 from shared.tokenization import ChatTokenizer, EncodedExample
 from yachay_trainer import attention, dropout, lora_add, loss, storage
 from yachay_trainer.data import IGNORE, DataError, Pack, StepPlan, pack_step, read_examples
@@ -102,6 +103,7 @@ class Run:
         reporter: Reporter | None = None,
         stop: threading.Event | None = None,
         precision: str = "auto",
+        activation_checkpointing: bool | None = None,
     ):
         self.cfg = cfg
         self.hp = cfg.hyperparameters
@@ -109,6 +111,8 @@ class Run:
         self.reporter = reporter or Reporter(cfg)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.dtype = compute_dtype(precision, self.device)
+        # None: decided in setup() by the memory estimate (shared.sizing) against the GPU's size
+        self.checkpointing = activation_checkpointing
         self.step = 0
         self.trained_tokens = 0
         self.metrics: list[dict[str, Any]] = []
@@ -165,6 +169,14 @@ class Run:
             self._start_from(self.cfg.init_adapter_uri)
         self.dropout_cache = dropout.share_lora_dropout(self.model)
         self.lora_groups = lora_add.fuse_lora(self.model)
+        if self.checkpointing is None:
+            self.checkpointing = self._needs_checkpointing(base)
+        if self.checkpointing:
+            # Non-reentrant: the recompute restores the RNG state, so the shared dropout draws
+            # the very masks of the first forward (tested against a plain step's gradients).
+            base.gradient_checkpointing_enable(  # type: ignore[no-untyped-call]
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             self.trainable, lr=self.hp.learning_rate, weight_decay=0.0
@@ -175,6 +187,22 @@ class Run:
         )
         self._resume()
         return self
+
+    def _needs_checkpointing(self, base: Any) -> bool:
+        """On a GPU, whether a pack of max_seq_length tokens would not fit without activation
+        checkpointing, by the estimate of shared.sizing; never on the CPU."""
+        if self.device.type != "cuda":
+            return False
+        shape = Shape.of(base.config.to_dict())
+        gpu = torch.cuda.get_device_properties(self.device).total_memory
+        parameters = sum(p.numel() for p in base.parameters())
+        tokens, rank = self.hp.max_seq_length, self.hp.lora_rank
+        needed = needs_checkpointing(
+            parameters, shape, tokens, rank, gpu, dropout=self.hp.lora_dropout > 0
+        )
+        estimate = peak_bytes(parameters, shape, tokens, rank, 2, self.hp.lora_dropout > 0)
+        Reporter.log("memory_estimate", peak_bytes=estimate, gpu_bytes=gpu, checkpointing=needed)
+        return needed
 
     def _validation_file(self) -> list[EncodedExample]:
         path = storage.download_file(self.cfg.validation_uri, self.workdir / "validation.jsonl")
