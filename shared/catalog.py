@@ -22,6 +22,24 @@ class Bound:
     max: float | int
 
 
+THROUGHPUT_BASES = ("measured", "estimated")
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """Trained tokens a second on the model's catalog GPU, and where the figure comes from:
+    `measured` (make bench-gpu on `gpu_type`, on `date`, at that `mfu`) or `estimated` (model
+    FLOPs per token at `context`, shared.sizing, at an assumed `mfu` of the GPU's peak). It sets
+    every ETA."""
+
+    tokens_per_s: int
+    basis: str
+    gpu_type: str
+    mfu: float
+    context: int
+    date: str
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     id: str
@@ -33,13 +51,19 @@ class ModelSpec:
     gpu_type: str
     machine_type: str
     max_dataset_tokens: int
-    throughput_tokens_per_s: int
+    throughput: Throughput
     hyperparameters: dict[str, Bound]
     lora: dict[str, Bound]
     lora_target_modules_default: str
     lora_target_modules_allowed: tuple[str, ...]
     source: str
     license: str
+    # The Hugging Face config of the architecture (sizing, the GPU benchmark's models).
+    architecture: dict[str, Any]
+
+    @property
+    def throughput_tokens_per_s(self) -> int:
+        return self.throughput.tokens_per_s
 
 
 @dataclass(frozen=True)
@@ -60,14 +84,29 @@ class CatalogError(ValueError):
     """The catalog data offers something we cannot train or export."""
 
 
+def _throughput(model_id: str, raw: dict[str, Any]) -> Throughput:
+    t = Throughput(
+        tokens_per_s=int(raw["tokens_per_s"]),
+        basis=raw["basis"],
+        gpu_type=raw["gpu_type"],
+        mfu=float(raw["mfu"]),
+        context=int(raw["context"]),
+        date=raw["date"],
+    )
+    if t.basis not in THROUGHPUT_BASES or t.tokens_per_s <= 0 or not 0 < t.mfu <= 1:
+        raise CatalogError(f"catalog model {model_id!r} has no valid throughput: {raw}")
+    return t
+
+
 def parse(raw: dict[str, Any]) -> Catalog:
     from shared.contract import ARCHITECTURES
 
     models = []
     for m in raw["models"]:
-        if m["family"] not in ARCHITECTURES:
+        if m["family"] not in ARCHITECTURES or m["architecture"]["model_type"] != m["family"]:
             raise CatalogError(
-                f"catalog model {m['id']!r} is of architecture {m['family']!r}, which the trainer "
+                f"catalog model {m['id']!r} is of architecture {m['family']!r} (config "
+                f"{m['architecture']['model_type']!r}), which the trainer "
                 f"and the GGUF exporter do not support (only {', '.join(ARCHITECTURES)})"
             )
         targets = m["lora"]["target_modules"]
@@ -82,13 +121,14 @@ def parse(raw: dict[str, Any]) -> Catalog:
                 gpu_type=m["gpu_type"],
                 machine_type=m["machine_type"],
                 max_dataset_tokens=int(m["max_dataset_tokens"]),
-                throughput_tokens_per_s=int(m["throughput_tokens_per_s"]),
+                throughput=_throughput(m["id"], m["throughput"]),
                 hyperparameters=_bounds(m["hyperparameters"]),
                 lora=_bounds(m["lora"]),
                 lora_target_modules_default=targets["default"],
                 lora_target_modules_allowed=tuple(targets["allowed"]),
                 source=m["source"],
                 license=m["license"],
+                architecture=dict(m["architecture"]),
             )
         )
     return Catalog(version=raw["catalog_version"], currency=raw["currency"], models=tuple(models))

@@ -120,6 +120,7 @@ def quote(
         validation_examples=validation.examples if validation else 0,
         validation_tokens=validation.tokens if validation else 0,
         storage_cents=storage_cents,
+        estimated_seconds_basis=spec.throughput.basis,
     )
 
 

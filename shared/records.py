@@ -319,6 +319,9 @@ class Quote(NamedTuple):
     # Outputs beyond the adapter (merged weights), priced as their storage for the retention
     # period and included in price_cents.
     storage_cents: int = 0
+    # Where estimated_seconds comes from: the model's throughput "measured" on its GPU, or
+    # "estimated" from its FLOPs (the catalog says which; quotes from before it: estimated).
+    estimated_seconds_basis: str = "estimated"
 
     def to_doc(self) -> dict[str, Any]:
         return self._asdict()

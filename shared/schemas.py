@@ -251,6 +251,13 @@ _quote_fields: dict[str, Schema] = {
     "storage_cents": Integer(
         minimum=0, description="Keeping the extra outputs asked for (merged weights); in price."
     ),
+    "estimated_seconds_basis": String(
+        description=(
+            "Where estimated_seconds comes from: `measured` (the model's throughput measured on "
+            "its GPU) or `estimated` (from its FLOPs per token at an assumed utilisation). "
+            "Extensible: expect other values."
+        )
+    ),
 }
 Quote = response(_quote_fields, "Quote")
 MAX_EVAL_EVERY_STEPS = 1_000_000

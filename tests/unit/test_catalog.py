@@ -57,3 +57,46 @@ def test_a_model_of_an_architecture_we_cannot_train_is_refused_when_the_catalog_
     raw["models"][0]["family"] = "phi3"
     with pytest.raises(CatalogError, match="'phi3'.*only llama, mistral, qwen2, gemma2"):
         parse(raw)
+
+
+def test_each_architecture_config_has_the_catalogs_parameter_count() -> None:
+    """The architecture block is the real model's config: built with no weights (meta device),
+    it has exactly the parameters the catalog states (and prices merged weights by)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    for m in catalog().models:
+        config = AutoConfig.for_model(**m.architecture)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+        assert sum(p.numel() for p in model.parameters()) == m.parameters, m.id
+
+
+def test_every_throughput_says_where_it_comes_from() -> None:
+    """An estimated figure is the FLOPs estimate at its stated MFU (rounded to 100 tokens/s);
+    a measured one names its GPU, date and MFU."""
+    from shared import sizing
+
+    for m in catalog().models:
+        t = m.throughput
+        assert t.gpu_type == m.gpu_type, m.id
+        assert t.date and 0 < t.mfu <= 1
+        if t.basis == "estimated":
+            shape = sizing.Shape.of(m.architecture)
+            est = sizing.estimated_tokens_per_s(m.parameters, shape, m.gpu_type, t.mfu, t.context)
+            assert t.tokens_per_s == round(est, -2), m.id
+        else:
+            assert t.basis == "measured", m.id
+
+
+def test_the_quote_says_how_its_eta_was_made() -> None:
+    from shared.contract import Hyperparameters
+    from shared.pricing import quote
+    from shared.tokenization import TokenCount
+
+    m = catalog().get("llama-3.1-8b-instruct")
+    assert m is not None
+    count = TokenCount(examples=10, dropped=0, truncated=0, tokens=1_000_000, trained_tokens=500)
+    q = quote(m, count, Hyperparameters(epochs=2), "usd", 60)
+    assert q.estimated_seconds_basis == m.throughput.basis == "estimated"
+    assert q.estimated_seconds == 60 + -(-2_000_000 // m.throughput.tokens_per_s)

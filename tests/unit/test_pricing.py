@@ -17,7 +17,11 @@ from tests.support.api import TEST_QUOTE, result_of
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 # 100 cents per 1M tokens: 10 000 tokens cost exactly one cent.
-SPEC = replace(catalog().models[0], price_per_million_tokens_cents=100, throughput_tokens_per_s=100)
+SPEC = replace(
+    catalog().models[0],
+    price_per_million_tokens_cents=100,
+    throughput=replace(catalog().models[0].throughput, tokens_per_s=100),
+)
 
 
 @pytest.mark.parametrize(
