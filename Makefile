@@ -9,13 +9,14 @@ PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
 export PYTHONPATH := $(CURDIR):$(CURDIR)/trainer_image
 export NO_GCE_CHECK := true
 
-.PHONY: help install dev demo test test-fast lint format openapi bench bench-trainer bench-count lock clean
+.PHONY: help install dev demo test test-fast lint format openapi bench bench-trainer bench-count bench-gpu lock clean
 
 help:
 	@echo "make demo   - install, start the local stack, run the main flow end to end, stop"
 	@echo "make test   - install, lint, run every test (starts and stops what the tests need)"
 	@echo "make dev    - the local stack in the foreground until Ctrl-C"
 	@echo "make bench  - cold-start benchmark; make bench-trainer - trainer throughput vs HF; make bench-count - token counting MB/s vs a bare encode"
+	@echo "make bench-gpu - each catalog model's tokens/s, MFU and memory on the GPU found (needs CUDA)"
 
 # --- install (each step re-runs only when its inputs change) ---------------------------------
 install: $(LOCAL)/.venv.ok $(LOCAL)/.llama.ok $(LOCAL)/.tasks-venv.ok $(LOCAL)/.stripe-venv.ok \
@@ -109,6 +110,11 @@ bench-count: install $(SMOLLM2)/manifest.json
 
 bench-trainer: install $(SMOLLM2)/manifest.json
 	$(PY) -m bench.trainer_throughput
+
+# Each catalog model on the GPU found (random weights from its real config, bf16): tokens/s, MFU,
+# peak memory against the estimate, whether it fits its catalog GPU. Refuses without CUDA.
+bench-gpu: $(LOCAL)/.venv.ok
+	$(PY) -m bench.gpu --json $${OUT:-.local}/bench-gpu.json
 
 lock: $(LOCAL)/.venv.ok
 	{ echo "# Full lock of .local/venv (pip freeze); regenerate with 'make lock' after changing a requirements file."; \

@@ -95,6 +95,60 @@ def pack_loss(causal_lm: Any, pack: Pack, device: torch.device) -> torch.Tensor:
     return loss.cross_entropy_sum(hidden[where], head.weight, targets[where], softcap)
 
 
+def lora_model(base: Any, hp: Any) -> Any:
+    """`base` wrapped by peft with this job's LoRA settings (the adapters in fp32)."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = hp.lora_target_modules
+    lora = LoraConfig(
+        r=hp.lora_rank,
+        lora_alpha=hp.lora_alpha,
+        lora_dropout=hp.lora_dropout,
+        target_modules=list(targets) if isinstance(targets, tuple) else targets,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(base, lora)
+
+
+def needs_checkpointing_on(device: torch.device, base: Any, hp: Any) -> bool:
+    """On a GPU, whether a pack of max_seq_length tokens would not fit without activation
+    checkpointing, by the estimate of shared.sizing; never on the CPU."""
+    if device.type != "cuda":
+        return False
+    shape = Shape.of(base.config.to_dict())
+    gpu = torch.cuda.get_device_properties(device).total_memory
+    parameters = sum(p.numel() for p in base.parameters())
+    tokens, rank, drop = hp.max_seq_length, hp.lora_rank, hp.lora_dropout > 0
+    needed = needs_checkpointing(parameters, shape, tokens, rank, gpu, dropout=drop)
+    estimate = peak_bytes(parameters, shape, tokens, rank, 2, drop)
+    Reporter.log("memory_estimate", peak_bytes=estimate, gpu_bytes=gpu, checkpointing=needed)
+    return needed
+
+
+def enable_checkpointing(base: Any) -> None:
+    """Non-reentrant activation checkpointing of every decoder layer: the recompute restores the
+    RNG state, so the shared dropout draws the very masks of the first forward (tested against
+    a plain step's gradients)."""
+    base.gradient_checkpointing_enable(
+        gradient_checkpointing_kwargs={"use_reentrant": False}
+    )
+
+
+def backward_step(run: Any, packs: list[Pack], n_trained: int) -> float:
+    """Forward and backward of one optimizer step's packs, one pack at a time (the gradients
+    accumulate: the loss is the mean over all the step's targets); returns the step's loss.
+    `run` has `model`, `device`, `dropout_cache` and `lora_groups` (a Run, or the GPU bench)."""
+    causal_lm = run.model.get_base_model()
+    total = 0.0
+    for pack in packs:
+        loss = pack_loss(causal_lm, pack, run.device) / n_trained
+        loss.backward()  # type: ignore[no-untyped-call]
+        total += float(loss.item())
+        dropout.clear(run.dropout_cache)
+        lora_add.clear(run.lora_groups)
+    return total
+
+
 class Run:
     def __init__(
         self,
@@ -124,7 +178,6 @@ class Run:
     # -- setup ---------------------------------------------------------------------------------
 
     def setup(self) -> Run:
-        from peft import LoraConfig, get_peft_model
         from transformers import AutoModelForCausalLM
 
         torch.manual_seed(self.hp.seed)
@@ -154,15 +207,7 @@ class Run:
             model_dir, dtype=self.dtype, attn_implementation=attention.register()
         )
         base.config.use_cache = False
-        targets = self.hp.lora_target_modules
-        lora = LoraConfig(
-            r=self.hp.lora_rank,
-            lora_alpha=self.hp.lora_alpha,
-            lora_dropout=self.hp.lora_dropout,
-            target_modules=list(targets) if isinstance(targets, tuple) else targets,
-            task_type="CAUSAL_LM",
-        )
-        self.model = get_peft_model(base, lora).to(self.device)
+        self.model = lora_model(base, self.hp).to(self.device)
         self.model.peft_config["default"].base_model_name_or_path = self.cfg.base_model_name
         self.model_dir = model_dir
         if self.cfg.init_adapter_uri:
@@ -170,13 +215,9 @@ class Run:
         self.dropout_cache = dropout.share_lora_dropout(self.model)
         self.lora_groups = lora_add.fuse_lora(self.model)
         if self.checkpointing is None:
-            self.checkpointing = self._needs_checkpointing(base)
+            self.checkpointing = needs_checkpointing_on(self.device, base, self.hp)
         if self.checkpointing:
-            # Non-reentrant: the recompute restores the RNG state, so the shared dropout draws
-            # the very masks of the first forward (tested against a plain step's gradients).
-            base.gradient_checkpointing_enable(  # type: ignore[no-untyped-call]
-                gradient_checkpointing_kwargs={"use_reentrant": False}
-            )
+            enable_checkpointing(base)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             self.trainable, lr=self.hp.learning_rate, weight_decay=0.0
@@ -187,22 +228,6 @@ class Run:
         )
         self._resume()
         return self
-
-    def _needs_checkpointing(self, base: Any) -> bool:
-        """On a GPU, whether a pack of max_seq_length tokens would not fit without activation
-        checkpointing, by the estimate of shared.sizing; never on the CPU."""
-        if self.device.type != "cuda":
-            return False
-        shape = Shape.of(base.config.to_dict())
-        gpu = torch.cuda.get_device_properties(self.device).total_memory
-        parameters = sum(p.numel() for p in base.parameters())
-        tokens, rank = self.hp.max_seq_length, self.hp.lora_rank
-        needed = needs_checkpointing(
-            parameters, shape, tokens, rank, gpu, dropout=self.hp.lora_dropout > 0
-        )
-        estimate = peak_bytes(parameters, shape, tokens, rank, 2, self.hp.lora_dropout > 0)
-        Reporter.log("memory_estimate", peak_bytes=estimate, gpu_bytes=gpu, checkpointing=needed)
-        return needed
 
     def _validation_file(self) -> list[EncodedExample]:
         path = storage.download_file(self.cfg.validation_uri, self.workdir / "validation.jsonl")
@@ -332,14 +357,7 @@ class Run:
         batch = [self.examples[i] for i in self.plan.indices(self.step)]
         packs = pack_step(batch, self.hp.max_seq_length)
         n_trained = sum(p.n_trained for p in packs)
-        causal_lm = self.model.get_base_model()
-        total = 0.0
-        for pack in packs:
-            loss = pack_loss(causal_lm, pack, self.device) / n_trained
-            loss.backward()  # type: ignore[no-untyped-call]
-            total += float(loss.item())
-            dropout.clear(self.dropout_cache)
-            lora_add.clear(self.lora_groups)
+        total = backward_step(self, packs, n_trained)
         torch.nn.utils.clip_grad_norm_(self.trainable, MAX_GRAD_NORM)
         self.optimizer.step()
         self.scheduler.step()
