@@ -129,9 +129,7 @@ def enable_checkpointing(base: Any) -> None:
     """Non-reentrant activation checkpointing of every decoder layer: the recompute restores the
     RNG state, so the shared dropout draws the very masks of the first forward (tested against
     a plain step's gradients)."""
-    base.gradient_checkpointing_enable(
-        gradient_checkpointing_kwargs={"use_reentrant": False}
-    )
+    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def backward_step(run: Any, packs: list[Pack], n_trained: int) -> float:
@@ -218,6 +216,12 @@ class Run:
             self.checkpointing = needs_checkpointing_on(self.device, base, self.hp)
         if self.checkpointing:
             enable_checkpointing(base)
+        Reporter.log(
+            "set_up",
+            device=self.device.type,
+            dtype=str(self.dtype).removeprefix("torch."),
+            activation_checkpointing=self.checkpointing,
+        )
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             self.trainable, lr=self.hp.learning_rate, weight_decay=0.0
