@@ -17,6 +17,7 @@ import threading
 import time
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import flask
 from cloudevents.http import CloudEvent
@@ -121,29 +122,19 @@ def create_app() -> flask.Flask:
 
 
 def _sweep_forever(every_s: float) -> None:
-    """Stand-ins for the Storage lifecycle rule (expired files) and for Cloud Scheduler (the
-    sweep: stale launches, the reconciler, ageing card holds, abandoned uploads), calling the
-    same core functions. Each step on its own: one that fails does not skip the others."""
-    from shared import artifacts, authorization, datasets, lifecycle, logs
+    """Stand-ins for Cloud Scheduler (the sweep, shared.sweep) and for the Storage lifecycle
+    rule (expired files), calling the same core functions."""
+    from shared import artifacts, logs, store, sweep
     from shared.config import settings
 
-    steps = {
-        "expired files": lambda: artifacts.sweep_expired(settings()),
-        "relaunched": lambda: lifecycle.relaunch_stale(settings()),
-        "reconciled": lambda: lifecycle.reconcile(settings()),
-        "holds": lambda: authorization.renew_holds(settings()),
-        "abandoned uploads": lambda: datasets.sweep_abandoned(settings()),
-    }
+    def expired(cfg: Any, now: Any) -> Any:
+        return store.Found(artifacts.sweep_expired(cfg, now), [])
+
     while True:
         time.sleep(every_s)
-        for name, step in steps.items():
-            try:
-                done = step()
-            except Exception as exc:  # the next round retries
-                logs.warning("sweep step failed", step=name, error=repr(exc))
-                continue
-            if done:
-                logs.info("swept", step=name, done=done)
+        report = sweep.run(settings(), steps={"expired_files": expired, **sweep.STEPS})
+        if any(report.values()):
+            logs.info("swept", **report)
 
 
 class _QuietHandler(WSGIRequestHandler):

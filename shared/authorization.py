@@ -170,18 +170,14 @@ def mark(job_id: str, intent: str, status: AuthorizationStatus) -> None:
 # --- renewal ---------------------------------------------------------------------------------
 
 
-def renew_holds(cfg: Settings, now: datetime | None = None) -> list[str]:
-    """Renews every active job's hold older than RENEW_AFTER; returns what it did per job.
-    Each job is handled on its own: one that fails is logged and retried next sweep."""
+def renew_holds(cfg: Settings, now: datetime | None = None) -> store.Found[str]:
+    """Renews every active job's hold older than RENEW_AFTER; returns what it did per job, and
+    the documents skipped because they do not parse. Each job is handled on its own: one that
+    fails is logged and retried next sweep."""
     t = now or store.now()
-    outcomes = []
-    for job in store.jobs_held_since(t - RENEW_AFTER):
-        try:
-            outcomes.append(f"{job.id}: {renew(job, cfg, t)}")
-        except Exception as exc:
-            logs.warning("hold renewal failed; next sweep retries", job_id=job.id, error=repr(exc))
-            outcomes.append(f"{job.id}: error")
-    return outcomes
+    found = store.jobs_held_since(t - RENEW_AFTER)
+    done = logs.each(found.items, lambda j: j.id, lambda j: renew(j, cfg, t), "holds")
+    return store.Found(done, found.skipped)
 
 
 def renew(job: Job, cfg: Settings, now: datetime) -> str:

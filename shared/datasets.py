@@ -201,20 +201,18 @@ def delete(uid: str, dataset_id: str, cfg: Settings) -> None:
     store.delete_dataset(dataset)
 
 
-def sweep_abandoned(cfg: Settings, now: datetime | None = None) -> list[str]:
+def sweep_abandoned(cfg: Settings, now: datetime | None = None) -> store.Found[str]:
     """Datasets whose upload never came (their URL died long ago) are deleted, so they stop
     counting against the user's quotas; one whose file did arrive (its finalize event was lost)
-    is validated instead. Each is handled on its own; returns what was done."""
-    outcomes = []
-    for dataset in store.abandoned_uploads((now or store.now()) - ABANDONED_AFTER):
-        try:
-            if storage.read_bytes(cfg.datasets_bucket, dataset.object_name, 0) is None:
-                store.delete_dataset(dataset)
-                outcomes.append(f"{dataset.id}: deleted (never uploaded)")
-            else:
-                done = validate_dataset(dataset, cfg)
-                outcomes.append(f"{dataset.id}: validated ({done.status.value})")
-        except Exception as exc:
-            logs.warning("abandoned upload not swept", dataset_id=dataset.id, error=repr(exc))
-            outcomes.append(f"{dataset.id}: error")
-    return outcomes
+    is validated instead. Each is handled on its own; returns what was done, and the documents
+    skipped because they do not parse."""
+    found = store.abandoned_uploads((now or store.now()) - ABANDONED_AFTER)
+
+    def sweep(dataset: Dataset) -> str:
+        if storage.read_bytes(cfg.datasets_bucket, dataset.object_name, 0) is None:
+            store.delete_dataset(dataset)
+            return "deleted (never uploaded)"
+        return f"validated ({validate_dataset(dataset, cfg).status.value})"
+
+    done = logs.each(found.items, lambda d: d.id, sweep, "abandoned uploads")
+    return store.Found(done, found.skipped)

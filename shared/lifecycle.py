@@ -163,7 +163,11 @@ def trainer_config(job: Job, cfg: Settings) -> TrainerConfig:
 
 def launch(job_id: str, cfg: Settings) -> str:
     """The Cloud Tasks handler: makes the job's Batch job once; returns what it did."""
-    job = store.get_job(job_id)
+    try:
+        job = store.get_job(job_id)
+    except store.MalformedDocument as exc:  # answered 200: a redelivery would fail the same
+        logs.warning("launch skipped: the job document does not parse", error=str(exc))
+        return "skipped: the job's document is malformed"
     if job is None:
         return "no such job"
     if job.status != JobStatus.QUEUED or job.batch_job:
@@ -209,19 +213,21 @@ def enqueue_launch(job_id: str, cfg: Settings) -> None:
         )
 
 
-def relaunch_stale(cfg: Settings, now: datetime | None = None) -> list[str]:
+def relaunch_stale(cfg: Settings, now: datetime | None = None) -> store.Found[str]:
     """Enqueues the launch task again for jobs queued long ago that never got a Batch job (their
     first enqueue failed after the job was stored). Launching is idempotent, so a job whose task
-    is merely slow is not harmed."""
-    ids = store.stale_queued_jobs((now or store.now()) - STALE_AFTER)
-    enqueued = []
-    for job_id in ids:  # each on its own: one that fails is logged and retried next sweep
-        try:
-            tasks.enqueue_launch(job_id, cfg)
-            enqueued.append(job_id)
-        except Exception as exc:
-            logs.warning("relaunch not enqueued", job_id=job_id, error=repr(exc))
-    return enqueued
+    is merely slow is not harmed. A document that does not parse is skipped, never enqueued."""
+    found = store.stale_queued_jobs((now or store.now()) - STALE_AFTER)
+
+    def enqueue(job: Job) -> str:
+        tasks.enqueue_launch(job.id, cfg)
+        return "launch enqueued again"
+
+    return store.Found(logs.each(found.items, _id, enqueue, "relaunch"), found.skipped)
+
+
+def _id(job: Job) -> str:
+    return job.id
 
 
 # --- the reconciler --------------------------------------------------------------------------
@@ -230,30 +236,19 @@ STUCK_AFTER = timedelta(minutes=30)  # an active job unchanged this long: ask Ba
 SETTLE_AFTER = timedelta(minutes=10)  # an ended job its charge trigger should have settled
 
 
-def reconcile(cfg: Settings, now: datetime | None = None) -> list[str]:
+def reconcile(cfg: Settings, now: datetime | None = None) -> store.Found[str]:
     """The scheduled repair of what at-least-once delivery can still lose: asks Batch for the
     real state of every active job unchanged for STUCK_AFTER and applies it through the same
     state machine (a notification Eventarc finally dropped), launches again a job whose Batch
     job never came to be, and settles ended jobs whose charge trigger never ran (or whose hold
-    is still held). Each job is handled on its own; returns what was done."""
+    is still held). Each job is handled on its own; returns what was done, and the documents
+    skipped because they do not parse."""
     t = now or store.now()
-    outcomes = []
-    for job in store.active_jobs_unchanged_since(t - STUCK_AFTER):
-        outcomes.append(_each(job, lambda j: _ask_batch(j, cfg)))
-    for job in store.ended_jobs_unsettled_since(t - SETTLE_AFTER):
-        outcomes.append(_each(job, lambda j: _settle(j, cfg)))
-    return [o for o in outcomes if o]
-
-
-def _each(job: Job, act: Callable[[Job], str | None]) -> str | None:
-    try:
-        done = act(job)
-    except Exception as exc:
-        logs.warning(
-            "reconcile failed for a job; the next sweep retries", job_id=job.id, error=repr(exc)
-        )
-        return f"{job.id}: error"
-    return None if done is None else f"{job.id}: {done}"
+    active = store.active_jobs_unchanged_since(t - STUCK_AFTER)
+    ended = store.ended_jobs_unsettled_since(t - SETTLE_AFTER)
+    done = logs.each(active.items, _id, lambda j: _ask_batch(j, cfg), "reconcile")
+    done += logs.each(ended.items, _id, lambda j: _settle(j, cfg), "reconcile")
+    return store.Found(done, sorted(set(active.skipped) | set(ended.skipped)))
 
 
 def _ask_batch(job: Job, cfg: Settings) -> str | None:

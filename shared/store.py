@@ -34,7 +34,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 from shared.config import settings
 from shared.errors import Contended
@@ -472,10 +472,50 @@ def _in_status_since(collection: str, status: str, before: datetime) -> Iterator
     return iter(query.stream())
 
 
-def abandoned_uploads(before: datetime) -> list[Dataset]:
+T = TypeVar("T")
+
+
+class MalformedDocument(ValueError):
+    """A stored document that does not have the shape of its record (written by hand, or by a
+    version that had other fields): named by its id, never acted on."""
+
+
+class Found(NamedTuple, Generic[T]):
+    """What a sweep query found: the records, and the ids of documents that did not parse."""
+
+    items: list[T]
+    skipped: list[str]
+
+
+def _parse(collection: str, doc_id: str, doc: dict[str, Any], parse: Callable[[Any], T]) -> T:
+    try:
+        return parse(doc)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise MalformedDocument(f"{collection}/{doc_id}: {exc!r}") from None
+
+
+def _parse_each(snaps: Iterable[Any], collection: str, parse: Callable[[Any], T]) -> Found[T]:
+    """Each document parsed on its own: one that does not parse is logged with its id and
+    skipped, so it can never stop a sweep for everyone else."""
+    from shared import logs
+
+    items: list[T] = []
+    skipped: list[str] = []
+    for snap in snaps:
+        try:
+            items.append(_parse(collection, snap.id, snap.to_dict() or {}, parse))
+        except MalformedDocument as exc:
+            logs.warning(
+                "malformed document skipped", collection=collection, id=snap.id, error=str(exc)
+            )
+            skipped.append(snap.id)
+    return Found(items, skipped)
+
+
+def abandoned_uploads(before: datetime) -> Found[Dataset]:
     """Datasets still waiting for their upload that were created before `before`."""
     snaps = _in_status_since(DATASETS, DatasetStatus.PENDING_UPLOAD.value, before)
-    return [Dataset.from_doc(s.to_dict() or {}) for s in snaps]
+    return _parse_each(snaps, DATASETS, Dataset.from_doc)
 
 
 # --- jobs ------------------------------------------------------------------------------------
@@ -490,7 +530,7 @@ def get_job(job_id: str) -> Job | None:
     if not valid_id(job_id):
         return None
     snap = _ref(JOBS, job_id).get()
-    return Job.from_doc(snap.to_dict()) if snap.exists else None
+    return _parse(JOBS, job_id, snap.to_dict() or {}, Job.from_doc) if snap.exists else None
 
 
 def get_owned_job(uid: str, job_id: str) -> Job | None:
@@ -709,13 +749,13 @@ def set_job_payment(job: Job, payment: Payment) -> None:
     batch.commit()
 
 
-def stale_queued_jobs(before: datetime) -> list[str]:
-    """Ids of jobs still queued without a Batch job that were created before `before`."""
-    snaps = _in_status_since(JOBS, JobStatus.QUEUED.value, before)
-    return [s.id for s in snaps if not (s.to_dict() or {}).get("batch_job")]
+def stale_queued_jobs(before: datetime) -> Found[Job]:
+    """Jobs still queued without a Batch job that were created before `before`."""
+    found = _parse_each(_in_status_since(JOBS, JobStatus.QUEUED.value, before), JOBS, Job.from_doc)
+    return found._replace(items=[j for j in found.items if not j.batch_job])
 
 
-def active_jobs_unchanged_since(before: datetime) -> list[Job]:
+def active_jobs_unchanged_since(before: datetime) -> Found[Job]:
     """Queued or running jobs whose record has not changed since `before` (the reconciler's)."""
     from google.cloud.firestore_v1.base_query import FieldFilter
 
@@ -725,10 +765,10 @@ def active_jobs_unchanged_since(before: datetime) -> list[Job]:
         .where(filter=FieldFilter("status", "in", [s.value for s in ACTIVE_STATUSES]))
         .where(filter=FieldFilter("updated_at", "<", before))
     )
-    return [Job.from_doc(s.to_dict() or {}) for s in query.stream()]
+    return _parse_each(query.stream(), JOBS, Job.from_doc)
 
 
-def ended_jobs_unsettled_since(before: datetime) -> list[Job]:
+def ended_jobs_unsettled_since(before: datetime) -> Found[Job]:
     """Jobs ended before `before` whose payment was never recorded, or whose card hold still
     holds (their charge trigger never ran to the end)."""
     from google.cloud.firestore_v1.base_query import FieldFilter
@@ -741,14 +781,16 @@ def ended_jobs_unsettled_since(before: datetime) -> list[Job]:
         .where(filter=FieldFilter("payment", "==", None))
         .where(filter=FieldFilter("ended_at", "<", before))
     )
-    found = {s.id: Job.from_doc(s.to_dict() or {}) for s in unpaid.stream()}
-    for job in jobs_held_since(before):
+    first = _parse_each(unpaid.stream(), JOBS, Job.from_doc)
+    found = {j.id: j for j in first.items}
+    held = jobs_held_since(before)
+    for job in held.items:
         if job.status.ended and job.ended_at is not None and job.ended_at < before:
             found[job.id] = job
-    return list(found.values())
+    return Found(list(found.values()), sorted(set(first.skipped) | set(held.skipped)))
 
 
-def jobs_held_since(before: datetime) -> list[Job]:
+def jobs_held_since(before: datetime) -> Found[Job]:
     """Jobs whose card hold was placed before `before` and still holds (the renewal sweep's)."""
     from google.cloud.firestore_v1.base_query import FieldFilter
 
@@ -759,7 +801,7 @@ def jobs_held_since(before: datetime) -> list[Job]:
         .where(filter=FieldFilter("authorization.status", "==", holding))
         .where(filter=FieldFilter("authorization.authorized_at", "<", before))
     )
-    return [Job.from_doc(s.to_dict() or {}) for s in query.stream()]
+    return _parse_each(query.stream(), JOBS, Job.from_doc)
 
 
 # --- erasing an account ----------------------------------------------------------------------

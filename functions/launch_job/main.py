@@ -16,19 +16,12 @@ def launch(req: ApiRequest) -> Reply:
 
 
 def relaunch_stale(req: ApiRequest) -> Reply:
-    """The scheduled sweep: launches that never happened, the reconciler (Batch's own state of
-    stale jobs, ended jobs never settled), card holds near expiry, dataset uploads that never
-    came."""
-    from shared import authorization, datasets
+    """The scheduled sweep (shared.sweep): launches that never happened, the reconciler
+    (Batch's own state of stale jobs, ended jobs never settled), card holds near expiry,
+    dataset uploads that never came; always 200, with what it did and what it skipped."""
+    from shared import sweep
 
-    return Reply(
-        {
-            "relaunched": core.relaunch_stale(req.settings),
-            "reconciled": core.reconcile(req.settings),
-            "holds": authorization.renew_holds(req.settings),
-            "abandoned_uploads": datasets.sweep_abandoned(req.settings),
-        }
-    )
+    return Reply(sweep.run(req.settings))
 
 
 def deliver_webhook(req: ApiRequest) -> Reply:

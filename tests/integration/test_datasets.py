@@ -275,7 +275,7 @@ def test_abandoned_uploads_are_swept_and_late_ones_validated(api) -> None:
         "POST", "/v1/datasets", user, json={"filename": "a.jsonl", "size_bytes": 10}
     ).json()
     late = _unwatched(user.uid, timedelta(days=2))  # its file came, its finalize event was lost
-    outcomes = datasets.sweep_abandoned(cfg, now=store.now() + timedelta(days=2))
+    outcomes = datasets.sweep_abandoned(cfg, now=store.now() + timedelta(days=2)).items
     assert f"{abandoned['id']}: deleted (never uploaded)" in outcomes
     assert f"{late.id}: validated (ready)" in outcomes
     assert api.request("GET", f"/v1/datasets/{abandoned['id']}", user).status_code == 404

@@ -179,7 +179,7 @@ def test_an_ageing_hold_is_renewed_before_stripe_cancels_it(api, stack_env) -> N
     old = held_job(user.uid)
     young = held_job(user.uid)
     _date_hold_back(old.id, timedelta(days=6, hours=1))
-    outcomes = authorization.renew_holds(settings())
+    outcomes = authorization.renew_holds(settings()).items
     assert outcomes == [f"{old.id}: renewed (1)"]  # the young hold is left alone
     renewed = store.get_job(old.id).authorization
     assert renewed.renewals == 1 and renewed.holding
@@ -198,13 +198,13 @@ def test_a_hold_that_cannot_be_renewed_stops_the_job_once_it_lapses(api, stack_e
     job = held_job(user.uid)
     save_test_card(user.uid, card="declining")  # the card on file refuses from now on
     _date_hold_back(job.id, timedelta(days=6, hours=1))
-    [outcome] = authorization.renew_holds(settings())
+    [outcome] = authorization.renew_holds(settings()).items
     assert "renewal declined (card_declined); retried" in outcome
     still = store.get_job(job.id)
     assert still.status == JobStatus.RUNNING
     assert "card_declined" in still.authorization.renewal_failure
     _date_hold_back(job.id, timedelta(days=7, minutes=1))
-    [outcome] = authorization.renew_holds(settings())
+    [outcome] = authorization.renew_holds(settings()).items
     assert outcome.endswith("the hold lapsed: job cancelled")
     stopped = store.get_job(job.id)
     assert stopped.status == JobStatus.CANCELLED

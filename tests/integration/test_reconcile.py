@@ -31,7 +31,7 @@ def test_a_queued_job_whose_batch_job_never_came_to_be_is_launched_again(api, st
     save_test_card(user.uid)
     old = store.now() - LONG_AGO
     job_id = _with_batch_job(stored_job(user.uid, JobStatus.QUEUED, created_at=old))
-    outcomes = lifecycle.reconcile(settings())
+    outcomes = lifecycle.reconcile(settings()).items
     assert f"{job_id}: its Batch job never came to be: launched again" in outcomes
     deadline = time.monotonic() + 60
     while store.get_job(job_id).status == JobStatus.QUEUED and time.monotonic() < deadline:
@@ -58,7 +58,7 @@ def _age(job_id: str) -> None:
 def test_a_running_job_that_batch_lost_fails_free(api, stack_env) -> None:
     user = api.new_user()
     job_id = _with_batch_job(stored_job(user.uid, created_at=store.now() - LONG_AGO))
-    [outcome] = lifecycle.reconcile(settings())
+    [outcome] = lifecycle.reconcile(settings()).items
     assert outcome.startswith(f"{job_id}: Batch knows no such job")
     job = store.get_job(job_id)
     assert job.status == JobStatus.FAILED and job.failure.code == FailureCode.PLATFORM_ERROR
@@ -77,7 +77,7 @@ def test_a_dropped_success_notification_is_applied_from_batchs_state(api, stack_
     try:
         original = batch._backend
         batch._backend = local  # this process's Batch: the one that ran it
-        [outcome] = lifecycle.reconcile(settings())
+        [outcome] = lifecycle.reconcile(settings()).items
     finally:
         batch._backend = original
         local._jobs.pop(batch_name(job_id), None)
@@ -95,11 +95,11 @@ def test_a_job_that_ended_while_its_trigger_was_down_is_charged(api, stack_env) 
     job_id = stored_job(user.uid, JobStatus.COMPLETED, created_at=old, ended_at=old)
     trainer_reports(job_id, result=result_of(30_000))
     assert store.get_job(job_id).payment is None
-    outcomes = lifecycle.reconcile(settings())
+    outcomes = lifecycle.reconcile(settings()).items
     assert f"{job_id}: settled: charged 50 usd" in outcomes
     assert store.get_job(job_id).payment.status == PaymentStatus.PAID
     assert [e.amount_cents for e in store.ledger_entries(user.uid)] == [50]
-    assert lifecycle.reconcile(settings()) == []  # settled: nothing left to do
+    assert lifecycle.reconcile(settings()).items == []  # settled: nothing left to do
 
 
 def test_a_failed_retention_write_is_retried_by_the_redelivery(api, stack_env, monkeypatch) -> None:
