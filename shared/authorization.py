@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 from datetime import datetime, timedelta
+from typing import Any
 
 from shared import batch, logs, payments, store
 from shared.config import Settings
@@ -165,6 +166,33 @@ def mark(job_id: str, intent: str, status: AuthorizationStatus) -> None:
         return j._replace(authorization=held._replace(status=status)), None
 
     store.update_job(job_id, decide)
+
+
+# --- holds nobody owns ------------------------------------------------------------------------
+
+ORPHAN_AFTER = timedelta(minutes=15)  # a hold this old that no job records is nobody's
+
+
+def release_orphan_holds(cfg: Settings, now: datetime | None = None) -> store.Found[str]:
+    """Releases every hold at Stripe that no job owns: placed by a call whose answer was lost
+    (a submit that timed out while Stripe still placed it, then the launch placed the job's own;
+    Stripe's idempotency key prevents that in production, localstripe ignores it), or left by
+    a crash between placing and recording. A job owns a hold while its record holds that very
+    PaymentIntent; ORPHAN_AFTER leaves time to a submit between placing and recording."""
+    t = now or store.now()
+
+    def orphan(hold: dict[str, Any]) -> str | None:
+        if t - hold["created"] < ORPHAN_AFTER:
+            return None
+        job = store.get_job(hold["job_id"]) if hold["job_id"] else None
+        held = job.authorization if job is not None else None
+        if held is not None and held.payment_intent == hold["id"] and held.holding:
+            return None
+        payments.release(cfg, hold["id"])
+        return f"released (no job holds it; job {hold['job_id']})"
+
+    done = logs.each(payments.open_holds(cfg), lambda h: str(h["id"]), orphan, "orphan holds")
+    return store.Found(done, [])
 
 
 # --- renewal ---------------------------------------------------------------------------------

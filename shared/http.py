@@ -22,7 +22,7 @@ from typing import Any
 
 import flask
 
-from shared import logs
+from shared import logs, payments
 from shared.auth import Principal, authenticate, authorize, verify_internal_caller
 from shared.config import Settings, settings
 from shared.errors import ApiError, Code
@@ -196,7 +196,11 @@ def serve(function: str, handlers: Mapping[str, Handler]) -> View:
                         route, resolution.params, principal, request_id, cfg, request
                     )
                     _check_request(api_request, operation(route.operation_id))
-                    reply = handlers[route.operation_id](api_request)
+                    if route.internal:
+                        reply = handlers[route.operation_id](api_request)
+                    else:  # a user waits: Stripe gets one short try (payments)
+                        with payments.on_request_path():
+                            reply = handlers[route.operation_id](api_request)
                     response = _json_response(reply.body, reply.status, reply.headers)
                     if route.sunset is not None:
                         _mark_deprecated(response, route.sunset)
@@ -207,14 +211,26 @@ def serve(function: str, handlers: Mapping[str, Handler]) -> View:
                     headers["Retry-After"] = str(exc.retry_after_s)
                 response = _json_response(exc.body(request_id), exc.status, headers)
             except Exception as exc:  # the one place an unexpected error becomes a response
-                code = Code.INTERNAL.value
-                logs.error("unhandled error", exc, function=function, path=request.path)
-                err = ApiError(
-                    Code.INTERNAL,
-                    "Something went wrong on our side; retry later, "
-                    "and quote the request id if it persists.",
-                )
-                response = _json_response(err.body(request_id), err.status, {})
+                headers = {}
+                if payments.unavailable(exc):  # Stripe did not answer within its short try
+                    code = Code.SERVICE_UNAVAILABLE.value
+                    logs.warning("Stripe did not answer in time", path=request.path)
+                    err = ApiError(
+                        Code.SERVICE_UNAVAILABLE,
+                        "Our payment provider did not answer in time; nothing was charged. "
+                        "Retry shortly (with the same Idempotency-Key, where you sent one).",
+                        retry_after_s=payments.STRIPE_RETRY_AFTER_S,
+                    )
+                    headers["Retry-After"] = str(payments.STRIPE_RETRY_AFTER_S)
+                else:
+                    code = Code.INTERNAL.value
+                    logs.error("unhandled error", exc, function=function, path=request.path)
+                    err = ApiError(
+                        Code.INTERNAL,
+                        "Something went wrong on our side; retry later, "
+                        "and quote the request id if it persists.",
+                    )
+                response = _json_response(err.body(request_id), err.status, headers)
             response.headers["X-Request-Id"] = request_id
             _grant_cors(request, response, cfg)
             logs.info(

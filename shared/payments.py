@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Iterator
+from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,23 +23,55 @@ from shared.config import Settings
 
 _lock = threading.Lock()
 _client: Any = None
+_request_client: Any = None
 CHECKOUT_LIFETIME = timedelta(hours=24)
 WEBHOOK_TOLERANCE_S = 300
+# On a request path (a user waits, behind a 60 s gateway deadline) a Stripe call gets one try of
+# at most this long; elsewhere (tasks, triggers, the sweep) the SDK's 80 s and two retries.
+REQUEST_PATH_TIMEOUT_S = 8.0
+STRIPE_RETRY_AFTER_S = 10
+_on_request_path: ContextVar[bool] = ContextVar("stripe_on_request_path", default=False)
+
+
+@contextlib.contextmanager
+def on_request_path() -> Iterator[None]:
+    """Stripe calls made inside give up after REQUEST_PATH_TIMEOUT_S, without retries (the HTTP
+    edge wraps every public request in it; `unavailable` tells the edge to answer 503)."""
+    token = _on_request_path.set(True)
+    try:
+        yield
+    finally:
+        _on_request_path.reset(token)
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether `exc` is Stripe not answering (a timeout, a refused connection): the request may
+    be retried as it is, with the same Idempotency-Key."""
+    import stripe
+
+    return isinstance(exc, stripe.APIConnectionError)
 
 
 def client(cfg: Settings) -> Any:
-    global _client
+    global _client, _request_client
+    short = _on_request_path.get()
     with _lock:
-        if _client is None:
+        if (_request_client if short else _client) is None:
             import stripe
 
             if not cfg.stripe_secret_key:
                 raise RuntimeError("YACHAY_STRIPE_SECRET_KEY is not set")
-            kwargs: dict[str, Any] = {"max_network_retries": 2}
+            kwargs: dict[str, Any] = {"max_network_retries": 0 if short else 2}
+            if short:
+                kwargs["http_client"] = stripe.RequestsClient(timeout=REQUEST_PATH_TIMEOUT_S)
             if cfg.stripe_api_base:
                 kwargs["base_addresses"] = {"api": cfg.stripe_api_base}
-            _client = stripe.StripeClient(cfg.stripe_secret_key, **kwargs)
-        return _client
+            made = stripe.StripeClient(cfg.stripe_secret_key, **kwargs)
+            if short:
+                _request_client = made
+            else:
+                _client = made
+        return _request_client if short else _client
 
 
 def create_customer(cfg: Settings, uid: str, email: str | None) -> str:
@@ -178,6 +212,36 @@ def make_default(cfg: Settings, customer_id: str, payment_method_id: str) -> Non
     client(cfg).v1.customers.update(
         customer_id, {"invoice_settings": {"default_payment_method": payment_method_id}}
     )
+
+
+def open_holds(cfg: Settings) -> list[dict[str, Any]]:
+    """Our card holds Stripe still holds (uncaptured manual-capture PaymentIntents with
+    metadata kind=hold): id, the job id and uid in their metadata, and when they were made.
+
+    Stripe: the Search API (`metadata['kind']:'hold' AND status:'requires_capture'`; its index
+    lags by up to a minute, which the sweep's age threshold covers). LOCAL implementation:
+    localstripe has no search, so every PaymentIntent is listed and filtered here."""
+    c = client(cfg)
+    if cfg.stripe_api_base:  # localstripe
+        page = c.v1.payment_intents.list({"limit": 100})
+        intents = list(page.auto_paging_iter())
+    else:
+        query = "metadata['kind']:'hold' AND status:'requires_capture'"
+        intents = list(c.v1.payment_intents.search({"query": query}).auto_paging_iter())
+    out = []
+    for pi in intents:
+        meta = pi.metadata.to_dict() if pi.metadata else {}
+        if pi.status == "requires_capture" and meta.get("kind") == "hold":
+            created = datetime.fromtimestamp(int(pi.created), UTC)
+            out.append(
+                {
+                    "id": pi.id,
+                    "job_id": meta.get("job_id"),
+                    "uid": meta.get("uid"),
+                    "created": created,
+                }
+            )
+    return out
 
 
 class Declined(Exception):

@@ -24,6 +24,7 @@ STEPS: dict[str, Step] = {
     "relaunched": lambda cfg, now: lifecycle.relaunch_stale(cfg, now),
     "reconciled": lambda cfg, now: lifecycle.reconcile(cfg, now),
     "holds": lambda cfg, now: authorization.renew_holds(cfg, now),
+    "orphan_holds": lambda cfg, now: authorization.release_orphan_holds(cfg, now),
     "abandoned_uploads": lambda cfg, now: datasets.sweep_abandoned(cfg, now),
 }
 
