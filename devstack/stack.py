@@ -43,6 +43,7 @@ STRIPE_TEST_KEY = "sk_test_local_yachay"
 STRIPE_WEBHOOK_SECRET = "whsec_local_yachay_stack"
 REGION = _DEFAULTS.region
 TASKS_QUEUE = _DEFAULTS.tasks_queue
+WEBHOOKS_QUEUE = _DEFAULTS.webhooks_queue
 BATCH_TOPIC = _DEFAULTS.batch_topic
 # Local-only: the Storage emulator publishes finalize notifications here (Eventarc's Storage
 # trigger needs no topic in production).
@@ -145,6 +146,7 @@ class Stack:
             "YACHAY_STRIPE_WEBHOOK_SECRETS": STRIPE_WEBHOOK_SECRET,
             "YACHAY_API_BASE_URL": self.api_base_url,
             "YACHAY_TASKS_QUEUE": TASKS_QUEUE,
+            "YACHAY_WEBHOOKS_QUEUE": WEBHOOKS_QUEUE,
             "YACHAY_BATCH_TOPIC": BATCH_TOPIC,
             "YACHAY_SIGNING_KEY_FILE": str(self.run_dir / "signing-key.json"),
             # Webhook receivers of the local stack and its tests listen on 127.0.0.1; nothing
@@ -300,6 +302,10 @@ class Stack:
                     str(self.ports["tasks"]),
                     "--queue",
                     TASKS_QUEUE,
+                    "--queue",
+                    WEBHOOKS_QUEUE,
+                    "--log",
+                    str(self.run_dir / "logs" / "tasks-emulator.log"),
                     "--max-retries",
                     "20",
                 ],
@@ -335,7 +341,8 @@ class Stack:
         """What Terraform creates in production: the buckets; the Pub/Sub topics for Batch state
         notifications and for dataset uploads (the Storage emulator publishes finalize events),
         each pushed to the local gateway as the Eventarc triggers' stand-in; and Stripe's
-        webhook. The Tasks queue is made by the emulator at start."""
+        webhook. The Tasks queues (launches, webhook deliveries) are made by the emulator
+        at start."""
         import requests
 
         storage = f"http://{self.host('storage')}/storage/v1/b?project={PROJECT_ID}"

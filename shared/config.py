@@ -58,6 +58,7 @@ class Settings:
     signing_key_file: str | None  # local only: a locally made service-account key for V4 URLs
     tasks_emulator_host: str | None
     tasks_queue: str
+    webhooks_queue: str  # webhook deliveries: their own queue, so a slow receiver delays no launch
     task_target_url: str  # where Cloud Tasks delivers launch tasks (the launcher function)
     tasks_service_account: str | None  # OIDC identity Cloud Tasks uses to call the launcher
     oidc_certs_url: str  # Google's OIDC signing certificates (internal callers' tokens)
@@ -160,6 +161,11 @@ def load(environ: Mapping[str, str]) -> Settings:
             "YACHAY_TASKS_QUEUE",
             f"projects/{project}/locations/{environ.get('YACHAY_REGION', 'us-central1')}"
             "/queues/launch-jobs",
+        ),
+        webhooks_queue=environ.get(
+            "YACHAY_WEBHOOKS_QUEUE",
+            f"projects/{project}/locations/{environ.get('YACHAY_REGION', 'us-central1')}"
+            "/queues/webhook-deliveries",
         ),
         task_target_url=environ.get(
             "YACHAY_TASK_TARGET_URL",

@@ -3,7 +3,8 @@
 Locally YACHAY_TASKS_EMULATOR_HOST points the same client at the Cloud Tasks emulator over an
 insecure gRPC channel. Tasks are named after the job, so enqueueing twice makes one task
 (production refuses the duplicate name for about an hour; the emulator accepts it, which is why
-the launcher itself is idempotent too).
+the launcher itself is idempotent too). Launches and webhook deliveries have a queue each, so a
+receiver that hangs for its whole timeout never holds up a launch.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def delivery_task(
     (so a redelivered trigger or a retried attempt enqueues it once), due at `at`."""
     body = {"event_id": event_id, "endpoint_id": endpoint_id, "attempt": attempt}
     task: dict[str, Any] = {
-        "name": f"{cfg.tasks_queue}/tasks/wh-{event_id}-{endpoint_id}-{attempt}",
+        "name": f"{cfg.webhooks_queue}/tasks/wh-{event_id}-{endpoint_id}-{attempt}",
         "http_request": _request(cfg.webhook_target_url, body, cfg),
     }
     if at is not None:
@@ -84,7 +85,8 @@ def enqueue_delivery(
 
     with contextlib.suppress(AlreadyExists):
         client(cfg).create_task(
-            parent=cfg.tasks_queue, task=delivery_task(event_id, endpoint_id, attempt, at, cfg)
+            parent=cfg.webhooks_queue,
+            task=delivery_task(event_id, endpoint_id, attempt, at, cfg),
         )
 
 

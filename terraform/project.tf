@@ -207,6 +207,27 @@ resource "google_cloud_tasks_queue" "launch" {
   depends_on = [google_project_service.enabled]
 }
 
+# Webhook deliveries: a queue of their own, so receivers that hang (each attempt waits up to its
+# timeout) never delay a launch. Each attempt schedules the next itself (the Standard Webhooks
+# schedule); Cloud Tasks retries only our own failures.
+resource "google_cloud_tasks_queue" "webhooks" {
+  name     = "webhook-deliveries"
+  location = var.region
+
+  rate_limits {
+    max_dispatches_per_second = 50
+    max_concurrent_dispatches = 100
+  }
+  retry_config {
+    max_attempts       = 5
+    max_retry_duration = "3600s"
+    min_backoff        = "10s"
+    max_backoff        = "600s"
+    max_doublings      = 4
+  }
+  depends_on = [google_project_service.enabled]
+}
+
 # webhooks.deliveries: endpoint_id == e, newest first.
 resource "google_firestore_index" "webhook_deliveries" {
   database   = google_firestore_database.default.name

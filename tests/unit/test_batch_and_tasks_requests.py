@@ -82,3 +82,29 @@ def test_the_local_batch_passes_the_trainer_precision_through(monkeypatch) -> No
     env = local.environment(trainer())
     assert env["YACHAY_TRAINER_PRECISION"] == "bf16"
     assert TrainerConfig.from_env(env) == trainer()
+
+
+def test_webhook_deliveries_and_launches_have_a_queue_each() -> None:
+    delivery = tasks.delivery_task("we-1", "ep-1", 2, None, PROD)
+    assert delivery["name"] == f"{PROD.webhooks_queue}/tasks/wh-we-1-ep-1-2"
+    assert PROD.webhooks_queue.endswith("/queues/webhook-deliveries")
+    assert PROD.webhooks_queue != PROD.tasks_queue
+    assert tasks.launch_task("ft-abc", PROD)["name"].startswith(PROD.tasks_queue + "/")
+
+
+def test_the_tasks_emulators_log_is_bounded(tmp_path) -> None:
+    import logging
+
+    from devstack.run_tasks_emulator import setup_logging
+
+    path = tmp_path / "tasks.log"
+    handler = setup_logging(str(path), max_bytes=20_000)
+    try:
+        for i in range(5_000):  # about 400 kB of dispatch lines
+            logging.getLogger("gcloud-tasks-emulator").info("[TASKS] Processing task %d", i)
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+    files = list(tmp_path.iterdir())
+    assert sum(f.stat().st_size for f in files) <= 2 * 20_000 + 200
+    assert len(files) == 2  # the file and one rotated copy

@@ -225,3 +225,17 @@ def test_every_account_that_enqueues_tasks_may_send_them_as_the_tasks_identity()
             rf'member\s+= "serviceAccount:\$\{{google_service_account\.role\["{role}"\]\.email\}}"',
             iam,
         ), role
+
+
+def test_launches_and_webhook_deliveries_have_a_cloud_tasks_queue_each() -> None:
+    queues = {}
+    for path in sorted(TF.glob("*.tf")):
+        for block in unquote(hcl2.load(path.open()).get("resource", [])):
+            for kind, resources in block.items():
+                if unquote(kind) == "google_cloud_tasks_queue":
+                    for name, body in resources.items():
+                        queues[unquote(name)] = unquote(body)["name"]
+    assert queues == {"launch": "launch-jobs", "webhooks": "webhook-deliveries"}
+    env = (TF / "functions.tf").read_text()
+    assert "YACHAY_TASKS_QUEUE           = google_cloud_tasks_queue.launch.id" in env
+    assert "YACHAY_WEBHOOKS_QUEUE        = google_cloud_tasks_queue.webhooks.id" in env
