@@ -26,6 +26,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from shared import routes
 from shared.config import load
@@ -115,6 +116,7 @@ class Stack:
     with_api: bool = True
     extra_env: dict[str, str] = field(default_factory=dict)
     _procs: list[_Proc] = field(default_factory=list)
+    _described: bool = False  # this stack wrote stack.json (so only it removes it)
 
     def __post_init__(self) -> None:
         for sub in ("logs", "pubsub-data"):
@@ -200,6 +202,7 @@ class Stack:
             self.stop()
             raise
         (self.run_dir / "stack.json").write_text(json.dumps(self.describe(), indent=2))
+        self._described = True
         return self
 
     def stop(self) -> None:
@@ -216,7 +219,11 @@ class Stack:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.popen.wait(timeout=5)
         self._procs.clear()
-        (self.run_dir / "stack.json").unlink(missing_ok=True)
+        # Only our own description: a stack refused beside a running one (same run folder)
+        # must leave that one's stack.json alone.
+        if self._described:
+            (self.run_dir / "stack.json").unlink(missing_ok=True)
+            self._described = False
 
     def __enter__(self) -> Stack:
         return self.start()
@@ -505,6 +512,21 @@ def _signal_group(popen: subprocess.Popen[bytes], sig: int) -> None:
         os.killpg(popen.pid, sig)
 
 
+def running_stack(run_dir: Path) -> dict[str, Any] | None:
+    """The description of a stack still running from `run_dir` (its stack.json names live
+    processes), or None."""
+    path = run_dir / "stack.json"
+    try:
+        described: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    for pid in (described.get("pids") or {}).values():
+        with contextlib.suppress(ProcessLookupError, PermissionError, TypeError):
+            os.kill(int(pid), 0)
+            return described
+    return None
+
+
 def default_ports() -> dict[str, int]:
     """Fixed ports for `make dev` / `make demo`: YACHAY_PORT_BASE (default 8700) upward."""
     base = int(os.environ.get("YACHAY_PORT_BASE", DEFAULT_PORT_BASE))
@@ -519,6 +541,14 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
 
+    running = running_stack(LOCAL / "run")
+    if running is not None:
+        print(
+            f"a local stack already runs from {LOCAL / 'run'} (api {running.get('api_base_url')}, "
+            f"pids {sorted(running.get('pids', {}).values())}); stop it first",
+            file=sys.stderr,
+        )
+        return 2
     ports = default_ports()
     busy = [f"{n}:{p}" for n, p in ports.items() if _tcp_open(p)]
     if busy:

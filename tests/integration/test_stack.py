@@ -109,6 +109,8 @@ def test_a_stack_refuses_to_start_beside_an_earlier_stacks_trainer(tmp_path: Pat
         while orphan.pid not in local_trainers(ROOT) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert orphan.pid in local_trainers(ROOT)
+        running = tmp_path / "stack.json"  # the running stack's description, same folder
+        running.write_text('{"api": "the running stack"}')
         stack = Stack(tmp_path)
         try:
             with pytest.raises(LeftoverTrainers, match=f"kill -9 .*{orphan.pid}"):
@@ -116,6 +118,44 @@ def test_a_stack_refuses_to_start_beside_an_earlier_stacks_trainer(tmp_path: Pat
         finally:
             stack.stop()  # a stack that wrongly started must not outlive the test
         assert not processes_mentioning([str(tmp_path)])
+        assert running.read_text() == '{"api": "the running stack"}'  # a refusal touches nothing
     finally:
         os.killpg(orphan.pid, signal.SIGKILL)
         orphan.wait()
+
+
+def test_a_second_stack_from_the_same_folder_is_refused_and_touches_nothing(
+    tmp_path: Path,
+) -> None:
+    """`make dev` beside a running one (even on other ports) must not start, and must leave the
+    running stack's stack.json as it is; one whose processes are gone is no longer running."""
+    import json
+    import os
+
+    from devstack.stack import running_stack
+
+    described = {"api_base_url": "http://127.0.0.1:8700", "pids": {"api": os.getpid()}}
+    (tmp_path / "stack.json").write_text(json.dumps(described))
+    assert running_stack(tmp_path) == described
+    (tmp_path / "stack.json").write_text(json.dumps({"pids": {"api": 2**22 + 12345}}))
+    assert running_stack(tmp_path) is None
+    (tmp_path / "stack.json").write_text("not json")
+    assert running_stack(tmp_path) is None
+
+
+def test_make_dev_beside_a_running_stack_exits_2_and_keeps_its_stack_json(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+    import os
+
+    from devstack import stack as devstack_stack
+
+    monkeypatch.setattr(devstack_stack, "LOCAL", tmp_path)
+    (tmp_path / "run").mkdir()
+    described = json.dumps({"api_base_url": "http://127.0.0.1:8700", "pids": {"a": os.getpid()}})
+    (tmp_path / "run" / "stack.json").write_text(described)
+    assert devstack_stack.main(["dev"]) == 2
+    assert "already runs" in capsys.readouterr().err
+    assert (tmp_path / "run" / "stack.json").read_text() == described
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["stack.json"]
