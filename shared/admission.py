@@ -397,11 +397,7 @@ def submit(
         if found is not None:
             record, job = found
             idempotency.check_same_request(record.request_hash, request_hash)
-            if job.failure is not None and job.failure.code == FailureCode.PAYMENT_DECLINED:
-                raise ApiError(Code.PAYMENT_DECLINED, job.failure.message)  # as first answered
-            if job.status == JobStatus.QUEUED:
-                enqueue_launch(job.id, cfg)  # named task: at most one launch
-            return view(job), False
+            return _replayed(job, cfg), False
 
     req = _priced(uid, email, body, cfg)
     refused = refusals(req.applicant(None, cfg))
@@ -438,9 +434,37 @@ def submit(
         raise ApiError(
             Code.TOO_MANY_ACTIVE_JOBS, too_many_active(exc.detail, cfg.max_active_jobs)
         ) from None
-    if created:  # hold the quoted price on the card before any GPU work (402 when refused)
-        from shared import authorization
+    if not created:  # a concurrent request with the same key made it
+        return _replayed(job, cfg), False
+    from shared import authorization
 
-        job = authorization.hold_at_submit(job, cfg)
+    job = authorization.hold_at_submit(job, cfg)  # before any GPU work (402 when refused)
     enqueue_launch(job.id, cfg)
     return view(job), created
+
+
+# How long a replay waits for the first request's hold: that request gives Stripe one try of
+# payments.REQUEST_PATH_TIMEOUT_S, then records what it got.
+HOLD_WAIT_S = 10.0
+
+
+def _replayed(job: Job, cfg: Settings) -> dict[str, Any]:
+    """A replay's answer: the job as it is, once the first request has placed its hold (a
+    replay racing it would otherwise show no hold where the first answer showed one), and the
+    same 402 when the card refused it."""
+    import time
+
+    deadline = time.monotonic() + HOLD_WAIT_S
+    while (
+        job.status == JobStatus.QUEUED
+        and job.authorization is None
+        and (store.now() - job.created_at).total_seconds() < HOLD_WAIT_S
+        and time.monotonic() < deadline
+    ):
+        time.sleep(0.1)
+        job = store.get_job(job.id) or job
+    if job.failure is not None and job.failure.code == FailureCode.PAYMENT_DECLINED:
+        raise ApiError(Code.PAYMENT_DECLINED, job.failure.message)  # as first answered
+    if job.status == JobStatus.QUEUED:
+        enqueue_launch(job.id, cfg)  # named task: at most one launch
+    return view(job)

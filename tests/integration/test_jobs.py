@@ -726,3 +726,36 @@ def test_local_batch_runs_one_trainer_at_a_time_in_order(stack_env, tmp_path) ->
         os.killpg(parent.pid, signal.SIGKILL)
         parent.wait()
     assert trainers_stop(first.job_id) and trainers_stop(second.job_id)
+
+
+def test_concurrent_replays_of_a_submit_show_the_hold_the_first_answer_shows(
+    api, stack, tiny_in_store
+) -> None:
+    """Replays racing the first request (same key, same body) answer the job as it is once the
+    first has placed its hold, never `authorization: null` beside an authorized first answer.
+    Stripe is held still for 2 s (SIGSTOP, under the request path's 8 s try) so that the
+    replays really arrive while the first request is placing its hold."""
+    import os
+    import signal
+    from concurrent.futures import ThreadPoolExecutor
+
+    user, ds = ready_user(api)
+    [stripe] = [p for p in stack._procs if p.name == "stripe"]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        os.killpg(stripe.popen.pid, signal.SIGSTOP)
+        try:
+            first = pool.submit(submit, api, user, ds, key="same-key", epochs=1)
+            time.sleep(0.5)  # the first has made the job and waits on Stripe
+            replays = [
+                pool.submit(submit, api, user, ds, key="same-key", epochs=1) for _ in range(6)
+            ]
+            time.sleep(1.5)
+        finally:
+            os.killpg(stripe.popen.pid, signal.SIGCONT)
+        answers = [first.result(), *(r.result() for r in replays)]
+    assert {a.status_code for a in answers} == {201}, [a.text for a in answers]
+    assert len({a.json()["id"] for a in answers}) == 1
+    assert [a.headers.get("Idempotent-Replayed") for a in answers[1:]] == ["true"] * 6
+    holds = [(a.json()["authorization"] or {}).get("status") for a in answers]
+    assert holds == ["authorized"] * 7, holds
+    api.request("POST", f"/v1/jobs/{answers[0].json()['id']}/cancel", user)
