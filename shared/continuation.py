@@ -24,7 +24,7 @@ def parse(value: str) -> tuple[str, int | None]:
     job_id, sep, step = value.partition(":")
     if not sep:
         return job_id, None
-    if not step.isdigit() or not job_id:
+    if not (step.isascii() and step.isdigit() and len(step) <= 9) or not job_id:
         raise ApiError(
             Code.INVALID_VALUE,
             f"'from_job' must be '<job_id>' or '<job_id>:<step>'; got {value!r}.",

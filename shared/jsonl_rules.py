@@ -9,6 +9,7 @@ Standard library only and no import of ours: the CLI ships an exact copy of this
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,9 +56,26 @@ def parse_line(number: int, raw: bytes) -> Line | None:
     if not text.strip():
         return None
     try:
-        return Line(number, json.loads(text))
+        record = json.loads(text)
     except ValueError as exc:
         raise RecordError(f"line {number}: not valid JSON ({exc})") from None
+    except RecursionError:  # json's C parser nests one frame per level
+        raise RecordError(
+            f"line {number}: nested too deeply; a record is an object of messages, a few "
+            "levels deep"
+        ) from None
+    if "\\u" in text and _LONE_SURROGATE.search(text):
+        try:  # a \uD800-\uDFFF escape outside a pair is no character any tokenizer takes
+            json.dumps(record, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise RecordError(
+                f"line {number}: a \\u escape names half of a surrogate pair (\\uD800-\\uDFFF) "
+                "without its other half; that is no character: fix or remove it"
+            ) from None
+    return Line(number, record)
+
+
+_LONE_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 def parse_jsonl(data: bytes) -> Iterator[Line]:

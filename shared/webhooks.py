@@ -86,9 +86,14 @@ def check_url(url: str, cfg: Settings) -> None:
         ApiError: invalid_value (param url) for anything but an absolute https URL (http too on
             the local stack) with a host.
     """
-    parts = urlsplit(url)
     schemes = ("https", "http") if cfg.is_local else ("https",)
-    if parts.scheme not in schemes or not parts.hostname or parts.username or parts.password:
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:  # a bracketed host that is no IPv6 address: "http://[::1/", "[zz::1]"
+        host = None
+        parts = urlsplit("")
+    if parts.scheme not in schemes or not host or parts.username or parts.password:
         raise ApiError(
             Code.INVALID_VALUE,
             f"'url' must be an absolute {' or '.join(schemes)} URL with a host and no "
@@ -351,17 +356,59 @@ def _disable(
 # --- sending ---------------------------------------------------------------------------------
 
 
+REFUSED = "refused: the URL's host is not a public address (or does not resolve)"
+
+
 class UnsafeAddress(Exception):
     """The URL's host resolves to an address we never send to."""
 
 
+_IPV4_GLOBAL_UNICAST_EXCEPTIONS = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "192.0.0.0/24",  # IETF protocol assignments (192.0.0.8 and the rest): never a receiver
+        "198.18.0.0/15",  # benchmarking
+        "192.88.99.0/24",  # the old 6to4 relay anycast
+    )
+)
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+_IPV6_GLOBAL_UNICAST = ipaddress.ip_network("2000::/3")
+
+
+def _embedded(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """Every IPv4 address an IPv6 address carries: mapped (::ffff:a.b.c.d), compatible
+    (::a.b.c.d), 6to4 (2002::/16), Teredo (server and client), NAT64 (64:ff9b::/96)."""
+    out = []
+    if ip.ipv4_mapped is not None:
+        out.append(ip.ipv4_mapped)
+    if ip.sixtofour is not None:
+        out.append(ip.sixtofour)
+    if ip.teredo is not None:
+        out.extend(ip.teredo)
+    if int(ip) >> 32 == 0 and int(ip) > 1:  # IPv4-compatible
+        out.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    if any(ip in n for n in _NAT64):
+        out.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    return out
+
+
 def is_public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, allow_loopback: bool) -> bool:
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    """Only global unicast, after unwrapping every IPv4 address an IPv6 one embeds; loopback
+    only where allowed (the local stack's receivers)."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        inner = _embedded(ip)
+        if inner:
+            return all(is_public(v4, allow_loopback) for v4 in inner)
+        if ip.is_loopback:
+            return allow_loopback
+        # 2000::/3 is all IPv6 global unicast; site-local fec0::/10 and the rest are refused
+        return ip in _IPV6_GLOBAL_UNICAST and ip.is_global and not ip.is_site_local
     if ip.is_loopback:
         return allow_loopback
-    # not is_global covers private, link-local (169.254.169.254), unique-local (fd00:ec2::254),
-    # shared (100.64/10), reserved and unspecified; multicast is refused on its own.
+    if any(ip in n for n in _IPV4_GLOBAL_UNICAST_EXCEPTIONS):
+        return False
+    # not is_global covers private, link-local (169.254.169.254), shared (100.64/10), reserved
+    # and unspecified; multicast is refused on its own.
     return ip.is_global and not ip.is_multicast
 
 
@@ -395,7 +442,12 @@ def post(url: str, payload: str, headers: dict[str, str], cfg: Settings) -> Answ
     try:
         address = safe_address(host, port, cfg.webhooks_allow_loopback)
     except UnsafeAddress as exc:
-        return Answer(None, f"refused: {exc}")
+        # One message for every refusal: the log must not tell a caller what a name resolved
+        # to (our internal addresses); the detail stays in our own logs.
+        from shared import logs
+
+        logs.info("webhook address refused", detail=str(exc))
+        return Answer(None, REFUSED)
     timeout = urllib3.Timeout(total=TIMEOUT_S)
     pool: urllib3.HTTPConnectionPool
     if https:
@@ -433,6 +485,10 @@ def post(url: str, payload: str, headers: dict[str, str], cfg: Settings) -> Answ
             resp.release_conn()
         return Answer(resp.status, None)
     except urllib3.exceptions.HTTPError as exc:
-        return Answer(None, f"{type(exc).__name__}: {exc}"[:300])
+        # The kind only (its text names the address we connected to); the detail in our logs.
+        from shared import logs
+
+        logs.info("webhook attempt got no answer", error=f"{type(exc).__name__}: {exc}"[:300])
+        return Answer(None, f"no answer: {type(exc).__name__}")
     finally:
         pool.close()

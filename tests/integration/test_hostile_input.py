@@ -48,6 +48,9 @@ BODIES = [
     b'{"days": 1e400}',
     b'"just a string"',
     b"\xff\xfe not utf-8",
+    b'{"url": "http://[::1/", "events": ["job.completed"]}',
+    b'{"url": "http://[zz::1]/", "events": ["job.completed"]}',
+    b'{"from_job": "ft-x:\xc2\xb2", "model": "tiny-llama", "dataset_id": "ds-x"}',
 ]
 
 
@@ -83,6 +86,32 @@ def test_no_route_answers_5xx_to_hostile_input(api, route) -> None:
             assert_json_4xx(api.request("GET", f"{base}?{query}", user))
         for forged in FORGED_CURSORS:
             assert_json_4xx(api.request("GET", f"{base}?after={forged}", user))
+
+
+def test_superscript_steps_deep_lines_and_lone_surrogates_are_clear_400s(
+    api, tiny_in_store
+) -> None:
+    """`from_job: "ft-x:²"` (a digit to str.isdigit, none to int), and dataset files whose line
+    nests 100,000 deep or carries a lone surrogate: each answered 500 before."""
+    from tests.integration.test_jobs import ready_user
+    from tests.support.api import upload_dataset
+
+    user, ds = ready_user(api)
+    for path in ("/v1/jobs/estimate", "/v1/jobs"):
+        body = {"model": "tiny-llama", "dataset_id": ds["id"], "from_job": "ft-x:²"}
+        resp = api.request("POST", path, user, json=body, headers={"Idempotency-Key": path})
+        assert resp.status_code == 400, resp.text
+        assert resp.json()["error"]["param"] == "from_job"
+    good = (
+        b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}'
+    )
+    deep = b'{"messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    lone = good.replace(b'"hi"', b'"a\\ud800b"')
+    for bad, why in ((deep, "nested too deeply"), (lone, "surrogate")):
+        checked = upload_dataset(api, user, good + b"\n" + bad + b"\n")
+        assert checked["status"] == "invalid", checked
+        errors = checked["errors"]
+        assert errors[0]["line"] == 2 and why in errors[0]["message"], errors
 
 
 def test_a_forged_cursor_is_a_clear_400(api) -> None:

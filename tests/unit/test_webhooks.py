@@ -36,6 +36,17 @@ from shared.records import WebhookEndpoint, WebhookSecret
         "0.0.0.0",
         "::ffff:10.0.0.1",
         "::ffff:169.254.169.254",
+        # embeddings of a private or loopback IPv4 address, and what is_global admits
+        "::127.0.0.1",  # IPv4-compatible
+        "::10.0.0.1",
+        "64:ff9b::7f00:1",  # NAT64 of 127.0.0.1
+        "64:ff9b::a9fe:a9fe",  # NAT64 of the metadata server
+        "2002:7f00:1::",  # 6to4 of 127.0.0.1
+        "2002:a00:1::1",  # 6to4 of 10.0.0.1
+        "2001:0:4136:e378:8000:63bf:3fff:fdd2",  # Teredo
+        "fec0::1",  # site-local
+        "192.0.0.8",  # IETF protocol assignment
+        "198.18.0.1",  # benchmarking
     ],
 )
 def test_non_public_addresses_are_refused(address: str) -> None:
@@ -43,10 +54,29 @@ def test_non_public_addresses_are_refused(address: str) -> None:
 
 
 def test_public_addresses_pass_and_loopback_only_with_the_flag() -> None:
-    for address in ("8.8.8.8", "2606:4700:4700::1111"):
+    for address in ("8.8.8.8", "2606:4700:4700::1111", "::ffff:8.8.8.8", "64:ff9b::808:808"):
         assert webhooks.is_public(ipaddress.ip_address(address), allow_loopback=False)
     assert webhooks.is_public(ipaddress.ip_address("127.0.0.1"), allow_loopback=True)
     assert not webhooks.is_public(ipaddress.ip_address("10.0.0.1"), allow_loopback=True)
+
+
+@pytest.mark.parametrize("url", ["http://[::1/", "http://[zz::1]/", "https://[::1", "https://:80/"])
+def test_a_malformed_url_is_a_400_naming_the_url(url: str) -> None:
+    from shared.config import load
+    from shared.errors import ApiError
+
+    with pytest.raises(ApiError) as raised:
+        webhooks.check_url(url, load({"YACHAY_ENV": "local"}))
+    assert raised.value.status == 400 and raised.value.param == "url"
+
+
+def test_a_refusal_never_says_what_a_name_resolved_to() -> None:
+    from shared.config import load
+
+    local = load({"YACHAY_ENV": "local", "YACHAY_WEBHOOKS_ALLOW_LOOPBACK": "false"})
+    answer = webhooks.post("http://localhost:9/hook", "{}", {}, local)
+    assert answer.error == webhooks.REFUSED
+    assert "127.0.0.1" not in (answer.error or "") and "::1" not in (answer.error or "")
 
 
 def test_a_name_is_checked_by_every_address_it_resolves_to() -> None:
