@@ -5,8 +5,10 @@ The Firebase Auth `user.delete` event calls `erase_account`. What goes: the acco
 and emails. What stays: the user's charges and ledger entries, which accounting and tax law
 oblige us to keep (amounts, dates, Stripe ids, job ids; no email, no data), and Stripe's own
 customer record with its payment history; the saved card is detached from it, so nothing can
-be charged again. Jobs still queued or running are stopped first and not charged (their holds
-released): the user is gone, and we do not bill a run nobody can download.
+be charged again. Jobs still queued or running are stopped first and settled as any cancel is
+(shared.pricing: a running job pays for the tokens it trained, from its hold; a queued one is
+free and its hold released), before the card is detached: deleting the account never makes
+compute free.
 
 Idempotent: the event may arrive more than once; a second run finds nothing left to erase.
 """
@@ -15,9 +17,9 @@ from __future__ import annotations
 
 import contextlib
 
-from shared import artifacts, authorization, batch, datasets, logs, payments, storage, store
+from shared import artifacts, batch, billing, datasets, logs, payments, storage, store
 from shared.config import Settings
-from shared.records import Job, JobStatus, Payment, PaymentStatus
+from shared.records import Job, JobStatus
 
 
 def erase_account(uid: str, cfg: Settings) -> dict[str, int]:
@@ -29,6 +31,9 @@ def erase_account(uid: str, cfg: Settings) -> dict[str, int]:
         if job.status.active:
             _stop(job, cfg)
             stopped += 1
+    for job in store.jobs_of(uid):  # again: a redelivered event settles what a first left
+        if job.status.ended and not (job.payment is not None and job.payment.settled):
+            _settle(job.id, cfg)
     files = storage.delete_prefix(cfg.datasets_bucket, datasets.user_prefix(uid))
     for job in jobs:
         files += storage.delete_prefix(cfg.artifacts_bucket, artifacts.prefix(job.id))
@@ -40,17 +45,31 @@ def erase_account(uid: str, cfg: Settings) -> dict[str, int]:
     return {"jobs_stopped": stopped, "files": files, "documents": documents}
 
 
+SETTLE_WAIT_S = 30.0
+
+
+def _settle(job_id: str, cfg: Settings) -> None:
+    """Charges what the ended job owes (billing.charge_job, at most once). The charge trigger
+    may be settling the same cancel right now: wait for it, then check again. Raises (and the
+    event is redelivered) on a transient Stripe error or a charge still held after the wait."""
+    import time
+
+    deadline = time.monotonic() + SETTLE_WAIT_S
+    while True:
+        try:
+            billing.charge_job(job_id, cfg)
+            return
+        except billing.ChargeInProgress:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 def _stop(job: Job, cfg: Settings) -> None:
-    """Stops an active job's compute, records it cancelled and free, and releases its hold."""
+    """Stops an active job's compute, then records it cancelled (settled by the caller, as the
+    charge trigger settles any cancel)."""
     from shared.lifecycle import InvalidTransition, transition
 
     batch.backend(cfg).delete(batch.job_name(cfg, batch.job_id_for(job.id)))
-    free = Payment(PaymentStatus.NOT_CHARGED, 0, job.quote.currency)
     with contextlib.suppress(InvalidTransition):  # it ended meanwhile
-        job = transition(
-            job.id,
-            JobStatus.CANCELLED,
-            "cancelled: the account was deleted",
-            change=lambda j: j._replace(payment=free),
-        )
-    authorization.release(store.get_job(job.id) or job, cfg)
+        transition(job.id, JobStatus.CANCELLED, "cancelled: the account was deleted")

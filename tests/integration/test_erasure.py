@@ -9,12 +9,15 @@ from cloudevents.http import CloudEvent
 
 from shared import apikeys, storage, store
 from shared.config import settings
+from shared.contract import Progress
 from shared.records import AuthorizationStatus, JobStatus, PaymentStatus
+from tests.integration.test_holds import BIG_QUOTE
 from tests.support.api import (
     complete,
     held_job,
     save_test_card,
     settled,
+    trainer_reports,
     upload_dataset,
 )
 from tests.support.stripe import localstripe, payment_intents
@@ -43,6 +46,8 @@ def test_a_deleted_user_leaves_only_their_accounting_records(api, stack_env) -> 
     bucket = storage.client().bucket(cfg.artifacts_bucket)
     bucket.blob(f"jobs/{paid.id}/adapter_model.safetensors").upload_from_string(b"w")
     running = held_job(user.uid)
+    trained = held_job(user.uid, quote=BIG_QUOTE)  # running, 2M of its 5M tokens trained
+    trainer_reports(trained.id, progress=Progress(4, 10, 1, 2_000_000, 5_000_000, 1.0, 1e-4, 9))
     others_job = held_job(other.uid)
     card = store.get_or_create_user(user.uid, None).payment_method.id
     key = api.request(
@@ -60,10 +65,18 @@ def test_a_deleted_user_leaves_only_their_accounting_records(api, stack_env) -> 
     assert store.list_datasets(user.uid, 10, None)[0] == []
     assert storage.list_names(cfg.datasets_bucket, f"datasets/{user.uid}/") == []
     assert storage.list_names(cfg.artifacts_bucket, f"jobs/{paid.id}/") == []
-    assert store.ledger_entries(user.uid) == ledger  # kept: accounting records
+    kept_entries = store.ledger_entries(user.uid)
+    assert all(e in kept_entries for e in ledger)  # kept: accounting records
     assert store.get_charge(paid.id) is not None
-    [hold] = payment_intents(stack_env, running.id)  # the running job: stopped, not charged
+    [hold] = payment_intents(stack_env, running.id)  # stopped before training anything: free
     assert hold["status"] == "canceled"
+    # Stopped after 2M tokens: charged what it trained, as a cancel is, from its hold; the
+    # charge is kept with the accounting records.
+    [hold] = payment_intents(stack_env, trained.id)
+    charge = hold["latest_charge"]  # localstripe expands it
+    assert hold["status"] == "succeeded" and charge["amount"] - charge["amount_refunded"] == 200
+    assert store.get_charge(trained.id).amount_cents == 200
+    assert sorted(e.amount_cents for e in store.ledger_entries(user.uid)) == [50, 200]
     assert localstripe(stack_env, "GET", f"/v1/payment_methods/{card}")["customer"] is None
     # Another user's account is untouched.
     assert store.find_user(other.uid) is not None
