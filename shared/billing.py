@@ -366,25 +366,28 @@ def extend_storage(
     existing = store.get_charge(charge_id)
     size = job.trainer_result.total_bytes if job.trainer_result else 0
     price = pricing.extension_price(size, days)
+    new = Charge(
+        id=charge_id,
+        uid=uid,
+        job_id=job_id,
+        kind=ChargeKind.STORAGE_EXTENSION,
+        amount_cents=price,
+        currency=cfg.currency,
+        days=days,
+        extends_from=job.expires_at,
+        request_hash=request_hash,
+    )
     if existing is None:
         artifacts.download_links(job, cfg)  # the same gates: completed, paid, not expired
-        _admit_spend(store.get_or_create_user(uid, None), price)
+        user = store.get_or_create_user(uid, None)
+        _admit_spend(user, price)
+        try:  # the limit again, in the commit that creates the charge (concurrent extensions)
+            store.reserve_extension(new, user.monthly_spend_limit_cents)
+        except store.Conflict as exc:
+            raise ApiError(Code.SPEND_LIMIT_REACHED, _over_limit(price, exc.detail, user)) from None
     else:
         idempotency.check_same_request(existing.request_hash, request_hash)
-    state, charge = store.claim_charge(
-        Charge(
-            id=charge_id,
-            uid=uid,
-            job_id=job_id,
-            kind=ChargeKind.STORAGE_EXTENSION,
-            amount_cents=price,
-            currency=cfg.currency,
-            days=days,
-            extends_from=job.expires_at,
-            request_hash=request_hash,
-        ),
-        CHARGE_LEASE_S,
-    )
+    state, charge = store.claim_charge(new, CHARGE_LEASE_S)
     if state == "busy":
         raise ApiError(
             Code.SERVICE_UNAVAILABLE,
@@ -440,8 +443,12 @@ def _admit_spend(user: UserRecord, cents: int) -> None:
     limit = user.monthly_spend_limit_cents
     committed = user.committed_in(month_of(store.now()))
     if limit is not None and committed + cents > limit:
-        raise ApiError(
-            Code.SPEND_LIMIT_REACHED,
-            f"This extension ({cents} cents) would take this month's spend to "
-            f"{committed + cents} cents, over your limit of {limit}; raise it (PATCH /v1/me).",
-        )
+        raise ApiError(Code.SPEND_LIMIT_REACHED, _over_limit(cents, committed, user))
+
+
+def _over_limit(cents: int, committed: int, user: UserRecord) -> str:
+    return (
+        f"This extension ({cents} cents) would take this month's spend to "
+        f"{committed + cents} cents, over your limit of {user.monthly_spend_limit_cents}; "
+        "raise it (PATCH /v1/me)."
+    )

@@ -43,6 +43,7 @@ from shared.records import (
     ApiKeyRecord,
     AuthorizationStatus,
     Charge,
+    ChargeKind,
     ChargeStatus,
     Dataset,
     DatasetStatus,
@@ -1155,6 +1156,44 @@ def claim_charge(new: Charge, lease_s: float) -> tuple[str, Charge]:
     raise AssertionError("unreachable")
 
 
+def reserve_extension(new: Charge, limit: int | None) -> None:
+    """Creates a storage extension's charge and reserves its amount on the account in one
+    commit, conditioned on the account as read: the monthly limit is checked there, so
+    concurrent extensions cannot pass it together (as concurrent submits cannot). An existing
+    charge of that id (a replay) is left as it is; claim_charge then decides.
+
+    Raises:
+        Conflict: "spend_limit_reached" (detail: what is committed this month already).
+    """
+    from google.api_core.exceptions import AlreadyExists, FailedPrecondition, NotFound
+
+    db = client()
+    ref, user_ref = _ref(CHARGES, new.id), _ref(USERS, new.uid)
+    for _ in _retrying(40, "account"):
+        snap = user_ref.get()
+        user = UserRecord.from_doc(snap.to_dict()) if snap.exists else None
+        committed = 0 if user is None else user.committed_in(month_of(now()))
+        if limit is not None and committed + new.amount_cents > limit:
+            raise Conflict("spend_limit_reached", committed)
+        t = now()
+        batch = db.batch()
+        batch.create(ref, new._replace(status=ChargeStatus.RETRY, attempt=1, created_at=t).to_doc())
+        if user is not None:
+            batch.update(
+                user_ref,
+                {f"reserved.{new.id}": new.amount_cents, "updated_at": t},
+                option=db.write_option(last_update_time=snap.update_time),
+            )
+        try:
+            batch.commit()
+            return
+        except AlreadyExists:
+            return
+        except (FailedPrecondition, NotFound):
+            continue
+    raise AssertionError("unreachable")
+
+
 def get_charge(charge_id: str) -> Charge | None:
     if not valid_id(charge_id):
         return None
@@ -1237,6 +1276,8 @@ def _settlement(
                 created_at=t,
             )
             batch.set(_ref(WEBHOOK_EVENTS, event.id), event.to_doc())
+    if charge.kind == ChargeKind.STORAGE_EXTENSION:  # paid (now in spend) or not owed
+        account[f"reserved.{charge.id}"] = firestore.DELETE_FIELD
     if pause is not None:
         code, flag = pause
         account[f"pauses.{code}"] = firestore.DELETE_FIELD if flag is None else flag.to_doc()

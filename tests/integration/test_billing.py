@@ -522,3 +522,32 @@ def test_a_portal_session_is_made_on_demand(api, stack_env) -> None:
     assert body["object"] == "portal_session" and "/local/portal/" in body["url"]  # stand-in
     other = api.new_user()
     assert api.request("POST", "/v1/billing/portal-session", other).status_code == 402
+
+
+def test_concurrent_extensions_cannot_pass_the_spend_limit_together(
+    api, stack, tiny_in_store
+) -> None:
+    """Five extensions at once, each under the limit alone: the limit is checked in the commit
+    that records each one, so only what fits goes through (three of five passed before)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    user = api.new_user()
+    save_card(api, user)
+    job = completed_job(api, stack, user, tiny_in_store)  # 50 cents spent
+    api.request("PATCH", "/v1/me", user, json={"monthly_spend_limit_cents": 103})
+    path = f"/v1/jobs/{job['id']}/extend-storage"
+
+    def extend(i: int):
+        return api.request(
+            "POST", path, user, json={"days": 1}, headers={"Idempotency-Key": f"burst-{i}"}
+        )
+
+    with ThreadPoolExecutor(max_workers=5) as pool:
+        answers = list(pool.map(extend, range(5)))
+    codes = sorted(a.status_code for a in answers)
+    assert codes == [200, 403, 403, 403, 403], [a.text for a in answers]
+    refused = [a.json()["error"]["code"] for a in answers if a.status_code == 403]
+    assert set(refused) == {"spend_limit_reached"}
+    spent = sum(e.amount_cents for e in store.ledger_entries(user.uid))
+    assert spent == 100 <= 103
+    assert store.get_or_create_user(user.uid, None).reserved == {}  # nothing left reserved
