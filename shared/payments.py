@@ -376,6 +376,11 @@ def _confirm(cfg: Settings, params: dict[str, Any], idempotency_key: str, expect
     except stripe.CardError as exc:
         code = getattr(exc, "code", None) or "card_declined"
         raise Declined(code, exc.user_message or str(exc)) from None
+    except stripe.InvalidRequestError as exc:  # the saved customer or card is gone at Stripe
+        raise Declined(
+            "payment_method_unusable",
+            f"The saved card can no longer be used ({exc.user_message or exc}); save a card again.",
+        ) from None
     if intent.status == "requires_action":
         raise Declined(
             "authentication_required",

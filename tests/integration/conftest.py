@@ -14,7 +14,7 @@ import pytest
 
 from devstack.emulators import reset_all
 from devstack.stack import Stack
-from shared import storage, store
+from shared import payments, storage, store, tasks
 from tests.support.api import Api
 from tests.support.catalog import TINY_ID, seed_model, tiny_catalog
 
@@ -44,16 +44,28 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         s.stop()
 
 
-@pytest.fixture
-def stack_env(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Stack:
-    """This process's environment pointed at the stack, and emulators emptied."""
+def point_at(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Stack:
+    """This process's environment pointed at `stack`, and its emulators emptied."""
     reset_all({name: stack.host(name) for name in ("firestore", "auth", "stripe", "storage")})
     for key, value in stack.env().items():
         monkeypatch.setenv(key, value)
-    # Adapters cache their clients per process; drop them so they follow this environment.
-    monkeypatch.setattr(store, "_client", None)
-    monkeypatch.setattr(storage, "_client", None)
+    # Adapters cache their clients per process; drop them so they follow this environment
+    # (a test on a second stack would otherwise reach the first one's Stripe or Tasks).
+    for module, name in (
+        (store, "_client"),
+        (storage, "_client"),
+        (payments, "_client"),
+        (payments, "_request_client"),
+        (tasks, "_client"),
+    ):
+        monkeypatch.setattr(module, name, None)
     return stack
+
+
+@pytest.fixture
+def stack_env(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Stack:
+    """This process's environment pointed at the stack, and emulators emptied."""
+    return point_at(stack, monkeypatch)
 
 
 @pytest.fixture

@@ -14,10 +14,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from devstack.emulators import reset_all
 from devstack.stack import Stack
-from shared import storage, store
 from shared.contract import GGUF_ADAPTER
+from tests.integration.conftest import point_at
 from tests.support.api import Api, jsonl, save_test_card, upload_dataset, wait_for
 from tests.support.catalog import tiny_catalog
 from tests.trainer.test_smollm2 import FACTS, KEYS, answers
@@ -52,11 +51,7 @@ def test_a_smollm2_fine_tune_in_bf16_through_the_api_learns_the_facts(
 
     from devstack.seed_models import seed
 
-    reset_all({n: bf16_stack.host(n) for n in ("firestore", "auth", "stripe", "storage")})
-    for key, value in bf16_stack.env().items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setattr(store, "_client", None)
-    monkeypatch.setattr(storage, "_client", None)
+    point_at(bf16_stack, monkeypatch)
     if not (SMOLLM2 / "manifest.json").exists():
         from devstack.convert_smollm2 import convert
 

@@ -126,3 +126,22 @@ def test_the_hold_is_created_with_an_idempotency_key_stripe_honours(
     assert keys == [f"hold-{job.id}-0", f"hold-{job.id}-0", f"hold-{job.id}-1"]
     assert all(s["params"]["metadata"]["kind"] == "hold" for s in sent)
     assert all(s["params"]["capture_method"] == "manual" for s in sent)
+
+
+def test_a_saved_card_stripe_no_longer_knows_fails_the_submit_free_not_for_ever(
+    api, stack_env, tiny_in_store
+) -> None:
+    """A customer or card gone at Stripe (deleted there, or a Stripe account switched) answers
+    404 to the hold: that is a refusal to say (402, job failed free), never a launch retried
+    until it gives up with the job queued for ever."""
+    from shared.records import PaymentMethod
+    from tests.integration.test_jobs import ready_user
+
+    user, ds = ready_user(api)
+    store.set_payment_method(user.uid, PaymentMethod("pm_gone_at_stripe", "visa", "4242"))
+    resp = api.request("POST", "/v1/jobs", user, json={"model": TINY_ID, "dataset_id": ds["id"]})
+    assert resp.status_code == 402, resp.text
+    assert resp.json()["error"]["code"] == "payment_declined"
+    assert "save a card" in resp.json()["error"]["message"]
+    [job] = store.jobs_of(user.uid)
+    assert job.status.value == "failed" and job.batch_job is None
