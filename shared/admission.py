@@ -27,7 +27,13 @@ from shared.errors import ApiError, Code
 from shared.jobs import options_view, view
 from shared.jsonl_rules import RecordError, parse_jsonl
 from shared.lifecycle import enqueue_launch
-from shared.pricing import merged_storage_cents, quote, resolve_hyperparameters
+from shared.pricing import (
+    EVAL_BUDGET_FLOOR,
+    evaluation_budget,
+    merged_storage_cents,
+    quote,
+    resolve_hyperparameters,
+)
 from shared.records import (
     Dataset,
     DatasetStatus,
@@ -285,11 +291,24 @@ def _records(spec: ModelSpec, dataset: Dataset, cfg: Settings) -> tuple[ChatToke
         ) from None
 
 
+def evaluations(hp: Hyperparameters, options: TrainingOptions, train: TokenCount) -> int:
+    """How often a run evaluates, exactly as the trainer does: at each step that ends an epoch
+    or is a multiple of eval_every_steps (a step that is both, once)."""
+    if not options.has_validation:
+        return 0
+    per_epoch = math.ceil(train.examples / hp.batch_size)
+    total_steps = per_epoch * hp.epochs
+    every = options.eval_every_steps
+    if not every:
+        return hp.epochs
+    return hp.epochs + total_steps // every - total_steps // math.lcm(per_epoch, every)
+
+
 def _check_validation(
     hp: Hyperparameters, options: TrainingOptions, train: TokenCount, valid: TokenCount | None
 ) -> None:
-    """Validation is never billed, so what it costs us is bounded: its size and how often it
-    runs."""
+    """Validation is never billed, so what it costs us is bounded: its size, how often it runs,
+    and what the two make together (pricing.evaluation_budget of the billed tokens)."""
     if valid is not None and options.validation_dataset_id is not None:
         cap = max(MIN_VALIDATION_TOKENS_CAP, train.tokens // VALIDATION_SHARE_CAP)
         if valid.tokens > cap:
@@ -300,6 +319,7 @@ def _check_validation(
                 "quarter of its tokens). Use a smaller sample.",
                 param="validation_dataset_id",
             )
+    _check_evaluation_budget(hp, options, train, valid)
     every = options.eval_every_steps
     if not every:
         return
@@ -319,6 +339,47 @@ def _check_validation(
             f"{MAX_EVALUATIONS} evaluations. Use eval_every_steps of at least {least}.",
             param="eval_every_steps",
         )
+
+
+def _check_evaluation_budget(
+    hp: Hyperparameters, options: TrainingOptions, train: TokenCount, valid: TokenCount | None
+) -> None:
+    if valid is None or not valid.tokens:
+        return
+    n = evaluations(hp, options, train)
+    budget = evaluation_budget(train.tokens * hp.epochs)
+    if valid.tokens * n <= budget:
+        return
+    fits = budget // valid.tokens  # evaluations this validation set can afford
+    if options.eval_every_steps and fits > hp.epochs:
+        total_steps = math.ceil(train.examples / hp.batch_size) * hp.epochs
+        least = math.ceil(total_steps / (fits - hp.epochs))  # fits; steps that end an epoch
+        while (
+            least > 1
+            and valid.tokens
+            * evaluations(  # too are counted once: maybe less
+                hp, options._replace(eval_every_steps=least - 1), train
+            )
+            <= budget
+        ):
+            least -= 1
+        fix, param = (
+            f"evaluate less often (eval_every_steps of at least {least})",
+            ("eval_every_steps"),
+        )
+    else:
+        fix = "use a smaller validation set" + (
+            " or no eval_every_steps" if options.eval_every_steps else ""
+        )
+        param = "validation_dataset_id" if options.validation_dataset_id else "validation_split"
+    raise ApiError(
+        Code.INVALID_VALUE,
+        f"Validation would evaluate {valid.tokens} tokens {n} times ({valid.tokens * n} in all); "
+        f"evaluation is not billed, so it may evaluate at most {budget} tokens for this job "
+        f"(a quarter of its {train.tokens * hp.epochs} billed tokens, or {EVAL_BUDGET_FLOOR} if "
+        f"more): {fix}.",
+        param=param,
+    )
 
 
 def _priced(uid: str, email: str | None, body: dict[str, Any], cfg: Settings) -> PricedRequest:
@@ -342,6 +403,7 @@ def _priced(uid: str, email: str | None, body: dict[str, Any], cfg: Settings) ->
         validation=valid,
         validation_split=options.validation_split,
         storage_cents=storage_cents,
+        evaluations=evaluations(hp, options, train),
     )
     return PricedRequest(spec, dataset, hp, q, store.get_or_create_user(uid, email), options)
 

@@ -26,9 +26,18 @@ MIN_CHARGE_CENTS = 50  # Stripe's smallest card charge in USD
 STORAGE_CENTS_PER_GB_MONTH = 10
 MERGED_BYTES_PER_PARAMETER = 2  # merged weights are written in the base's dtype (bf16)
 MAX_EXTENSION_DAYS = 365
+# Evaluation is not billed, so its compute is bounded by what is: the validation tokens times the
+# evaluations (each epoch end, and every eval_every_steps) may be at most EVAL_BUDGET_SHARE of
+# the billed tokens, or EVAL_BUDGET_FLOOR token-evaluations if that is more (seconds of GPU). An
+# evaluated token is a forward pass, about a third of a trained token's FLOPs, so evaluation is
+# at most about 8% of the compute billed (or the floor).
+EVAL_BUDGET_SHARE = 0.25
+EVAL_BUDGET_FLOOR = 200_000
 CHARGE_POLICY = (
     "Completed: the tokens trained (equal to the quote), at least the minimum charge, plus the "
-    "quoted storage of merged weights when asked for. Validation tokens are never billed. "
+    "quoted storage of merged weights when asked for. Validation tokens are never billed; "
+    "the tokens evaluated over a run (validation tokens times evaluations) may be at most a "
+    f"quarter of the billed tokens, or {EVAL_BUDGET_FLOOR:,} if more. "
     "Cancelled while running: the tokens trained so far (free below the minimum charge). "
     "Cancelled while queued, or failed (bad data or our side): free."
 )
@@ -82,6 +91,11 @@ def price_cents(billable_tokens: int, cents_per_million: int, min_charge_cents: 
     return max(exact, min_charge_cents)
 
 
+def evaluation_budget(billable_tokens: int) -> int:
+    """The most token-evaluations a job's validation may run (see EVAL_BUDGET_SHARE)."""
+    return max(EVAL_BUDGET_FLOOR, int(billable_tokens * EVAL_BUDGET_SHARE))
+
+
 def merged_storage_cents(parameters: int, retention_days: int) -> int:
     """Keeping a model's merged weights (bf16: 2 bytes a parameter) for the retention period."""
     size = parameters * MERGED_BYTES_PER_PARAMETER
@@ -97,6 +111,7 @@ def quote(
     validation: TokenCount | None = None,
     validation_split: float = 0.0,
     storage_cents: int = 0,
+    evaluations: int = 0,
 ) -> Quote:
     """The exact price of training `count` for `hp.epochs` epochs, plus `storage_cents` for the
     extra outputs asked for. `validation` (the held-out records, or a second file) is reported,
@@ -121,6 +136,7 @@ def quote(
         validation_tokens=validation.tokens if validation else 0,
         storage_cents=storage_cents,
         estimated_seconds_basis=spec.throughput.basis,
+        evaluated_tokens=(validation.tokens if validation else 0) * evaluations,
     )
 
 

@@ -322,6 +322,9 @@ class Quote(NamedTuple):
     # Where estimated_seconds comes from: the model's throughput "measured" on its GPU, or
     # "estimated" from its FLOPs (the catalog says which; quotes from before it: estimated).
     estimated_seconds_basis: str = "estimated"
+    # Validation tokens times evaluations: the unbilled evaluation a run does, within
+    # pricing.evaluation_budget of the billed tokens.
+    evaluated_tokens: int = 0
 
     def to_doc(self) -> dict[str, Any]:
         return self._asdict()

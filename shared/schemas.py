@@ -251,6 +251,13 @@ _quote_fields: dict[str, Schema] = {
     "storage_cents": Integer(
         minimum=0, description="Keeping the extra outputs asked for (merged weights); in price."
     ),
+    "evaluated_tokens": Integer(
+        minimum=0,
+        description=(
+            "Validation tokens times evaluations over the run: never billed, and at most a "
+            "quarter of billable_tokens (or 200,000 if more)."
+        ),
+    ),
     "estimated_seconds_basis": String(
         description=(
             "Where estimated_seconds comes from: `measured` (the model's throughput measured on "
