@@ -118,6 +118,7 @@ def authenticate(header_value: str | None, cfg: Settings) -> Principal:
 
     if apikeys.is_api_key(token):
         uid, grant = apikeys.check(token)
+        check_key_owner(uid, cfg)
         return Principal(uid=uid, email=None, email_verified=False, key=grant)
     classify(token, cfg)
     return _verify(token, cfg)
@@ -146,6 +147,46 @@ def authorize(route: Route, principal: Principal) -> None:
             f"This API key lacks the scope {' or '.join(repr(s) for s in needed)} that {where} "
             "needs; mint a key with it (POST /v1/api-keys).",
         )
+
+
+_owners_lock = threading.Lock()
+_owners: dict[str, tuple[float, str | None]] = {}  # uid -> (checked at, refusal or None)
+
+
+def check_key_owner(uid: str, cfg: Settings) -> None:
+    """An API key acts for its Firebase user only while that user may sign in: a disabled or
+    deleted user's keys stop working too. Firebase is asked at most once every
+    cfg.key_owner_check_s seconds per user and instance (a minute in production), so a key stops
+    within that long of its user being disabled, and stays as fast as a key lookup otherwise.
+
+    Raises:
+        ApiError: auth_user_disabled (401) for a disabled or deleted user; auth_unavailable
+            (503) when Firebase cannot be asked.
+    """
+    from firebase_admin import auth, exceptions
+
+    now = time.monotonic()
+    with _owners_lock:
+        cached = _owners.get(uid)
+    if cached is None or now - cached[0] >= cfg.key_owner_check_s:
+        refusal: str | None = None
+        try:
+            if auth.get_user(uid, app=_firebase_app(cfg)).disabled:
+                refusal = "This API key's account is disabled; contact support."
+        except auth.UserNotFoundError:
+            refusal = "This API key's account no longer exists."
+        except (exceptions.FirebaseError, ValueError):
+            raise ApiError(
+                Code.AUTH_UNAVAILABLE,
+                "We could not check your API key's account just now; retry in a few seconds.",
+            ) from None
+        cached = (now, refusal)
+        with _owners_lock:
+            if len(_owners) > 10_000:  # bounded: an instance sees few users per minute
+                _owners.clear()
+            _owners[uid] = cached
+    if cached[1] is not None:
+        raise ApiError(Code.AUTH_USER_DISABLED, cached[1])
 
 
 def _verify(token: str, cfg: Settings) -> Principal:

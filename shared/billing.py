@@ -200,7 +200,7 @@ def _attempt(charge: Charge, user: UserRecord, cfg: Settings) -> str:
             metadata={"uid": user.uid, "charge_id": charge.id, "kind": charge.kind.value},
         )
     except payments.Declined as exc:
-        _fail(charge, exc.code, exc.message)
+        _fail(charge, exc.code, exc.message, card=user.payment_method.id)
         return f"declined ({exc.code})"
     except Exception:
         store.release_charge(charge.id)
@@ -235,10 +235,12 @@ def _succeeded(charge: Charge, intent: str) -> None:
     store.settle_charge(done, ledger, payment, unpause)
 
 
-def _fail(charge: Charge, code: str, message: str) -> None:
-    """Records a declined charge in one commit: the charge, the job's payment, and the pause of
-    the account until a working card is saved."""
-    failed = charge._replace(status=ChargeStatus.FAILED, failure_code=code, failure_message=message)
+def _fail(charge: Charge, code: str, message: str, card: str | None = None) -> None:
+    """Records a declined charge in one commit: the charge (with the card that refused it), the
+    job's payment, and the pause of the account until a working card is saved."""
+    failed = charge._replace(
+        status=ChargeStatus.FAILED, failure_code=code, failure_message=message, declined_card=card
+    )
     payment = None
     if charge.kind == ChargeKind.TUNING:
         payment = Payment(
@@ -338,7 +340,16 @@ def retry_payment(uid: str, job_id: str, cfg: Settings) -> dict[str, Any]:
     charge = store.get_charge(job_id)
     if charge is None or charge.status != ChargeStatus.FAILED:
         raise ApiError(Code.NOTHING_TO_RETRY, "This job has no failed payment to retry.")
-    _retry(job_id, store.get_or_create_user(uid, None), cfg)
+    user = store.get_or_create_user(uid, None)
+    card = user.payment_method.id if user.payment_method else None
+    if charge.declined_card is not None and card == charge.declined_card:
+        # The same card again would only be declined again (and one PaymentIntent each time).
+        raise ApiError(
+            Code.CARD_UNCHANGED,
+            f"The saved card already refused this payment ({charge.failure_code}); save another "
+            "card (POST /v1/jobs/setup-card), and the payment is retried by itself.",
+        )
+    _retry(job_id, user, cfg)  # one attempt in flight: the claim makes concurrent calls wait
     return view(store.get_job(job_id) or job)
 
 

@@ -79,6 +79,7 @@ class Settings:
     # Local only: lets webhooks go to 127.0.0.1 (the receivers of the local stack and tests);
     # everywhere else loopback, like every non-public address, is refused at send time.
     webhooks_allow_loopback: bool
+    key_owner_check_s: float = 60.0  # how stale a key's view of its user may be (disabled?)
 
     @property
     def is_local(self) -> bool:
@@ -197,6 +198,7 @@ def load(environ: Mapping[str, str]) -> Settings:
             environ.get("YACHAY_API_BASE_URL", "http://127.0.0.1:8700") + DELIVER_PATH,
         ),
         webhooks_allow_loopback=allow_loopback,
+        key_owner_check_s=float(environ.get("YACHAY_KEY_OWNER_CHECK_S", 60)),
     )
 
 

@@ -66,6 +66,7 @@ class Code(StrEnum):
     TOO_MANY_API_KEYS = ("too_many_api_keys", 409)
     TOO_MANY_WEBHOOK_ENDPOINTS = ("too_many_webhook_endpoints", 409)
     NOTHING_TO_RETRY = ("nothing_to_retry", 409)
+    CARD_UNCHANGED = ("card_unchanged", 409)  # retry-payment with the card that refused it
     JOB_NOT_COMPLETED = ("job_not_completed", 409)
     PAYMENT_REQUIRED = ("payment_required", 402)
     PAYMENT_DECLINED = ("payment_declined", 402)

@@ -674,6 +674,7 @@ class Charge(NamedTuple):
     failure_code: str | None = None
     failure_message: str | None = None
     authorization: str | None = None  # tuning: the held PaymentIntent this charge captures
+    declined_card: str | None = None  # the saved card (payment method id) that refused it
 
     @property
     def idempotency_key(self) -> str:
@@ -704,6 +705,7 @@ class Charge(NamedTuple):
             "failure_code": self.failure_code,
             "failure_message": self.failure_message,
             "authorization": self.authorization,
+            "declined_card": self.declined_card,
         }
 
     @staticmethod
@@ -728,6 +730,7 @@ class Charge(NamedTuple):
             failure_code=doc.get("failure_code"),
             failure_message=doc.get("failure_message"),
             authorization=doc.get("authorization"),
+            declined_card=doc.get("declined_card"),
         )
 
 

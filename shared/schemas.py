@@ -782,7 +782,12 @@ OPERATIONS: Mapping[str, Operation] = {
     ),
     "retryPayment": Operation(
         ok=Job,
-        errors=(Code.NOT_FOUND, Code.NOTHING_TO_RETRY, Code.PAYMENT_METHOD_REQUIRED),
+        errors=(
+            Code.NOT_FOUND,
+            Code.NOTHING_TO_RETRY,
+            Code.CARD_UNCHANGED,
+            Code.PAYMENT_METHOD_REQUIRED,
+        ),
     ),
     "extendStorage": Operation(
         ok=JobExtended,

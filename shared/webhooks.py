@@ -106,13 +106,43 @@ def check_url(url: str, cfg: Settings) -> None:
         raise ApiError(Code.INVALID_VALUE, "'url' has an invalid port.", param="url") from None
 
 
-def create(uid: str, email: str | None, body: dict[str, Any], cfg: Settings) -> dict[str, Any]:
-    """POST /v1/webhook-endpoints: the endpoint, with its signing secret (shown this once).
+def check_events_readable(events: list[str], key_scopes: tuple[str, ...] | None) -> None:
+    """Job and payment events carry the job's whole view: an API key subscribes to them only if
+    it may read jobs (a session may read everything of its own).
 
     Raises:
-        ApiError: a bad URL (400), too_many_webhook_endpoints (409).
+        ApiError: insufficient_scope (403, param events).
+    """
+    from shared.routes import JOBS_READ
+
+    if key_scopes is None or JOBS_READ in key_scopes:
+        return
+    carrying = sorted(e for e in events if e.startswith(("job.", "payment.")))
+    if carrying:
+        raise ApiError(
+            Code.INSUFFICIENT_SCOPE,
+            f"{', '.join(carrying)} carry the job's view, which this API key may not read: "
+            f"mint a key with '{JOBS_READ}' to subscribe to them.",
+            param="events",
+        )
+
+
+def create(
+    uid: str,
+    email: str | None,
+    body: dict[str, Any],
+    cfg: Settings,
+    key_scopes: tuple[str, ...] | None = None,
+) -> dict[str, Any]:
+    """POST /v1/webhook-endpoints: the endpoint, with its signing secret (shown this once).
+    `key_scopes`: the API key's scopes when a key calls (None for a session).
+
+    Raises:
+        ApiError: a bad URL (400), events the key may not read (403),
+            too_many_webhook_endpoints (409).
     """
     check_url(body["url"], cfg)
+    check_events_readable(list(body["events"]), key_scopes)
     store.get_or_create_user(uid, email)  # the address we write to if it gets disabled
     t = store.now()
     secret = new_secret()

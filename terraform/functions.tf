@@ -35,6 +35,7 @@ locals {
     YACHAY_RETENTION_DAYS        = tostring(var.retention_days)
     YACHAY_TASKS_QUEUE           = google_cloud_tasks_queue.launch.id
     YACHAY_WEBHOOKS_QUEUE        = google_cloud_tasks_queue.webhooks.id
+    YACHAY_KEY_OWNER_CHECK_S     = "60"
     YACHAY_TASK_TARGET_URL       = local.launch_url
     YACHAY_WEBHOOK_TARGET_URL    = "${local.launcher_url}${local.wiring.paths.deliver_webhook}"
     YACHAY_TASKS_SERVICE_ACCOUNT = google_service_account.role["tasks"].email

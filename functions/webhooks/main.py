@@ -5,7 +5,9 @@ from shared.http import ApiRequest, Reply, list_reply, serve
 
 
 def create_endpoint(req: ApiRequest) -> Reply:
-    return Reply(core.create(req.uid, req.email, req.body, req.settings), status=201)
+    key = req.principal.key if req.principal else None
+    scopes = tuple(key.scopes) if key is not None else None
+    return Reply(core.create(req.uid, req.email, req.body, req.settings, scopes), status=201)
 
 
 def list_endpoints(req: ApiRequest) -> Reply:

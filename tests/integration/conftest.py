@@ -35,6 +35,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "YACHAY_LOCAL_SWEEP_S": "0",
         # Trainers of several cases run side by side (a case never waits on an earlier one's).
         "YACHAY_LOCAL_BATCH_SLOTS": "4",
+        # A key's user is checked every second here (a minute in production), so tests of a
+        # disabled user's keys need not wait.
+        "YACHAY_KEY_OWNER_CHECK_S": "1",
     }
     s = Stack(run_dir, extra_env=extra)
     s.start()

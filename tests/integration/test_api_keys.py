@@ -139,3 +139,67 @@ def test_bad_key_requests_name_the_field(api) -> None:
         resp = api.request("POST", "/v1/api-keys", user, json=body)
         assert resp.status_code == 400, body
         assert (resp.json()["error"]["code"], resp.json()["error"]["param"]) == (code, param)
+
+
+def _refused_within(api: Api, secret: str, seconds: float) -> dict:
+    """The key's answer to GET /v1/jobs once it is refused, within `seconds` (the stack checks
+    a key's user every YACHAY_KEY_OWNER_CHECK_S = 1 s; production, every 60 s)."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while True:
+        resp = api.request("GET", "/v1/jobs", token=secret)
+        if resp.status_code == 401 or time.monotonic() > deadline:
+            return {"status": resp.status_code, **resp.json()}
+        time.sleep(0.2)
+
+
+def test_a_disabled_users_keys_stop_working(api) -> None:
+    from devstack import emulators
+
+    user = api.new_user()
+    secret = mint(api, user, ALL)["secret"]
+    assert api.request("GET", "/v1/jobs", token=secret).status_code == 200
+    emulators.disable_user(api.auth_host, user.uid)
+    refused = _refused_within(api, secret, 10)
+    assert refused["status"] == 401 and refused["error"]["code"] == "auth_user_disabled"
+    for method, path, body in (
+        ("POST", "/v1/datasets", {"filename": "a.jsonl", "size_bytes": 10}),
+        (
+            "POST",
+            "/v1/webhook-endpoints",
+            {"url": "https://example.com/h", "events": ["job.completed"]},
+        ),
+    ):
+        assert api.request(method, path, token=secret, json=body).status_code == 401
+
+
+def test_a_deleted_users_keys_stop_working_before_the_erasure_event(api) -> None:
+    from devstack import emulators
+
+    user = api.new_user()
+    secret = mint(api, user, ["jobs:read"])["secret"]
+    assert api.request("GET", "/v1/jobs", token=secret).status_code == 200
+    emulators.delete_user(api.auth_host, user.uid)  # no erasure event has run: the key is stored
+    refused = _refused_within(api, secret, 10)
+    assert refused["status"] == 401 and refused["error"]["code"] == "auth_user_disabled"
+    assert "no longer exists" in refused["error"]["message"]
+
+
+def test_a_key_subscribes_only_to_events_it_may_read(api) -> None:
+    """A webhooks:write key could subscribe a URL to job events and so receive every job's full
+    view, which it may not read: job and payment events need jobs:read too."""
+    user = api.new_user()
+    hooks_only = mint(api, user, ["webhooks:write"])["secret"]
+    body = {"url": "https://example.com/hooks", "events": ["job.completed"]}
+    refused = api.request("POST", "/v1/webhook-endpoints", token=hooks_only, json=body)
+    assert refused.status_code == 403, refused.text
+    assert refused.json()["error"] == {
+        **refused.json()["error"],
+        "code": "insufficient_scope",
+        "param": "events",
+    }
+    both = mint(api, user, ["webhooks:write", "jobs:read"], name="both")["secret"]
+    assert api.request("POST", "/v1/webhook-endpoints", token=both, json=body).status_code == 201
+    # a session may subscribe to anything of its own
+    assert api.request("POST", "/v1/webhook-endpoints", user, json=body).status_code == 201

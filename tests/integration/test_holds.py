@@ -218,3 +218,22 @@ def test_the_view_shows_the_hold(api, stack_env) -> None:
     job = held_job(user.uid, quote=BIG_QUOTE)
     shown = api.request("GET", f"/v1/jobs/{job.id}", user).json()["authorization"]
     assert shown["status"] == "authorized" and shown["amount_cents"] == 500
+
+
+def test_retry_payment_with_the_card_that_refused_makes_no_payment_intent(api, stack_env) -> None:
+    """15 retries once made 15 PaymentIntents in 2.3 s: the card that refused is not tried
+    again (409 card_unchanged) until another is saved, and the route is rate limited."""
+    user = api.new_user()
+    save_card(api, user)
+    job = held_job(user.uid)
+    localstripe(stack_env, "POST", f"/v1/payment_intents/{job.authorization.payment_intent}/cancel")
+    save_card(api, user, card="declining")
+    complete(job.id, trained_tokens=30_000)
+    assert settled(job.id).payment.status == PaymentStatus.FAILED
+    before = len(payment_intents(stack_env, job.id))
+    answers = [api.request("POST", f"/v1/jobs/{job.id}/retry-payment", user) for _ in range(7)]
+    codes = [a.status_code for a in answers]
+    assert codes[:5] == [409] * 5 and codes[5:] == [429, 429], codes
+    assert {a.json()["error"]["code"] for a in answers[:5]} == {"card_unchanged"}
+    assert "Retry-After" in answers[-1].headers
+    assert len(payment_intents(stack_env, job.id)) == before  # Stripe was not asked again
