@@ -38,6 +38,33 @@ def config_path() -> Path:
     return Path(root) / "yachay" / "config.json"
 
 
+def checked_base_url(url: str) -> str:
+    """The API's URL, refused when the key would travel in clear: http:// only to this machine
+    (the local stack), https:// everywhere else."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+    except ValueError:
+        raise Usage(f"{url!r} is not a URL") from None
+    if parts.scheme == "https" and host:
+        return url
+    if parts.scheme == "http" and host:
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if loopback:
+            return url
+        raise Usage(
+            f"{url} is plain http to another machine: your API key would travel in clear. "
+            "Use https:// (http:// is for the local stack on this machine only)."
+        )
+    raise Usage(f"{url!r} is not an http(s) URL with a host")
+
+
 def client() -> Client:
     saved: dict[str, str] = {}
     if config_path().exists():
@@ -46,12 +73,13 @@ def client() -> Client:
     base = os.environ.get("YACHAY_BASE_URL") or saved.get("base_url") or DEFAULT_BASE_URL
     if not key:
         raise Usage("no API key: set YACHAY_API_KEY or run `yachay login`")
-    return Client(base, key)
+    return Client(checked_base_url(base), key)
 
 
 def save_config(base_url: str, api_key: str) -> Path:
     path = config_path()
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path.parent, 0o700)  # also a folder that was there before with wider rights
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump({"base_url": base_url, "api_key": api_key}, f)
@@ -75,10 +103,19 @@ def money(cents: int, currency: str) -> str:
 
 
 def cmd_login(args: argparse.Namespace) -> int:
-    key = args.api_key or getpass.getpass("API key (yk_...): ").strip()
-    api = Client(args.base_url, key)
+    if args.api_key:  # argv shows in `ps` to every user of the machine, and in shell history
+        raise Usage(
+            "do not pass the key as an argument (other users see it in `ps`, and it stays in "
+            "your shell history): run `yachay login` and paste it at the prompt, or set "
+            "YACHAY_API_KEY"
+        )
+    base_url = checked_base_url(args.base_url)
+    key = os.environ.get("YACHAY_API_KEY") or getpass.getpass("API key (yk_...): ").strip()
+    if not key:
+        raise Usage("no API key given")
+    api = Client(base_url, key)
     api.call("models")  # proves the key and the URL before saving them
-    path = save_config(args.base_url, key)
+    path = save_config(base_url, key)
     emit(args, {"saved": str(path)}, f"Saved to {path} (readable by you only).")
     return OK
 
@@ -392,7 +429,7 @@ def parser() -> argparse.ArgumentParser:
         return c
 
     c = command("login", cmd_login, "save an API key and the API's URL")
-    c.add_argument("--api-key")
+    c.add_argument("--api-key", help=argparse.SUPPRESS)  # refused: see cmd_login
     c.add_argument("--base-url", default=os.environ.get("YACHAY_BASE_URL", DEFAULT_BASE_URL))
     command("models", cmd_models, "the model catalog with prices")
     c = command("datasets", cmd_datasets, "upload (and validate) or list datasets")

@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from shared import store
 from shared.contract import Progress
 from shared.records import JobStatus
@@ -236,3 +238,49 @@ def test_ctrl_c_stops_following_never_the_job(api, tmp_path) -> None:
         proc.kill()
         os.close(fd)
     assert store.get_job(job_id).status == JobStatus.RUNNING
+
+
+def test_login_takes_the_key_from_the_environment_never_argv_and_keeps_it_private(
+    api, tmp_path
+) -> None:
+    user = api.new_user()
+    key = key_for(api, user)
+    env = env_for(api, key, tmp_path)
+    folder = tmp_path / "yachay"
+    folder.mkdir(mode=0o755)  # a folder left open by an earlier tool
+    argv = yachay(env, "login", "--api-key", key, "--base-url", api.base)
+    assert argv.returncode == 2 and "ps" in argv.stderr
+    assert not (folder / "config.json").exists()
+    done = yachay(env, "login", "--base-url", api.base)  # the key from YACHAY_API_KEY
+    assert done.returncode == 0, done.stderr
+    assert key not in done.stdout + done.stderr
+    assert json.loads((folder / "config.json").read_text())["api_key"] == key
+    assert (folder / "config.json").stat().st_mode & 0o777 == 0o600
+    assert folder.stat().st_mode & 0o777 == 0o700
+
+
+@pytest.mark.parametrize(
+    "url,ok",
+    [
+        ("http://api.example.com", False),
+        ("http://10.0.0.5:8700", False),
+        ("ftp://api.example.com", False),
+        ("http://127.0.0.1:1", True),
+        ("http://localhost:1", True),
+        ("http://[::1]:1", True),
+    ],
+)
+def test_a_plain_http_base_url_is_refused_unless_it_is_this_machine(tmp_path, url, ok) -> None:
+    env = {
+        **os.environ,
+        "YACHAY_API_KEY": "yk_test_x",
+        "YACHAY_BASE_URL": url,
+        "XDG_CONFIG_HOME": str(tmp_path),
+        "PYTHONPATH": str(ROOT / "cli"),
+    }
+    done = yachay(env, "models", timeout=60)
+    if ok:  # allowed: it then fails to connect (nothing listens on port 1), exit 1
+        assert done.returncode == 1 and "does not answer" in done.stderr, done.stderr
+    else:
+        assert done.returncode == 2 and ("in clear" in done.stderr or "URL" in done.stderr)
+        assert "Traceback" not in done.stderr
