@@ -34,6 +34,10 @@ FAIL_EXIT_CODES = (EXIT_PLATFORM_FAILURE, EXIT_USAGE, EXIT_USER_ERROR, EXIT_KILL
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 GGUF_ADAPTER = "adapter-lora.gguf"  # the same adapter for llama.cpp (`--lora`) and Ollama
 MERGED_DIR = "merged"  # OUTPUT_MERGED: the base with the adapter merged in, loadable without peft
+# The merged weights are always written in bf16 (the catalog bases' dtype), the dtype they are
+# priced at (shared.pricing: 2 bytes a parameter), whatever dtype a local base is stored in.
+MERGED_DTYPE = "bfloat16"
+MERGED_BYTES_PER_PARAMETER = 2
 CHECKPOINTS_DIR = "checkpoints"  # epoch-end adapters, one folder each (checkpoint_folder)
 MANIFEST = "manifest.json"
 # The Hugging Face model types the trainer trains as themselves (each family's soft-capping,

@@ -14,7 +14,7 @@ import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from shared.contract import Hyperparameters
+from shared.contract import MERGED_BYTES_PER_PARAMETER, Hyperparameters
 from shared.errors import ApiError, Code
 from shared.records import Job, JobStatus, Quote
 
@@ -24,7 +24,6 @@ if TYPE_CHECKING:  # annotations only: the job views import this module for CHAR
 
 MIN_CHARGE_CENTS = 50  # Stripe's smallest card charge in USD
 STORAGE_CENTS_PER_GB_MONTH = 10
-MERGED_BYTES_PER_PARAMETER = 2  # merged weights are written in the base's dtype (bf16)
 MAX_EXTENSION_DAYS = 365
 # Evaluation is not billed, so its compute is bounded by what is: the validation tokens times the
 # evaluations (each epoch end, and every eval_every_steps) may be at most EVAL_BUDGET_SHARE of

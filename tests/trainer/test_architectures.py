@@ -25,11 +25,11 @@ from shared.contract import (
     EXIT_OK,
     EXIT_RETRYABLE,
     GGUF_ADAPTER,
-    MERGED_DIR,
     OUTPUT_MERGED,
 )
 from tests.support.tiny import FAMILIES, build_tiny_model, chat_records, write_jsonl
 from tests.support.trainer import events, make_config, trainer_process
+from tests.trainer.test_validation_and_exports import check_merged
 from yachay_trainer import attention
 from yachay_trainer.data import make_pack
 from yachay_trainer.export import GGUF_ARCHITECTURES
@@ -248,9 +248,8 @@ def test_a_bf16_run_of_every_family_exports_what_peft_transformers_and_gguf_load
         base = AutoModelForCausalLM.from_pretrained(folder)
         want = PeftModel.from_pretrained(base, out).eval()(input_ids=ids).logits
         plain = AutoModelForCausalLM.from_pretrained(folder).eval()(input_ids=ids).logits
-        got = AutoModelForCausalLM.from_pretrained(out / MERGED_DIR).eval()(input_ids=ids).logits
-    assert (want - plain).abs().max() > 1e-3
-    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    assert (want - plain).abs().max() > 1e-3  # peft loads the bf16 run's adapter, and it acts
+    check_merged(folder, out)
 
     reader = gguf.GGUFReader(out / GGUF_ADAPTER)
     assert reader.fields["general.architecture"].contents() == GGUF_ARCHITECTURES[family][0]

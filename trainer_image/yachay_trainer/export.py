@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from shared.contract import MERGED_DTYPE
+
 # Hugging Face model_type -> (GGUF architecture, whether q/k rows are permuted as for llama)
 GGUF_ARCHITECTURES: dict[str, tuple[str, bool]] = {
     "llama": ("llama", True),
@@ -91,11 +93,12 @@ def write_gguf_adapter(
 
 
 def write_merged(peft_model: Any, model_dir: Path, out: Path) -> Path:
-    """The base with the adapter merged in, in the base's own dtype, with its config and
-    tokenizer: a folder `transformers` loads with no peft. Merging changes the model in place,
-    so this runs after everything else is written. When the run computed in another dtype than
-    the base is stored in (a bf16 run over an fp32 base), the adapter is merged into the base as
-    stored, not into the rounded copy the run computed with."""
+    """The base with the adapter merged in, written in MERGED_DTYPE (bf16, what it is priced
+    at), with its config and tokenizer: a folder `transformers` loads with no peft. Merging
+    changes the model in place, so this runs after everything else is written. When the run
+    computed in another dtype than the base is stored in (a bf16 run over an fp32 base), the
+    adapter is merged into the base as stored, not into the rounded copy the run computed with,
+    and only the sum is rounded."""
     import shutil
 
     config = json.loads((model_dir / "config.json").read_text())
@@ -113,7 +116,7 @@ def write_merged(peft_model: Any, model_dir: Path, out: Path) -> Path:
         )
         set_peft_model_state_dict(peft_model, state)
     merged = peft_model.merge_and_unload()
-    merged.to(dtype)
+    merged.to(getattr(torch, MERGED_DTYPE))
     out.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(str(out), safe_serialization=True)
     for p in model_dir.iterdir():  # the tokenizer and chat template, as the base ships them
