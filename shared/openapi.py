@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from shared import routes
+from shared import documents, routes
 from shared.config import VERSION
 from shared.errors import Code
 
@@ -332,6 +332,8 @@ def function_table() -> dict[str, Any]:
             "relaunch_stale": routes.path_of("relaunchStale"),
             "deliver_webhook": routes.path_of("deliverWebhook"),
         },
+        # Firestore TTL policies, from the collections' one declaration (shared.documents)
+        "firestore_ttl": documents.ttl_fields(),
     }
 
 

@@ -1,7 +1,8 @@
 """Firestore: the one module that reads and writes documents (the Firestore adapter).
 
-Collections, each holding one record type of `shared.records` (its `to_doc`/`from_doc` is the
-document shape; nothing outside this module sees a document, a collection or the client):
+Collections (declared once, with their owner, erasure and TTL, in shared.documents), each
+holding one record type of `shared.records` (its `to_doc`/`from_doc` is the document shape;
+nothing outside this module sees a document, a collection or the client):
     users/{uid}            UserRecord
     datasets/{id}          Dataset
     jobs/{id}              Job; the trainer adds progress, trainer_result and trainer_failure
@@ -822,25 +823,19 @@ def jobs_of(uid: str) -> list[Job]:
     return [Job.from_doc(s.to_dict() or {}) for s in query.stream()]
 
 
-ERASED_COLLECTIONS = (
-    DATASETS,
-    JOBS,
-    MAIL,
-    IDEMPOTENCY,
-    API_KEYS,
-)  # by their `uid` field, then the user
-
-
 def erase_user_documents(uid: str) -> int:
-    """Deletes the user's datasets, jobs, emails, idempotency records and account record;
-    keeps their charges and ledger entries (accounting records). Returns how many documents
-    went. Idempotent: a second call finds nothing left to delete."""
+    """Deletes the user's documents of every collection shared.documents declares erased (by
+    their `uid` field), then the account record; keeps what it declares kept by law (charges
+    and ledger entries). Returns how many documents went. Idempotent: a second call finds
+    nothing left to delete."""
     from google.cloud.firestore_v1.base_query import FieldFilter
+
+    from shared.documents import erased_by_owner
 
     db = client()
     refs = [
         snap.reference
-        for collection in ERASED_COLLECTIONS
+        for collection in erased_by_owner()
         for snap in db.collection(collection).where(filter=FieldFilter("uid", "==", uid)).stream()
     ]
     refs.append(_ref(USERS, uid))

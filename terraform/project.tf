@@ -242,21 +242,14 @@ resource "google_firestore_index" "webhook_deliveries" {
   }
 }
 
-# Webhook events and their delivery logs are kept 30 days (expires_at), then deleted by TTL.
-resource "google_firestore_field" "webhook_ttl" {
-  for_each   = toset(["webhook_events", "webhook_deliveries"])
+# TTL policies: each collection's TTL field, from its one declaration (shared/documents.py,
+# written into functions.json by `make openapi`): webhook events and deliveries (30 days),
+# rate-limit windows (minutes).
+resource "google_firestore_field" "ttl" {
+  for_each   = local.wiring.firestore_ttl
   database   = google_firestore_database.default.name
   collection = each.key
-  field      = "expires_at"
-  ttl_config {}
-  index_config {}
-}
-
-# Rate-limit windows (shared/store.py count_request) delete themselves once expired.
-resource "google_firestore_field" "rate_limit_ttl" {
-  database   = google_firestore_database.default.name
-  collection = "rate_limits"
-  field      = "expires_at"
+  field      = each.value
   ttl_config {}
   # The TTL field needs no single-field index.
   index_config {}

@@ -25,6 +25,26 @@ from tests.support.stripe import localstripe, payment_intents
 GOOD = b'{"prompt": "a", "completion": "b"}\n'
 
 
+def owned_documents(uid: str) -> dict[str, int]:
+    """How many documents of each declared collection name `uid` as their owner."""
+    from google.cloud.firestore_v1.base_query import FieldFilter
+
+    from shared.documents import COLLECTIONS
+
+    found = {}
+    for c in COLLECTIONS:
+        if c.owner == "uid":
+            query = store.client().collection(c.name).where(filter=FieldFilter("uid", "==", uid))
+            n = len(list(query.stream()))
+        elif c.owner == "__id__":
+            n = int(store.client().collection(c.name).document(uid).get().exists)
+        else:
+            continue
+        if n:
+            found[c.name] = n
+    return found
+
+
 def deleted(uid: str) -> CloudEvent:
     return CloudEvent(
         {"type": "google.firebase.auth.user.v1.deleted", "source": "firebaseauth.googleapis.com"},
@@ -55,8 +75,40 @@ def test_a_deleted_user_leaves_only_their_accounting_records(api, stack_env) -> 
     ).json()["secret"]
     ledger = store.ledger_entries(user.uid)
     assert [e.amount_cents for e in ledger] == [50]
+    # One of everything else a user has: a webhook endpoint (URL and signing secrets), an event
+    # and its delivery log, an Idempotency-Key record, an email (the completed job's).
+    from tests.support.api import job_record
+    from tests.support.receiver import receiver
+
+    with receiver() as hook:
+        endpoint = api.request(
+            "POST",
+            "/v1/webhook-endpoints",
+            user,
+            json={"url": hook.url, "events": ["job.completed"]},
+        )
+        assert endpoint.status_code == 201, endpoint.text
+        ping = api.request("POST", f"/v1/webhook-endpoints/{endpoint.json()['id']}/test", user)
+        assert ping.status_code == 202
+        hook.wait_for(1)
+    store.new_job(job_record(user.uid, JobStatus.CANCELLED), "idem-" + user.uid, "h", 1000)
+    before = owned_documents(user.uid)
+    assert {
+        "webhook_endpoints",
+        "webhook_events",
+        "webhook_deliveries",
+        "idempotency",
+        "mail",
+        "api_keys",
+        "datasets",
+        "jobs",
+        "charges",
+        "ledger",
+    } <= set(before), before
 
     auth_events(deleted(user.uid))
+    after = owned_documents(user.uid)
+    assert set(after) == {"charges", "ledger"}, after  # only what the law keeps
 
     assert store.find_user(user.uid) is None
     assert store.get_api_key(apikeys.digest(key)) is None  # its keys are gone with it
