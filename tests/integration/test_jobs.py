@@ -392,7 +392,8 @@ def test_a_job_whose_launch_task_was_lost_is_relaunched(api, stack_env) -> None:
     job_id = stored_job(user.uid, JobStatus.QUEUED, created_at=old)
     fresh = stored_job(user.uid, JobStatus.QUEUED)  # queued just now: left alone
     resp = api.request("POST", "/internal/tasks/relaunch-stale")
-    assert resp.status_code == 200 and resp.json()["relaunched"] == [job_id]
+    assert resp.status_code == 200
+    assert resp.json()["relaunched"] == [f"{job_id}: launch enqueued again"]
     deadline = time.monotonic() + 30
     while not store.get_job(job_id).batch_job and time.monotonic() < deadline:
         time.sleep(0.2)
