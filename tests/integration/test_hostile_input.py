@@ -179,3 +179,19 @@ def test_estimate_is_rate_limited_per_user_with_retry_after(api) -> None:
     assert 1 <= int(refused.headers["Retry-After"]) <= 60
     # Another user is not limited by this one.
     assert api.request("POST", "/v1/jobs/estimate", other, json={}).status_code == 400
+
+
+def test_a_burst_of_concurrent_requests_cannot_pass_the_rate_limit(stack_env) -> None:
+    """60 requests of one caller at once against a limit of 30 (store.count_request, as the
+    HTTP edge calls it): 53 of 60 concurrent estimates passed when the limiter read its count
+    before writing; at most the limit pass now, whatever the interleaving."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from shared import store
+
+    window = store.now().replace(second=0, microsecond=0)
+    key = f"estimateJob\nburst-{store.new_id('u')}"
+    with ThreadPoolExecutor(max_workers=30) as pool:
+        places = list(pool.map(lambda _: store.count_request(key, window, 60), range(60)))
+    assert sum(1 for p in places if p < 30) <= 30, sorted(places)
+    assert max(places) == 59  # every request was counted (a burst may refuse early, never late)
