@@ -25,19 +25,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    run_dir = tmp_path_factory.mktemp("stack")
+def running_stack(run_dir: Any, **extra_env: str) -> Iterator[Stack]:
+    """A whole local stack for tests in `run_dir`, with the test catalog (the tiny model), no
+    background sweep (each test runs the sweep it checks, so none races its records), a key's
+    user checked every second (a minute in production), and `extra_env`; stopped at the end."""
     extra = {
         "YACHAY_CATALOG_PATH": str(tiny_catalog(run_dir / "catalog.json")),
         "YACHAY_LOCAL_BATCH_LOGS": str(run_dir / "batch-logs"),
-        # No background sweep: each test runs the sweep it checks, so none races its records.
         "YACHAY_LOCAL_SWEEP_S": "0",
-        # Trainers of several cases run side by side (a case never waits on an earlier one's).
-        "YACHAY_LOCAL_BATCH_SLOTS": "4",
-        # A key's user is checked every second here (a minute in production), so tests of a
-        # disabled user's keys need not wait.
         "YACHAY_KEY_OWNER_CHECK_S": "1",
+        **extra_env,
     }
     s = Stack(run_dir, extra_env=extra)
     s.start()
@@ -45,6 +42,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield s
     finally:
         s.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    # Trainers of several cases run side by side (a case never waits on an earlier one's).
+    yield from running_stack(tmp_path_factory.mktemp("stack"), YACHAY_LOCAL_BATCH_SLOTS="4")
 
 
 def point_at(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Stack:

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import requests
 
+from devstack.demo import HYPERPARAMETERS
 from devstack.stack import Stack
 from shared.contract import GGUF_ADAPTER
-from tests.integration.conftest import point_at
+from tests.integration.conftest import point_at, running_stack
 from tests.support.api import Api, jsonl, save_test_card, upload_dataset, wait_for
-from tests.support.catalog import tiny_catalog
 from tests.trainer.test_smollm2 import FACTS, KEYS, answers
 
 pytestmark = pytest.mark.slow
@@ -28,19 +28,7 @@ SMOLLM2 = ROOT / ".local" / "model-cache" / "smollm2-135m-instruct"
 
 @pytest.fixture(scope="module")
 def bf16_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    run_dir = tmp_path_factory.mktemp("bf16-stack")
-    extra = {
-        "YACHAY_CATALOG_PATH": str(tiny_catalog(run_dir / "catalog.json")),
-        "YACHAY_LOCAL_BATCH_LOGS": str(run_dir / "batch-logs"),
-        "YACHAY_LOCAL_SWEEP_S": "0",
-        "YACHAY_TRAINER_PRECISION": "bf16",
-    }
-    s = Stack(run_dir, extra_env=extra)
-    s.start()
-    try:
-        yield s
-    finally:
-        s.stop()
+    yield from running_stack(tmp_path_factory.mktemp("bf16-stack"), YACHAY_TRAINER_PRECISION="bf16")
 
 
 def test_a_smollm2_fine_tune_in_bf16_through_the_api_learns_the_facts(
@@ -70,14 +58,7 @@ def test_a_smollm2_fine_tune_in_bf16_through_the_api_learns_the_facts(
     request = {
         "model": "smollm2-135m-instruct",
         "dataset_id": ds["id"],
-        "hyperparameters": {
-            "epochs": 10,
-            "batch_size": 1,
-            "learning_rate": 0.002,
-            "lora_dropout": 0.0,
-            "warmup_ratio": 0.05,
-            "max_seq_length": 256,
-        },
+        "hyperparameters": HYPERPARAMETERS,  # the demo's: the same fine-tune, in bf16
     }
     est = api.request("POST", "/v1/jobs/estimate", user, json=request).json()
     resp = api.request("POST", "/v1/jobs", user, json=request)

@@ -62,3 +62,14 @@ def events(stdout: str) -> list[dict[str, Any]]:
         if line.startswith("{"):
             out.append(json.loads(line))
     return out
+
+
+def stop_at_step(proc: subprocess.Popen[str], step: int) -> None:
+    """SIGTERM once the trainer reports `step`, as Batch does on Spot preemption."""
+    import signal
+
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if '"event": "progress"' in line and json.loads(line)["step"] == step:
+            proc.send_signal(signal.SIGTERM)
+            return

@@ -10,8 +10,6 @@ query_pre_attn_scalar; Qwen2's q/k/v biases; Mistral v0.3 without a window; grou
 
 from __future__ import annotations
 
-import json
-import signal
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -28,7 +26,7 @@ from shared.contract import (
     OUTPUT_MERGED,
 )
 from tests.support.tiny import FAMILIES, build_tiny_model, chat_records, write_jsonl
-from tests.support.trainer import events, make_config, trainer_process
+from tests.support.trainer import events, make_config, stop_at_step, trainer_process
 from tests.trainer.test_validation_and_exports import check_merged
 from yachay_trainer import attention
 from yachay_trainer.data import make_pack
@@ -274,11 +272,7 @@ def test_bf16_trains_like_fp32_and_resumes_exactly(tmp_path) -> None:
     resumed = cfg("resumed")
     env = {"YACHAY_TRAINER_PRECISION": "bf16"}
     proc = trainer_process(resumed, env)
-    assert proc.stdout is not None
-    for line in proc.stdout:  # SIGTERM mid-run, as Batch does on Spot preemption
-        if '"event": "progress"' in line and json.loads(line)["step"] == 5:
-            proc.send_signal(signal.SIGTERM)
-            break
+    stop_at_step(proc, 5)  # SIGTERM mid-run, as Batch does on Spot preemption
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == EXIT_RETRYABLE, err[-3000:]
     again = _trainer_run(resumed, "bf16")

@@ -21,7 +21,7 @@ from shared.contract import (
 )
 from shared.tokenization import ChatTokenizer
 from tests.support.tiny import chat_records, write_jsonl
-from tests.support.trainer import events, make_config, trainer_process
+from tests.support.trainer import events, make_config, stop_at_step, trainer_process
 from yachay_trainer.train import Run
 
 
@@ -79,11 +79,7 @@ def test_resumed_run_ends_like_an_uninterrupted_one(tiny_model, tiny_data, tmp_p
 
     resumed = make_config(tiny_model, tiny_data, tmp_path / "b", epochs=2, batch_size=4)
     proc = trainer_process(resumed)
-    assert proc.stdout is not None
-    for line in proc.stdout:  # SIGTERM mid-run, as Batch does on Spot preemption
-        if '"event": "progress"' in line and json.loads(line)["step"] == 5:
-            proc.send_signal(signal.SIGTERM)
-            break
+    stop_at_step(proc, 5)  # SIGTERM mid-run, as Batch does on Spot preemption
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == EXIT_RETRYABLE, err
     assert any(e["event"] == "checkpoint" for e in events(out))
