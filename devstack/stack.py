@@ -45,6 +45,7 @@ STRIPE_WEBHOOK_SECRET = "whsec_local_yachay_stack"
 REGION = _DEFAULTS.region
 TASKS_QUEUE = _DEFAULTS.tasks_queue
 WEBHOOKS_QUEUE = _DEFAULTS.webhooks_queue
+COUNTS_QUEUE = _DEFAULTS.counts_queue
 BATCH_TOPIC = _DEFAULTS.batch_topic
 # Local-only: the Storage emulator publishes finalize notifications here (Eventarc's Storage
 # trigger needs no topic in production).
@@ -149,6 +150,7 @@ class Stack:
             "YACHAY_API_BASE_URL": self.api_base_url,
             "YACHAY_TASKS_QUEUE": TASKS_QUEUE,
             "YACHAY_WEBHOOKS_QUEUE": WEBHOOKS_QUEUE,
+            "YACHAY_COUNTS_QUEUE": COUNTS_QUEUE,
             "YACHAY_BATCH_TOPIC": BATCH_TOPIC,
             "YACHAY_SIGNING_KEY_FILE": str(self.run_dir / "signing-key.json"),
             # Webhook receivers of the local stack and its tests listen on 127.0.0.1; nothing
@@ -311,6 +313,8 @@ class Stack:
                     TASKS_QUEUE,
                     "--queue",
                     WEBHOOKS_QUEUE,
+                    "--queue",
+                    COUNTS_QUEUE,
                     "--log",
                     str(self.run_dir / "logs" / "tasks-emulator.log"),
                     "--max-retries",

@@ -12,20 +12,18 @@ the first job, even if the account changed since.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from shared import accounts, continuation, idempotency, modelstore, storage, store
+from shared import accounts, continuation, idempotency, store, token_counts
 from shared.catalog import ModelSpec, catalog
 from shared.config import Settings
 from shared.contract import OUTPUT_MERGED, Hyperparameters
 from shared.datasets import owned as owned_dataset
 from shared.errors import ApiError, Code
 from shared.jobs import options_view, view
-from shared.jsonl_rules import RecordError, parse_jsonl
 from shared.lifecycle import enqueue_launch
 from shared.pricing import (
     EVAL_BUDGET_FLOOR,
@@ -46,7 +44,7 @@ from shared.records import (
     UserRecord,
     month_of,
 )
-from shared.tokenization import ChatTokenizer, TokenCount, default_split, held_out
+from shared.tokenization import TokenCount, default_split, held_out
 
 SUBMIT_TARGET = "POST /v1/jobs"
 
@@ -243,52 +241,14 @@ def _count(
     spec: ModelSpec, dataset: Dataset, hp: Hyperparameters, cfg: Settings, split: float = 0.0
 ) -> tuple[TokenCount, TokenCount | None]:
     """The dataset's exact token counts for this model and max_seq_length: (the records trained,
-    those a `split` holds out for validation, None without one). Counted once: later estimates
-    and submissions of the same validated file reuse them."""
-    sha, msl = dataset.sha256 or "", hp.max_seq_length
-    keys: tuple[str, ...] = (Dataset.count_key(sha, spec.id, msl),)
-    if split > 0:
-        part = f"{spec.id}\nsplit {split!r} seed {hp.seed}"
-        keys = tuple(Dataset.count_key(sha, f"{part} {side}", msl) for side in ("train", "held"))
-    cached = [dataset.token_counts.get(k) for k in keys]
-    if all(c is not None for c in cached):
-        return cached[0], cached[1] if split > 0 else None  # type: ignore[return-value]
-    tok, records = _records(spec, dataset, cfg)
-    hold = held_out(len(records), split, hp.seed)
-    try:
-        counts = [tok.count((r for i, r in enumerate(records) if i not in hold), msl)]
-        if split > 0:
-            counts.append(tok.count((r for i, r in enumerate(records) if i in hold), msl))
-    except RecordError as exc:  # validation passed, so only the template can refuse a record
-        raise ApiError(
-            Code.INVALID_VALUE, f"{spec.id} cannot train on this dataset: {exc}", param="dataset_id"
-        ) from None
-    for key, count in zip(keys, counts, strict=True):
-        store.record_token_count(dataset.id, key, count)
-    return counts[0], counts[1] if split > 0 else None
-
-
-def _records(spec: ModelSpec, dataset: Dataset, cfg: Settings) -> tuple[ChatTokenizer, list[Any]]:
-    tok = modelstore.tokenizer_for(cfg, spec.id)
-    if tok is None:
-        raise ApiError(
-            Code.MODEL_UNAVAILABLE,
-            f"{spec.id} is not available right now; choose an available model from GET /v1/models.",
-            param="model",
-        )
-    data = storage.read_bytes(cfg.datasets_bucket, dataset.object_name, cfg.dataset_max_bytes)
-    if data is None or hashlib.sha256(data).hexdigest() != dataset.sha256:
-        raise ApiError(
-            Code.DATASET_NOT_READY,
-            "The dataset's file changed after validation; validate it again.",
-            param="dataset_id",
-        )
-    try:
-        return tok, [line.record for line in parse_jsonl(data)]
-    except RecordError as exc:  # cannot happen to a validated file; refused cleanly if it does
-        raise ApiError(
-            Code.DATASET_NOT_READY, f"The dataset cannot be read: {exc}", param="dataset_id"
-        ) from None
+    those a `split` holds out for validation, None without one), derived from its per-record
+    counts (shared.token_counts: the file is encoded once per tokenizer)."""
+    counts = token_counts.record_counts(spec.id, dataset, cfg)
+    if split <= 0:
+        return counts.total(hp.max_seq_length), None
+    hold = held_out(len(counts), split, hp.seed)
+    train = counts.total(hp.max_seq_length, (i for i in range(len(counts)) if i not in hold))
+    return train, counts.total(hp.max_seq_length, sorted(hold))
 
 
 def evaluations(hp: Hyperparameters, options: TrainingOptions, train: TokenCount) -> int:

@@ -17,6 +17,7 @@ from shared.routes import path_of
 VERSION = "0.1.0"
 LAUNCH_PATH = path_of("launchJob")
 DELIVER_PATH = path_of("deliverWebhook")
+COUNT_PATH = path_of("countTokens")
 
 # Variables the Google SDKs read themselves; their presence means "use an emulator".
 EMULATOR_VARIABLES = (
@@ -76,6 +77,11 @@ class Settings:
     currency: str
     retention_days: int
     webhook_target_url: str  # where Cloud Tasks delivers webhook attempts (the launcher function)
+    counts_queue: str  # background token counts of large datasets (shared.token_counts)
+    count_target_url: str  # where Cloud Tasks delivers them (the count_tokens function)
+    # A dataset above this many bytes is counted in the background, not within the request
+    # (about 2 s a megabyte on the fraction of a CPU a 1 GiB function gets).
+    count_inline_bytes: int
     # Local only: lets webhooks go to 127.0.0.1 (the receivers of the local stack and tests);
     # everywhere else loopback, like every non-public address, is refused at send time.
     webhooks_allow_loopback: bool
@@ -198,6 +204,16 @@ def load(environ: Mapping[str, str]) -> Settings:
             environ.get("YACHAY_API_BASE_URL", "http://127.0.0.1:8700") + DELIVER_PATH,
         ),
         webhooks_allow_loopback=allow_loopback,
+        counts_queue=environ.get(
+            "YACHAY_COUNTS_QUEUE",
+            f"projects/{project}/locations/{environ.get('YACHAY_REGION', 'us-central1')}"
+            "/queues/token-counts",
+        ),
+        count_target_url=environ.get(
+            "YACHAY_COUNT_TARGET_URL",
+            environ.get("YACHAY_API_BASE_URL", "http://127.0.0.1:8700") + COUNT_PATH,
+        ),
+        count_inline_bytes=int(environ.get("YACHAY_COUNT_INLINE_BYTES", 8 << 20)),
         key_owner_check_s=float(environ.get("YACHAY_KEY_OWNER_CHECK_S", 60)),
     )
 

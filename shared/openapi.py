@@ -146,6 +146,12 @@ def _operation(route: routes.Route, components: dict[str, Any]) -> dict[str, Any
             "description": "OK",
             "content": {"application/json": {"schema": op.ok.json(components)}},
         }
+    if op.accepted is not None:
+        responses["202"] = {
+            "description": "Accepted: ask again after Retry-After seconds.",
+            "headers": {"Retry-After": {"schema": {"type": "integer", "minimum": 1}}},
+            "content": {"application/json": {"schema": op.accepted.json(components)}},
+        }
     error_ref = Error.json(components)
     by_status: dict[int, list[str]] = {}
     for code in _codes(route):
@@ -316,6 +322,7 @@ def function_table() -> dict[str, Any]:
             "kind": kind,
             "sa": deploy.service_account,
             "memory": deploy.memory,
+            "timeout_s": deploy.timeout_s,
             "stripe": deploy.stripe,
             "event_type": trigger.event_type if trigger else None,
             "document": trigger.source if trigger and kind == "firestore" else None,
@@ -331,6 +338,7 @@ def function_table() -> dict[str, Any]:
             "launch_job": routes.path_of("launchJob"),
             "relaunch_stale": routes.path_of("relaunchStale"),
             "deliver_webhook": routes.path_of("deliverWebhook"),
+            "count_tokens": routes.path_of("countTokens"),
         },
         # Firestore TTL policies, from the collections' one declaration (shared.documents)
         "firestore_ttl": documents.ttl_fields(),

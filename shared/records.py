@@ -14,12 +14,9 @@ from collections.abc import Mapping
 from datetime import datetime
 from enum import StrEnum
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 from shared.contract import Hyperparameters, Progress, TrainerFailure, TrainerResult
-
-if TYPE_CHECKING:  # imported where used: functions that never count tokens skip the module
-    from shared.tokenization import TokenCount
 
 NOTIFICATION_EVENTS = ("job_completed", "job_failed", "job_cancelled")
 
@@ -239,16 +236,6 @@ class Dataset(NamedTuple):
     report: ValidationReport | None = None
     sha256: str | None = None  # of the file the report is about
     validated_at: datetime | None = None
-    # Token counts already made, by count_key(): each file is tokenized once per model and
-    # max_seq_length, not on every estimate and submission.
-    token_counts: "Mapping[str, TokenCount]" = MappingProxyType({})
-
-    @staticmethod
-    def count_key(sha256: str, model_id: str, max_seq_length: int) -> str:
-        """A field-name-safe key for one (file, model, max_seq_length)."""
-        import hashlib
-
-        return hashlib.sha256(f"{sha256}\n{model_id}\n{max_seq_length}".encode()).hexdigest()[:32]
 
     def to_doc(self) -> dict[str, Any]:
         return {
@@ -263,7 +250,6 @@ class Dataset(NamedTuple):
             "report": None if self.report is None else self.report.to_doc(),
             "sha256": self.sha256,
             "validated_at": self.validated_at,
-            "token_counts": {k: c._asdict() for k, c in self.token_counts.items()},
         }
 
     @staticmethod
@@ -281,16 +267,7 @@ class Dataset(NamedTuple):
             report=None if not report else ValidationReport.from_doc(report),
             sha256=doc.get("sha256"),
             validated_at=doc.get("validated_at"),
-            token_counts=_token_counts(doc.get("token_counts")),
         )
-
-
-def _token_counts(doc: Mapping[str, Any] | None) -> "Mapping[str, TokenCount]":
-    if not doc:
-        return MappingProxyType({})
-    from shared.tokenization import TokenCount
-
-    return {k: TokenCount(**c) for k, c in doc.items()}
 
 
 # --- jobs ------------------------------------------------------------------------------------

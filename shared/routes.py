@@ -180,6 +180,9 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/internal/tasks/deliver-webhook", "launch_job", "deliverWebhook",
           "Cloud Tasks target: one attempt of one webhook event to one endpoint.", auth=False,
           internal=True),
+    Route("POST", "/internal/tasks/count-tokens", "count_tokens", "countTokens",
+          "Cloud Tasks target: counts a large dataset's tokens for one model, once.",
+          auth=False, internal=True),
 )
 # fmt: on
 
@@ -226,6 +229,7 @@ class Deployment:
     service_account: str  # a role in terraform/iam.tf
     memory: str
     stripe: bool = False  # gets the Stripe secret key
+    timeout_s: int = 120  # how long one request may run
 
 
 # fmt: off
@@ -242,6 +246,9 @@ DEPLOYMENTS: dict[str, Deployment] = {
     "webhook_events": Deployment("api", "512M"),
     "stripe_webhook": Deployment("webhook", "512M", stripe=True),
     "launch_job": Deployment("launcher", "512M", stripe=True),
+    # Encodes a whole dataset (up to YACHAY_DATASET_MAX_BYTES) with a model's tokenizer: the
+    # api account (it reads models and datasets), room for the file, time for its size.
+    "count_tokens": Deployment("api", "2Gi", timeout_s=1800),
     "charge_job": Deployment("charger", "512M", stripe=True),
     "batch_events": Deployment("notifier", "512M"),
     "dataset_events": Deployment("api", "1Gi"),

@@ -336,6 +336,19 @@ Estimate = response(
     },
     "Estimate",
 )
+TokenCounting = response(
+    {
+        "object": Const("token_count"),
+        "status": Const("counting"),
+        "dataset_id": Id,
+        "model": String(),
+        "retry_after_s": Integer(minimum=1),
+        "message": String(),
+    },
+    "TokenCounting",
+    "A large dataset's tokens are being counted once, in the background: nothing was "
+    "submitted or held. Send the same request again after Retry-After seconds.",
+)
 Progress = response(
     {
         "step": Integer(minimum=0),
@@ -691,6 +704,8 @@ class Operation:
         # A body the function reads itself (a signed webhook: its bytes are the signature's
         # input), documented here, never checked by a schema.
         raw_body: Schema | None = None,
+        # A 202 answer: the work that decides the result is under way (its schema).
+        accepted: Schema | None = None,
     ) -> None:
         self.ok_status = ok_status
         self.ok = ok
@@ -700,6 +715,7 @@ class Operation:
         self.idempotent_header = idempotent_header
         self.idempotency_required = idempotency_required
         self.raw_body = raw_body
+        self.accepted = accepted
 
 
 # What continuing from a job (from_job) can answer: the download gates of the source job.
@@ -731,12 +747,14 @@ OPERATIONS: Mapping[str, Operation] = {
     ),
     "estimateJob": Operation(
         ok=Estimate,
+        accepted=TokenCounting,
         body=JobRequest,
         errors=(Code.NOT_FOUND, Code.DATASET_NOT_READY, Code.MODEL_UNAVAILABLE, *_FROM_JOB),
     ),
     "createJob": Operation(
         ok_status=201,
         ok=Job,
+        accepted=TokenCounting,
         body=JobRequest,
         idempotent_header=True,
         errors=(
@@ -871,3 +889,5 @@ def check_response(operation_id: str, status: int, body: Any) -> None:
         Error.check(body)
     elif status == op.ok_status and op.ok is not None:
         op.ok.check(body)
+    elif status == 202 and op.accepted is not None:
+        op.accepted.check(body)

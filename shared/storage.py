@@ -56,6 +56,13 @@ def read_bytes(bucket: str, name: str, max_bytes: int) -> bytes | None:
         return None
 
 
+def write_bytes(bucket: str, name: str, data: bytes) -> None:
+    """Stores `data` as the object (replacing any object of that name)."""
+    client().bucket(bucket).blob(name).upload_from_string(
+        data, content_type="application/octet-stream"
+    )
+
+
 def delete_prefix(bucket: str, prefix: str) -> int:
     """Deletes every object under `prefix`; returns how many."""
     from google.api_core.exceptions import NotFound

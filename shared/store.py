@@ -70,8 +70,6 @@ from shared.routes import valid_id
 if TYPE_CHECKING:
     from google.cloud import firestore
 
-    from shared.tokenization import TokenCount
-
 USERS = "users"
 DATASETS = "datasets"
 JOBS = "jobs"
@@ -439,11 +437,6 @@ def record_validation(dataset_id: str, report: ValidationReport, sha256: str) ->
         }
     )
     return Dataset.from_doc(ref.get().to_dict())
-
-
-def record_token_count(dataset_id: str, key: str, count: TokenCount) -> None:
-    """Keeps one token count of the dataset (see Dataset.count_key)."""
-    _ref(DATASETS, dataset_id).update({f"token_counts.{key}": count._asdict()})
 
 
 def delete_dataset(dataset: Dataset) -> None:

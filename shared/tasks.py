@@ -3,8 +3,9 @@
 Locally YACHAY_TASKS_EMULATOR_HOST points the same client at the Cloud Tasks emulator over an
 insecure gRPC channel. Tasks are named after the job, so enqueueing twice makes one task
 (production refuses the duplicate name for about an hour; the emulator accepts it, which is why
-the launcher itself is idempotent too). Launches and webhook deliveries have a queue each, so a
-receiver that hangs for its whole timeout never holds up a launch.
+the launcher itself is idempotent too). Launches, webhook deliveries and token counts have a
+queue each, so a receiver that hangs for its whole timeout, or a large file being counted,
+never holds up a launch.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from shared.config import Settings
@@ -87,6 +88,27 @@ def enqueue_delivery(
         client(cfg).create_task(
             parent=cfg.webhooks_queue,
             task=delivery_task(event_id, endpoint_id, attempt, at, cfg),
+        )
+
+
+def count_task(uid: str, dataset_id: str, sha256: str, model: str, cfg: Settings) -> dict[str, Any]:
+    """The task that counts one validated file's tokens for one model, named by all three
+    (model ids are [a-z0-9.-]), so the many estimates that wait on one count enqueue it once."""
+    body = {"uid": uid, "dataset_id": dataset_id, "model": model}
+    name = f"count-{dataset_id}-{sha256[:12]}-{model.replace('.', '_')}"
+    return {
+        "name": f"{cfg.counts_queue}/tasks/{name}",
+        "http_request": _request(cfg.count_target_url, body, cfg),
+        "dispatch_deadline": timedelta(minutes=30),  # the most Cloud Tasks allows
+    }
+
+
+def enqueue_count(uid: str, dataset_id: str, sha256: str, model: str, cfg: Settings) -> None:
+    from google.api_core.exceptions import AlreadyExists
+
+    with contextlib.suppress(AlreadyExists):
+        client(cfg).create_task(
+            parent=cfg.counts_queue, task=count_task(uid, dataset_id, sha256, model, cfg)
         )
 
 

@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import zlib
+from array import array
 from bisect import bisect_left
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -73,6 +76,10 @@ class ChatTokenizer:
         self._template_source = chat_template
         self.bos_token = special.get("bos_token") or ""
         self.eos_token = special.get("eos_token") or ""
+        # Names what counts depend on: models that share a tokenizer and template share counts.
+        self.fingerprint = hashlib.sha256(
+            "\0".join((tokenizer_json, chat_template, self.bos_token, self.eos_token)).encode()
+        ).hexdigest()[:32]
         eos_id = self._tok.token_to_id(self.eos_token) if self.eos_token else None
         if eos_id is None:
             raise ValueError(f"eos token {self.eos_token!r} is not in the vocabulary")
@@ -125,15 +132,45 @@ class ChatTokenizer:
         text, spans = self._text_and_spans(record)
         return _example(self._tok.encode(text, add_special_tokens=False), spans, max_seq_length)
 
+    @cached_property
+    def _control_text(self) -> re.Pattern[str] | None:
+        """Matches the text of any of the tokenizer's special tokens (turn markers, end of
+        sequence, reserved tokens), or None when it has none."""
+        specials = sorted(
+            {t.content for t in self._tok.get_added_tokens_decoder().values() if t.special},
+            key=len,
+            reverse=True,
+        )
+        return re.compile("|".join(map(re.escape, specials))) if specials else None
+
+    def _refuse_control_text(self, field: str, text: str) -> None:
+        """User text may not spell a special token. The tokenizer would read it as the token
+        itself, not as text: a `<|im_end|>` inside an answer would end the turn there and train
+        the model to stop mid-answer (or, in a prompt, to forge turns). So it is refused, with
+        the field named, rather than trained on silently; this also keeps every record on the
+        one-render path (`_find_spans`)."""
+        found = self._control_text.search(text) if self._control_text else None
+        if found:
+            raise RecordError(
+                f"{field} contains {found.group()!r}, a control token of this model's "
+                "tokenizer; as text it would be read as that token (ending or forging a turn). "
+                "Remove it: the template adds every control token itself"
+            )
+
     def _text_and_spans(self, record: Any) -> tuple[str, list[tuple[int, int]]]:
         """The record's text as the model sees it, and the character spans it trains on."""
         if record_format(record) == "chat":
-            return self._chat_text(check_messages(record["messages"]))
+            messages = check_messages(record["messages"])
+            for i, m in enumerate(messages):
+                self._refuse_control_text(f"messages[{i}].content", m["content"])
+            return self._chat_text(messages)
         prompt, completion = record["prompt"], record["completion"]
         if not isinstance(prompt, str) or not isinstance(completion, str):
             raise RecordError("'prompt' and 'completion' must be strings")
         if not completion:
             raise RecordError("'completion' is empty: there is nothing to train on")
+        self._refuse_control_text("'prompt'", prompt)
+        self._refuse_control_text("'completion'", completion)
         text = self.bos_token + prompt + completion + self.eos_token
         return text, [(len(self.bos_token) + len(prompt), len(text))]
 
@@ -201,38 +238,105 @@ class ChatTokenizer:
         return None if markers is None else _find_spans(full, messages, markers)
 
     def count(self, records: Iterable[Any], max_seq_length: int) -> TokenCount:
-        """Totals over records, exactly as the trainer will see them (`encode` of each). The
-        texts are encoded a chunk at a time with the library's batch encoder, which spreads the
-        work over the machine's cores."""
-        kept = dropped = tokens = trained = truncated = 0
-        it = iter(records)
-        while chunk := [self._text_and_spans(r) for r in islice(it, COUNT_CHUNK)]:
+        """Totals over records, exactly as the trainer will see them (`encode` of each)."""
+        return self.count_records(enumerate(records, start=1)).total(max_seq_length)
+
+    def count_records(self, lines: Iterable[tuple[int, Any]]) -> RecordCounts:
+        """Each record's tokens and trained ranges (see RecordCounts), from (line number,
+        record) pairs; a record the template or the rules refuse raises RecordError naming its
+        line. The texts are encoded a chunk at a time with the library's batch encoder, which
+        spreads the work over the machine's cores."""
+        counts = RecordCounts()
+        it = iter(lines)
+        while numbered := list(islice(it, COUNT_CHUNK)):
+            chunk = []
+            for number, record in numbered:
+                try:
+                    chunk.append(self._text_and_spans(record))
+                except RecordError as exc:
+                    raise RecordError(f"line {number}: {exc}") from None
             encodings = self._tok.encode_batch([t for t, _ in chunk], add_special_tokens=False)
             for (_, spans), enc in zip(chunk, encodings, strict=True):
                 offsets = enc.offsets
-                n_tokens, n_trained = _counted(offsets, spans, max_seq_length)
-                if n_trained == 0:
-                    dropped += 1
-                    continue
-                kept += 1
-                tokens += n_tokens
-                trained += n_trained
-                truncated += len(offsets) > max_seq_length
+                counts.add(len(offsets), _token_spans(offsets, spans))
+        return counts
+
+
+class RecordCounts:
+    """One file counted once for one tokenizer: each record's token count and, in token
+    positions, the ranges it trains on. Every max_seq_length and every validation split
+    derives from these (`total`) without encoding again, so an estimate with a new seed, split
+    or length costs arithmetic, not tokenization. Stored compactly (`to_bytes`): per record,
+    its length, its number of ranges, then each range's start and end."""
+
+    def __init__(self, flat: array[int] | None = None) -> None:
+        self._flat = flat if flat is not None else array("I")
+        self._starts: list[int] = []  # where each record begins in _flat
+        i = 0
+        while i < len(self._flat):
+            self._starts.append(i)
+            i += 2 + 2 * self._flat[i + 1]
+
+    def __len__(self) -> int:
+        return len(self._starts)
+
+    def add(self, n_tokens: int, spans: list[tuple[int, int]]) -> None:
+        self._starts.append(len(self._flat))
+        self._flat.extend((n_tokens, len(spans)))
+        for start, end in spans:
+            self._flat.extend((start, end))
+
+    def total(self, max_seq_length: int, records: Iterable[int] | None = None) -> TokenCount:
+        """The totals of `records` (0-based record numbers; all by default) cut at
+        max_seq_length: exactly what `ChatTokenizer.count` of those records gives."""
+        flat, msl = self._flat, max_seq_length
+        kept = dropped = tokens = trained = truncated = 0
+        for r in range(len(self)) if records is None else records:
+            at = self._starts[r]
+            n, k = flat[at], flat[at + 1]
+            ranges = flat[at + 2 : at + 2 + 2 * k]
+            n_trained = sum(
+                min(e, msl) - min(s, msl) for s, e in zip(ranges[::2], ranges[1::2], strict=True)
+            )
+            if n_trained == 0:
+                dropped += 1
+                continue
+            kept += 1
+            tokens += min(n, msl)
+            trained += n_trained
+            truncated += n > msl
         return TokenCount(kept, dropped, tokens, trained, truncated)
 
+    def to_bytes(self) -> bytes:
+        return zlib.compress(self._flat.tobytes(), 6)
 
-def _counted(
-    offsets: list[tuple[int, int]], spans: list[tuple[int, int]], max_seq_length: int
-) -> tuple[int, int]:
-    """(tokens, trained tokens) of one encoding cut to max_seq_length: what `_example` counts,
-    without building the mask. A token is trained when its start lies in a span; token starts
-    never decrease, so each span's tokens are found by bisection."""
-    n = min(len(offsets), max_seq_length)
-    trained = sum(
-        bisect_left(offsets, (end,), 0, n) - bisect_left(offsets, (start,), 0, n)
-        for start, end in spans
-    )
-    return n, trained
+    @classmethod
+    def from_bytes(cls, data: bytes) -> RecordCounts:
+        """The counts `to_bytes` stored; ValueError when the bytes are not such counts."""
+        try:
+            flat = array("I", zlib.decompress(data))
+            counts = cls(flat)
+        except (zlib.error, ValueError, IndexError) as exc:
+            raise ValueError(f"not stored record counts: {exc}") from None
+        if counts._starts and counts._starts[-1] + 2 + 2 * flat[counts._starts[-1] + 1] != len(
+            flat
+        ):
+            raise ValueError("not stored record counts: truncated")
+        return counts
+
+
+def _token_spans(
+    offsets: list[tuple[int, int]], spans: list[tuple[int, int]]
+) -> list[tuple[int, int]]:
+    """The token positions [start, end) of each character span: a token is trained when its
+    start lies in a span; token starts never decrease, so each span is found by bisection.
+    Cutting at any length L then trains min(end, L) - min(start, L) of a range's tokens."""
+    out = []
+    for start, end in spans:
+        first, last = bisect_left(offsets, (start,)), bisect_left(offsets, (end,))
+        if last > first:
+            out.append((first, last))
+    return out
 
 
 def _example(enc: Any, spans: list[tuple[int, int]], max_seq_length: int) -> EncodedExample:
@@ -271,12 +375,17 @@ def _find_spans(
         content = m["content"]
         if lead.strip() in content or tail.strip() in content:  # text that looks like markers
             return None
-        at = full.find(content, cursor)
-        if at < 0 or (m["role"] == "assistant" and not content):
-            return None
+        if m["role"] == "assistant":  # found with its lead, so never inside the template's text
+            at = full.find(lead + content, cursor) + len(lead)
+            if at < len(lead) or not content:
+                return None
+        else:
+            at = full.find(content, cursor)
+            if at < 0:
+                return None
         end = at + len(content)
         if m["role"] == "assistant":
-            if not full.startswith(lead, at - len(lead)) or not full.startswith(tail, end):
+            if not full.startswith(tail, end):
                 return None
             end += len(tail)
             spans.append((at, end))

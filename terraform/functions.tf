@@ -13,6 +13,7 @@ locals {
   # Deterministic (no cycle through the function's own attributes); the path is its route.
   launcher_url = "https://${var.region}-${var.project_id}.cloudfunctions.net/launch-job"
   launch_url   = "${local.launcher_url}${local.wiring.paths.launch_job}"
+  count_url    = "https://${var.region}-${var.project_id}.cloudfunctions.net/count-tokens${local.wiring.paths.count_tokens}"
 
   # Every variable shared/config.py reads in production (the test checks none is missing).
   common_env = {
@@ -38,6 +39,9 @@ locals {
     YACHAY_KEY_OWNER_CHECK_S     = "60"
     YACHAY_TASK_TARGET_URL       = local.launch_url
     YACHAY_WEBHOOK_TARGET_URL    = "${local.launcher_url}${local.wiring.paths.deliver_webhook}"
+    YACHAY_COUNTS_QUEUE          = google_cloud_tasks_queue.counts.id
+    YACHAY_COUNT_TARGET_URL      = local.count_url
+    YACHAY_COUNT_INLINE_BYTES    = tostring(8 * 1024 * 1024) # above: counted in the background
     YACHAY_TASKS_SERVICE_ACCOUNT = google_service_account.role["tasks"].email
     YACHAY_OIDC_CERTS_URL        = "https://www.googleapis.com/oauth2/v1/certs"
     YACHAY_BATCH_BACKEND         = "cloud"
@@ -85,7 +89,7 @@ resource "google_cloudfunctions2_function" "fn" {
 
   service_config {
     available_memory      = each.value.memory
-    timeout_seconds       = 120
+    timeout_seconds       = each.value.timeout_s
     max_instance_count    = 50
     service_account_email = google_service_account.role[each.value.sa].email
     ingress_settings      = each.value.kind == "public" ? "ALLOW_ALL" : "ALLOW_INTERNAL_ONLY"

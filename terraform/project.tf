@@ -228,6 +228,26 @@ resource "google_cloud_tasks_queue" "webhooks" {
   depends_on = [google_project_service.enabled]
 }
 
+# Token counts of large datasets (shared/token_counts.py): each task encodes one file with one
+# model's tokenizer, up to 30 minutes; their own queue, so they never delay a launch.
+resource "google_cloud_tasks_queue" "counts" {
+  name     = "token-counts"
+  location = var.region
+
+  rate_limits {
+    max_dispatches_per_second = 5
+    max_concurrent_dispatches = 10
+  }
+  retry_config {
+    max_attempts       = 5
+    max_retry_duration = "3600s"
+    min_backoff        = "10s"
+    max_backoff        = "300s"
+    max_doublings      = 4
+  }
+  depends_on = [google_project_service.enabled]
+}
+
 # webhooks.deliveries: endpoint_id == e, newest first.
 resource "google_firestore_index" "webhook_deliveries" {
   database   = google_firestore_database.default.name

@@ -7,6 +7,7 @@ import hashlib
 import http.client
 import json
 import os
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -55,6 +56,10 @@ class Client:
     base_url: str
     api_key: str
     timeout_s: float = 60.0
+    # A 202 (a large dataset's tokens being counted) is asked again after its Retry-After, for
+    # at most this long; `waiting` is told each time (the CLI prints it once).
+    wait_s: float = 1800.0
+    waiting: Callable[[dict[str, Any]], None] | None = None
 
     def call(
         self,
@@ -64,6 +69,24 @@ class Client:
         body: Any = None,
         headers: dict[str, str] | None = None,
     ) -> Any:
+        deadline = time.monotonic() + self.wait_s
+        while True:
+            status, answer, retry_after = self._once(name, path, query, body, headers)
+            if status != 202 or time.monotonic() + retry_after > deadline:
+                return answer
+            if self.waiting is not None:
+                self.waiting(answer)
+            time.sleep(retry_after)
+
+    def _once(
+        self,
+        name: str,
+        path: dict[str, str] | None = None,
+        query: dict[str, Any] | None = None,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, Any, float]:
+        """(status, the JSON answer, Retry-After seconds) of one request."""
         method, template = CALLS[name]
         url = self.base_url.rstrip("/") + template.format(
             **{k: urllib.parse.quote(v, safe="") for k, v in (path or {}).items()}
@@ -81,12 +104,14 @@ class Client:
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as resp:
                 raw = resp.read()
+                status, retry = resp.status, resp.headers.get("Retry-After", "")
         except urllib.error.HTTPError as exc:
             raise _error(exc.code, exc.read()) from None
         except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
             reason = getattr(exc, "reason", exc)
             raise ApiError(0, "unreachable", f"{self.base_url} does not answer: {reason}") from None
-        return json.loads(raw) if raw else None
+        retry_after = min(60.0, max(1.0, float(retry))) if retry.isdigit() else 5.0
+        return status, json.loads(raw) if raw else None, retry_after
 
 
 def _error(status: int, raw: bytes) -> ApiError:

@@ -73,7 +73,21 @@ def client() -> Client:
     base = os.environ.get("YACHAY_BASE_URL") or saved.get("base_url") or DEFAULT_BASE_URL
     if not key:
         raise Usage("no API key: set YACHAY_API_KEY or run `yachay login`")
-    return Client(checked_base_url(base), key)
+    return Client(checked_base_url(base), key, waiting=_say_once())
+
+
+def _say_once() -> Any:
+    """Prints the server's first 'still counting' message to stderr, then stays quiet."""
+    said: list[bool] = []
+
+    def waiting(answer: dict[str, Any]) -> None:
+        if not said:
+            said.append(True)
+            print(
+                f"waiting: {answer.get('message', 'the server is still working')}", file=sys.stderr
+            )
+
+    return waiting
 
 
 def save_config(base_url: str, api_key: str) -> Path:

@@ -6,24 +6,42 @@ it first runs, so a cold start serving a read does not load admission, the Batch
 adapters or billing.
 """
 
+from typing import TYPE_CHECKING
+
 from shared.http import ApiRequest, Reply, list_reply, serve
 from shared.idempotency import HEADER as IDEMPOTENCY_KEY
 from shared.jobs import list_page, owned, view
 from shared.records import JobStatus
 
+if TYPE_CHECKING:
+    from shared.token_counts import Counting
+
+
+def _counting(pending: "Counting") -> Reply:
+    """202: a large file's tokens are being counted; the same request again later answers."""
+    return Reply(pending.view(), status=202, headers={"Retry-After": str(pending.retry_after_s)})
+
 
 def estimate_job(req: ApiRequest) -> Reply:
     from shared import admission
+    from shared.token_counts import Counting
 
-    return Reply(admission.estimate(req.uid, req.email, req.body, req.settings))
+    try:
+        return Reply(admission.estimate(req.uid, req.email, req.body, req.settings))
+    except Counting as pending:
+        return _counting(pending)
 
 
 def create_job(req: ApiRequest) -> Reply:
     from shared import admission
+    from shared.token_counts import Counting
 
-    job, created = admission.submit(
-        req.uid, req.email, req.body, req.header(IDEMPOTENCY_KEY), req.settings
-    )
+    try:
+        job, created = admission.submit(
+            req.uid, req.email, req.body, req.header(IDEMPOTENCY_KEY), req.settings
+        )
+    except Counting as pending:  # nothing stored, held or keyed yet
+        return _counting(pending)
     headers = {} if created else {"Idempotent-Replayed": "true"}
     return Reply(job, status=201, headers=headers)
 

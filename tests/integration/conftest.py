@@ -25,11 +25,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
+# Test datasets above this many bytes are counted in the background (8 MiB in production), so
+# a test reaches that path with a file of a megabyte.
+COUNT_INLINE_BYTES = 1_000_000
+
+
 def running_stack(run_dir: Any, **extra_env: str) -> Iterator[Stack]:
     """A whole local stack for tests in `run_dir`, with the test catalog (the tiny model), no
     background sweep (each test runs the sweep it checks, so none races its records), a key's
-    user checked every second (a minute in production), and `extra_env`; stopped at the end."""
+    user checked every second (a minute in production), large files counted in the background
+    from COUNT_INLINE_BYTES, and `extra_env`; stopped at the end."""
     extra = {
+        "YACHAY_COUNT_INLINE_BYTES": str(COUNT_INLINE_BYTES),
         "YACHAY_CATALOG_PATH": str(tiny_catalog(run_dir / "catalog.json")),
         "YACHAY_LOCAL_BATCH_LOGS": str(run_dir / "batch-logs"),
         "YACHAY_LOCAL_SWEEP_S": "0",

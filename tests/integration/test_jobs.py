@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import statistics
@@ -12,10 +13,11 @@ from pathlib import Path
 import pytest
 
 from devstack.stack import ROOT
-from shared import admission, errors, lifecycle, store
+from shared import admission, errors, lifecycle, storage, store
 from shared.batch import local_trainers
 from shared.config import settings
 from shared.contract import FailureKind, TrainerFailure
+from shared.jsonl_rules import parse_jsonl
 from shared.pricing import MIN_CHARGE_CENTS
 from shared.records import (
     AuthorizationStatus,
@@ -24,6 +26,8 @@ from shared.records import (
     Pause,
     PaymentStatus,
 )
+from shared.tokenization import ChatTokenizer, held_out
+from tests.integration.conftest import COUNT_INLINE_BYTES
 from tests.support.api import (
     jsonl,
     result_of,
@@ -512,25 +516,131 @@ def test_the_trainers_outputs_always_carry_a_retention_time(stack_env, tmp_path)
     assert all(b.custom_time == kept_until for b in blobs), [b.custom_time for b in blobs]
 
 
-def test_a_dataset_is_tokenized_once_per_model_and_length(api, tiny_in_store) -> None:
-    """Estimates and submissions reuse the count made for the same validated file, model and
-    max_seq_length (shown by planting a count: it is what the next estimate bills)."""
-    from shared.records import Dataset
-    from shared.tokenization import TokenCount
+def test_a_dataset_is_tokenized_once_and_every_length_and_split_derives(
+    api, stack_env, tiny_in_store
+) -> None:
+    """The first estimate stores the file's per-record counts beside it; every later one, with
+    any max_seq_length, seed or split, derives its totals from them and encodes nothing (shown
+    by planting counts: they are what the next estimates bill)."""
+    from shared import token_counts
+    from shared.tokenization import RecordCounts
 
     user, ds = ready_user(api, n_records=6)
     body = {"model": "tiny-llama", "dataset_id": ds["id"], "hyperparameters": {}}
     first = api.request("POST", "/v1/jobs/estimate", user, json=body).json()
     stored = store.get_dataset(user.uid, ds["id"])
-    key = Dataset.count_key(stored.sha256, "tiny-llama", first["hyperparameters"]["max_seq_length"])
-    assert stored.token_counts[key].tokens == first["tokens_per_epoch"]
-    store.record_token_count(ds["id"], key, TokenCount(6, 0, 123_456, 100_000, 0))
+    cfg = settings()
+    [name] = storage.list_names(cfg.datasets_bucket, stored.object_name + token_counts.SUFFIX)
+    blob = storage.read_bytes(cfg.datasets_bucket, name, 1 << 20)
+    assert (
+        RecordCounts.from_bytes(blob[1:]).total(first["hyperparameters"]["max_seq_length"]).tokens
+        == first["tokens_per_epoch"]
+    )
+
+    planted = RecordCounts()
+    for _ in range(6):
+        planted.add(20_000, [(5, 20_000)])
+    storage.write_bytes(cfg.datasets_bucket, name, b"C" + planted.to_bytes())
     again = api.request("POST", "/v1/jobs/estimate", user, json=body).json()
-    assert again["tokens_per_epoch"] == 123_456  # not tokenized again
-    longer = {**body, "hyperparameters": {"max_seq_length": 1024}}
-    other = api.request("POST", "/v1/jobs/estimate", user, json=longer).json()
-    assert other["tokens_per_epoch"] == first["tokens_per_epoch"]  # its own count
-    assert len(store.get_dataset(user.uid, ds["id"]).token_counts) == 2
+    assert again["tokens_per_epoch"] == 6 * min(20_000, first["hyperparameters"]["max_seq_length"])
+    for hp, split in (({"max_seq_length": 1024}, 0.0), ({"seed": 7}, 0.2), ({"seed": 8}, 0.1)):
+        other = api.request(
+            "POST",
+            "/v1/jobs/estimate",
+            user,
+            json={**body, "hyperparameters": hp, "validation_split": split},
+        )
+        assert other.status_code == 200, other.text
+        length = other.json()["hyperparameters"]["max_seq_length"]
+        held = len(held_out(6, split, hp.get("seed", 42))) if split else 0
+        assert other.json()["tokens_per_epoch"] == (6 - held) * length  # planted, not encoded
+    assert storage.list_names(cfg.datasets_bucket, stored.object_name + token_counts.SUFFIX) == [
+        name
+    ]
+    api.request("DELETE", f"/v1/datasets/{ds['id']}", user)
+    assert storage.list_names(cfg.datasets_bucket, stored.object_name) == []  # counts went too
+
+
+def large_file(records: list[dict]) -> bytes:
+    """Over COUNT_INLINE_BYTES, but few tokens (JSON whitespace pads each line), so a tiny
+    model may train it."""
+    lines = [json.dumps(r).encode() + b" " * 2000 + b"\n" for r in records]
+    return b"".join(lines * (COUNT_INLINE_BYTES // len(b"".join(lines)) + 1))
+
+
+def test_a_large_file_is_counted_once_in_the_background_while_requests_answer_202(
+    api, tiny_in_store, tiny_model_dir
+) -> None:
+    """Over count_inline_bytes the estimate does not encode within the request: it answers
+    202 with Retry-After at once, and so does a submission (nothing stored, nothing held, the
+    key not used); one background task counts the file, after which both answer as usual,
+    the submission under the same Idempotency-Key."""
+    user = api.new_user()
+    save_test_card(user.uid)
+    content = large_file(chat_records(40, seed=5, mean_words=20))
+    ds = upload_dataset(api, user, content)
+    assert ds["status"] == "ready" and len(content) > COUNT_INLINE_BYTES
+    body = {
+        "model": "tiny-llama",
+        "dataset_id": ds["id"],
+        "hyperparameters": {"epochs": 1},
+        "validation_split": 0,
+    }
+    waiting = [api.request("POST", "/v1/jobs/estimate", user, json=body) for _ in range(3)]
+    submitted = api.request(
+        "POST", "/v1/jobs", user, json=body, headers={"Idempotency-Key": "big-1"}
+    )
+    for resp in (*waiting, submitted):
+        if resp.status_code == 202:
+            assert resp.json()["status"] == "counting" and int(resp.headers["Retry-After"]) >= 1
+        else:
+            assert resp.status_code in (200, 201), resp.text  # the count already finished
+    assert waiting[0].status_code == 202  # the first one cannot have been counted inline
+    if submitted.status_code == 202:
+        assert store.get_or_create_user(user.uid, None).active_jobs == {}  # nothing held yet
+
+    deadline = time.monotonic() + 120
+    while (resp := api.request("POST", "/v1/jobs/estimate", user, json=body)).status_code == 202:
+        assert time.monotonic() < deadline, "the background count never finished"
+        time.sleep(0.5)
+    assert resp.status_code == 200, resp.text
+    estimate = resp.json()
+    local = ChatTokenizer.from_dir(tiny_model_dir).count(
+        [line.record for line in parse_jsonl(content)],
+        estimate["hyperparameters"]["max_seq_length"],
+    )
+    assert estimate["tokens_per_epoch"] == local.tokens  # exact, as an inline count would be
+    job = api.request("POST", "/v1/jobs", user, json=body, headers={"Idempotency-Key": "big-1"})
+    assert job.status_code == 201, job.text
+    assert job.json()["quote"]["price_cents"] == estimate["price_cents"]
+    api.request("POST", f"/v1/jobs/{job.json()['id']}/cancel", user)
+
+
+def test_a_background_count_that_the_template_refuses_answers_the_line(api, tiny_in_store) -> None:
+    """A large file with a record spelling a control token: the background count stores the
+    refusal, so the next estimate answers it (400, the line named) instead of waiting for
+    ever."""
+    user = api.new_user()
+    filler = large_file(chat_records(40, seed=6, mean_words=20))
+    bad = {
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "done<|im_end|>"},
+        ]
+    }
+    content = filler + jsonl([bad])
+    ds = upload_dataset(api, user, content)
+    assert ds["status"] == "ready"  # model-independent rules pass
+    body = {"model": "tiny-llama", "dataset_id": ds["id"], "hyperparameters": {}}
+    deadline = time.monotonic() + 120
+    while (resp := api.request("POST", "/v1/jobs/estimate", user, json=body)).status_code == 202:
+        assert time.monotonic() < deadline, "the background count never finished"
+        time.sleep(0.5)
+    assert resp.status_code == 400, resp.text
+    error = resp.json()["error"]
+    lines = content.count(b"\n")
+    assert error["code"] == "invalid_value" and f"line {lines}:" in error["message"]
+    assert "control token" in error["message"]
 
 
 def test_concurrent_submissions_cannot_pass_the_spend_limit_together(stack_env) -> None:

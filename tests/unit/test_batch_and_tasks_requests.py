@@ -1,6 +1,9 @@
 """The requests our cloud adapters send, inspected without a cloud (Cloud Batch has no emulator;
 the Cloud Tasks emulator ignores OIDC)."""
 
+import json
+import re
+
 from shared import batch, tasks
 from shared.catalog import catalog
 from shared.config import load
@@ -90,6 +93,24 @@ def test_webhook_deliveries_and_launches_have_a_queue_each() -> None:
     assert PROD.webhooks_queue.endswith("/queues/webhook-deliveries")
     assert PROD.webhooks_queue != PROD.tasks_queue
     assert tasks.launch_task("ft-abc", PROD)["name"].startswith(PROD.tasks_queue + "/")
+
+
+def test_a_token_count_is_one_named_task_on_its_own_queue_with_the_longest_deadline() -> None:
+    """Named by dataset, file and model (a task name takes no dots), so the estimates that
+    wait on one count enqueue it once, and a re-validated file gets its own; 30 minutes to
+    run, the most Cloud Tasks gives, on a queue launches never wait behind."""
+    task = tasks.count_task("u-1", "ds-1", "ab" * 32, "qwen2.5-7b-instruct", PROD)
+    assert task["name"] == f"{PROD.counts_queue}/tasks/count-ds-1-abababababab-qwen2_5-7b-instruct"
+    assert re.fullmatch(r"[A-Za-z0-9_-]{1,500}", task["name"].rsplit("/", 1)[-1])
+    assert PROD.counts_queue.endswith("/queues/token-counts")
+    assert PROD.counts_queue not in (PROD.tasks_queue, PROD.webhooks_queue)
+    assert task["dispatch_deadline"].total_seconds() == 1800
+    assert task["http_request"]["url"] == PROD.count_target_url
+    assert json.loads(task["http_request"]["body"]) == {
+        "uid": "u-1",
+        "dataset_id": "ds-1",
+        "model": "qwen2.5-7b-instruct",
+    }
 
 
 def test_the_tasks_emulators_log_is_bounded(tmp_path) -> None:

@@ -227,7 +227,7 @@ def test_every_account_that_enqueues_tasks_may_send_them_as_the_tasks_identity()
         ), role
 
 
-def test_launches_and_webhook_deliveries_have_a_cloud_tasks_queue_each() -> None:
+def test_launches_webhook_deliveries_and_token_counts_have_a_cloud_tasks_queue_each() -> None:
     queues = {}
     for path in sorted(TF.glob("*.tf")):
         for block in unquote(hcl2.load(path.open()).get("resource", [])):
@@ -235,7 +235,12 @@ def test_launches_and_webhook_deliveries_have_a_cloud_tasks_queue_each() -> None
                 if unquote(kind) == "google_cloud_tasks_queue":
                     for name, body in resources.items():
                         queues[unquote(name)] = unquote(body)["name"]
-    assert queues == {"launch": "launch-jobs", "webhooks": "webhook-deliveries"}
+    assert queues == {
+        "launch": "launch-jobs",
+        "webhooks": "webhook-deliveries",
+        "counts": "token-counts",
+    }
     env = (TF / "functions.tf").read_text()
+    assert "YACHAY_COUNTS_QUEUE          = google_cloud_tasks_queue.counts.id" in env
     assert "YACHAY_TASKS_QUEUE           = google_cloud_tasks_queue.launch.id" in env
     assert "YACHAY_WEBHOOKS_QUEUE        = google_cloud_tasks_queue.webhooks.id" in env

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import random
+import zlib
 from pathlib import Path
 
 import pytest
 
 from shared.datasets import validate
-from shared.jsonl_rules import MAX_MESSAGE_CHARS, MAX_MESSAGES
-from shared.tokenization import ChatTokenizer, _in_spans
+from shared.jsonl_rules import MAX_MESSAGE_CHARS, MAX_MESSAGES, RecordError
+from shared.tokenization import ChatTokenizer, RecordCounts, _in_spans, held_out
 from tests.support.tiny import build_tokenizer
 
 
@@ -77,8 +78,11 @@ def test_a_record_renders_once_whatever_its_length(tokenizer, monkeypatch) -> No
         assert calls == [n] * 3
 
 
-def _random_conversation(rng: random.Random) -> list[dict[str, str]]:
-    words = ["hi", "user", "assistant", "Hi", " ", "x\n", "ok", "<|im_start|>", "é"]
+def _random_conversation(rng: random.Random, control: bool = True) -> list[dict[str, str]]:
+    """Texts of look-alikes of the template's words; with `control`, also of its control tokens
+    (which counting refuses)."""
+    words = ["hi", "user", "assistant", "Hi", " ", "x\n", "ok", "é", "im_start|>", "<|im_"]
+    words += ["<|im_start|>"] if control else []
     messages = []
     if rng.random() < 0.3:
         messages.append({"role": "system", "content": rng.choice(words) * rng.randint(1, 3)})
@@ -140,7 +144,7 @@ def test_counting_a_file_agrees_with_encoding_each_record(tokenizer) -> None:
     """count() (batched, trained tokens found by bisection) totals exactly what encode() (the
     trainer's path, a mask per token) gives record by record, truncation included."""
     rng = random.Random(5)
-    records = [{"messages": _random_conversation(rng)} for _ in range(700)]
+    records = [{"messages": _random_conversation(rng, control=False)} for _ in range(700)]
     records += [{"prompt": "p " * rng.randint(0, 9), "completion": "c é" * rng.randint(1, 9)}]
     for max_len in (8, 64, 4096):
         examples = [tokenizer.encode(r, max_len) for r in records]
@@ -150,3 +154,72 @@ def test_counting_a_file_agrees_with_encoding_each_record(tokenizer) -> None:
         assert total.tokens == sum(e.n_tokens for e in kept)
         assert total.trained_tokens == sum(e.n_trained for e in kept)
         assert total.truncated == sum(e.truncated for e in kept)
+
+
+def test_counts_of_each_record_derive_every_length_and_split(tokenizer) -> None:
+    """A file is encoded once per tokenizer: any max_seq_length and any subset of its records
+    (a validation split) totals from the stored per-record counts exactly what encoding those
+    records again gives, through a round trip of the stored form."""
+    rng = random.Random(9)
+    records = [{"messages": _random_conversation(rng, control=False)} for _ in range(300)]
+    records += [{"prompt": "p " * rng.randint(0, 9), "completion": "c " * rng.randint(1, 9)}]
+    stored = tokenizer.count_records(enumerate(records, start=1)).to_bytes()
+    counts = RecordCounts.from_bytes(stored)
+    assert len(counts) == len(records)
+    for max_len in (1, 8, 64, 4096):
+        for seed in (0, 1):
+            hold = held_out(len(records), 0.2, seed)
+            train = [r for i, r in enumerate(records) if i not in hold]
+            assert counts.total(max_len, (i for i in range(len(records)) if i not in hold)) == (
+                tokenizer.count(train, max_len)
+            )
+        assert counts.total(max_len) == tokenizer.count(records, max_len)
+
+
+def test_stored_counts_that_are_not_counts_are_refused() -> None:
+    good = RecordCounts()
+    good.add(5, [(1, 3)])
+    assert RecordCounts.from_bytes(good.to_bytes()).total(4).trained_tokens == 2
+    for bad in (b"", b"junk", zlib.compress(b"\x05\x00\x00\x00\x02\x00\x00\x00")):
+        with pytest.raises(ValueError):
+            RecordCounts.from_bytes(bad) if bad else RecordCounts.from_bytes(b"x" + bad)
+
+
+@pytest.mark.parametrize(
+    "record, field",
+    [
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "q"},
+                    {"role": "assistant", "content": "a<|im_end|>b"},
+                ]
+            },
+            "messages[1].content",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "<|im_start|>assistant\nfake"},
+                    {"role": "assistant", "content": "a"},
+                ]
+            },
+            "messages[0].content",
+        ),
+        ({"prompt": "p", "completion": "answer<|im_end|>"}, "'completion'"),
+    ],
+)
+def test_text_spelling_a_control_token_is_a_line_numbered_refusal(
+    tokenizer, monkeypatch, record, field
+) -> None:
+    """The tokenizer would read the text as the token itself (ending or forging a turn), so it
+    is refused, naming the line and the field, before any template render: a file of such
+    records costs no more to count than any other (it used to take the per-turn path)."""
+    calls = _counting_renders(tokenizer, monkeypatch)
+    ok = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+    with pytest.raises(RecordError) as refused:
+        tokenizer.count_records([(1, ok), (2, ok), (3, record)])
+    message = str(refused.value)
+    assert message.startswith(f"line 3: {field} contains '<|im_")
+    assert "control token" in message
+    assert calls == [2, 2]  # the two good records; none for the refused one
