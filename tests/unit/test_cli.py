@@ -116,3 +116,48 @@ def test_download_refuses_a_file_name_that_leaves_the_folder(monkeypatch, tmp_pa
     code = main.main(["download", "ft-a", "--out", str(tmp_path / "out")])
     assert code == main.FAILED
     assert not (tmp_path / "evil").exists()
+
+
+def test_a_202_is_asked_again_after_retry_after_until_the_answer(monkeypatch) -> None:
+    """While a large file's tokens are counted the API answers 202 with Retry-After; the CLI
+    sends the same request again (told once), and gives up waiting after wait_s, returning the
+    202 body rather than looping for ever. A small HTTP server on loopback plays the API."""
+    import http.server
+    import threading
+
+    answers = [(202, {"object": "token_count", "message": "counting"})] * 2
+    answers.append((200, {"object": "estimate", "price_cents": 50}))
+    seen: list[bytes] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            seen.append(self.rfile.read(int(self.headers["Content-Length"])))
+            status, body = answers.pop(0) if answers else (202, {"object": "token_count"})
+            raw = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Retry-After", "1")
+            self.send_header("Content-Length", str(len(raw)))
+            self.end_headers()
+            self.wfile.write(raw)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    sleeps: list[float] = []
+    monkeypatch.setattr(api.time, "sleep", sleeps.append)
+    try:
+        told: list[dict] = []
+        client = api.Client(f"http://127.0.0.1:{server.server_port}", "k", waiting=told.append)
+        assert client.call("estimate", body={"model": "m"}) == answers_done()
+        assert sleeps == [1.0, 1.0] and len(told) == 2 and len(set(seen)) == 1
+        impatient = api.Client(f"http://127.0.0.1:{server.server_port}", "k", wait_s=0)
+        assert impatient.call("estimate", body={"model": "m"})["object"] == "token_count"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def answers_done() -> dict:
+    return {"object": "estimate", "price_cents": 50}
