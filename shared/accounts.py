@@ -72,11 +72,12 @@ def parse_update(body: dict[str, Any]) -> AccountUpdate:
 
 
 def _portal(user: UserRecord, cfg: Settings) -> str | None:
+    """Our signed link to the billing portal (shared.billing.portal_link): no Stripe call."""
     if not user.stripe_customer_id:
         return None
-    from shared import payments  # only for users who have a Stripe customer
+    from shared import billing
 
-    return payments.portal_url(cfg, user.stripe_customer_id)
+    return billing.portal_link(user.uid, cfg)
 
 
 def get_account(

@@ -45,6 +45,44 @@ def setup_card(uid: str, email: str | None, cfg: Settings) -> dict[str, Any]:
     return {"object": "setup_session", "url": url, "expires_at": expires.isoformat()}
 
 
+PORTAL_LINK = "billing-portal"  # the purpose the portal link is signed for (shared.links)
+
+
+def portal_link(uid: str, cfg: Settings) -> str:
+    """GET /v1/me's portal_url: a link of ours, signed for this user for an hour. Following it
+    (`open_portal`) makes the Stripe billing-portal session then, so reading the account makes
+    none."""
+    from urllib.parse import quote
+
+    from shared import links
+    from shared.routes import path_of
+
+    token = links.sign(PORTAL_LINK, uid, cfg)
+    return f"{cfg.api_base_url}{path_of('openBillingPortal')}?token={quote(token)}"
+
+
+def open_portal(token: str | None, cfg: Settings) -> str:
+    """GET /v1/billing/portal?token=...: the Stripe billing-portal page the link stands for,
+    made now (the function answers a 303 to it).
+
+    Raises:
+        ApiError: invalid_link, link_expired; payment_method_required when the user has no
+            billing account (erased since, say).
+    """
+    from shared import links
+
+    if not token:
+        raise ApiError(Code.MISSING_FIELD, "Follow the link GET /v1/me gives.", param="token")
+    uid = links.verify(PORTAL_LINK, token, cfg)
+    user = store.get_user(uid)
+    if user is None or not user.stripe_customer_id:
+        raise ApiError(
+            Code.PAYMENT_METHOD_REQUIRED,
+            "There is no billing account for this link any more: sign in and save a card.",
+        )
+    return payments.portal_url(cfg, user.stripe_customer_id)
+
+
 def portal_session(uid: str, email: str | None, cfg: Settings) -> dict[str, Any]:
     """POST /v1/billing/portal-session: a Stripe billing-portal page for the user's customer.
 

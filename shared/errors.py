@@ -71,6 +71,8 @@ class Code(StrEnum):
     PAYMENT_REQUIRED = ("payment_required", 402)
     PAYMENT_DECLINED = ("payment_declined", 402)
     ARTIFACTS_EXPIRED = ("artifacts_expired", 410)
+    INVALID_LINK = ("invalid_link", 400)  # a link of ours that we did not sign
+    LINK_EXPIRED = ("link_expired", 410)
     # Server side
     SERVICE_UNAVAILABLE = ("service_unavailable", 503)
     NOT_READY = ("not_ready", 503)

@@ -145,6 +145,10 @@ ROUTES: tuple[Route, ...] = (
           per_minute=10),
     Route("POST", "/v1/billing/portal-session", "cards", "createPortalSession",
           "A Stripe billing-portal page (cards, receipts), made on demand.", per_minute=10),
+    Route("GET", "/v1/billing/portal", "cards", "openBillingPortal",
+          "The signed link of GET /v1/me's portal_url: makes the billing-portal page now and "
+          "redirects (303) to it. The token is the credential; it lives an hour.",
+          auth=False, per_minute=10),
     Route("POST", "/v1/api-keys", "api_keys", "createApiKey",
           "Mints an API key (the secret is shown once); signed-in users only.", per_minute=30),
     Route("GET", "/v1/api-keys", "api_keys", "listApiKeys",

@@ -499,7 +499,12 @@ Account = response(
         "notifications": Map(Boolean(), keys=NOTIFICATION_EVENTS),
         "monthly_spend_limit_cents": Integer(minimum=0, nullable=True),
         "spent_this_month_cents": Cents,
-        "portal_url": String(format="uri", nullable=True),
+        "portal_url": String(
+            format="uri",
+            nullable=True,
+            description="A link of ours, valid an hour, that opens the billing portal when "
+            "followed (signed-in sessions only; null for API keys and without a card).",
+        ),
     },
     "Account",
 )
@@ -827,6 +832,16 @@ OPERATIONS: Mapping[str, Operation] = {
     "setupCard": Operation(ok_status=201, ok=SetupSession),
     "createPortalSession": Operation(
         ok_status=201, ok=PortalSession, errors=(Code.PAYMENT_METHOD_REQUIRED,)
+    ),
+    "openBillingPortal": Operation(
+        ok_status=303,  # Location: the billing-portal page
+        query=Query({"token": String(max_length=1024, description="From portal_url.")}),
+        errors=(
+            Code.MISSING_FIELD,
+            Code.INVALID_LINK,
+            Code.LINK_EXPIRED,
+            Code.PAYMENT_METHOD_REQUIRED,
+        ),
     ),
     "createApiKey": Operation(
         ok_status=201, ok=ApiKeyCreated, body=CreateApiKey, errors=(Code.TOO_MANY_API_KEYS,)

@@ -204,6 +204,12 @@ def _owned(collection: str, doc_id: str, uid: str) -> dict[str, Any] | None:
 # --- users -----------------------------------------------------------------------------------
 
 
+def get_user(uid: str) -> UserRecord | None:
+    """The user's record, or None (never created, or erased); creates nothing."""
+    snap = _ref(USERS, uid).get()
+    return UserRecord.from_doc(snap.to_dict()) if snap.exists else None
+
+
 def get_or_create_user(uid: str, email: str | None) -> UserRecord:
     """The user's record, created on first call. `email` is a verified address from the
     caller's token (or None): when it differs from the stored one (verified since, or changed),

@@ -22,6 +22,7 @@ locals {
     YACHAY_REGION                = var.region
     YACHAY_VERSION               = var.trainer_image_tag
     YACHAY_CORS_ORIGINS          = join(",", var.dashboard_origins)
+    YACHAY_API_BASE_URL          = var.api_base_url
     YACHAY_AUTH_HEADER           = "X-Forwarded-Authorization"
     YACHAY_MODELS_BUCKET         = google_storage_bucket.this["models"].name
     YACHAY_MODELS_PREFIX         = "models"

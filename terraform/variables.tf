@@ -14,6 +14,11 @@ variable "dashboard_origins" {
   type        = list(string)
 }
 
+variable "api_base_url" {
+  description = "The public base URL clients use (the gateway's hostname, or a custom domain in front of it); links we hand out, such as the billing-portal link of GET /v1/me, point there."
+  type        = string
+}
+
 variable "checkout_success_url" {
   description = "Where Stripe Checkout returns after a card is saved."
   type        = string

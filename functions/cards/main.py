@@ -1,5 +1,6 @@
 """POST /v1/jobs/setup-card (a Stripe Checkout session in setup mode) and POST
-/v1/billing/portal-session (a billing-portal session, made only when asked for)."""
+/v1/billing/portal-session (a billing-portal session, made only when asked for), and the
+signed link GET /v1/me hands out (GET /v1/billing/portal: makes the session when followed)."""
 
 from shared import billing
 from shared.http import ApiRequest, Reply, serve
@@ -13,4 +14,16 @@ def create_portal_session(req: ApiRequest) -> Reply:
     return Reply(billing.portal_session(req.uid, req.email, req.settings), status=201)
 
 
-cards = serve("cards", {"setupCard": setup_card, "createPortalSession": create_portal_session})
+def open_billing_portal(req: ApiRequest) -> Reply:
+    url = billing.open_portal(req.args.get("token"), req.settings)
+    return Reply(None, status=303, headers={"Location": url, "Cache-Control": "no-store"})
+
+
+cards = serve(
+    "cards",
+    {
+        "setupCard": setup_card,
+        "createPortalSession": create_portal_session,
+        "openBillingPortal": open_billing_portal,
+    },
+)

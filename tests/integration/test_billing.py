@@ -271,7 +271,7 @@ def test_extension_sent_twice_with_one_key_charges_once(api, stack, tiny_in_stor
     assert summary["months"][0]["charges"] == 2 and summary["outstanding_cents"] == 0
 
     me = api.request("GET", "/v1/me", user).json()
-    assert me["portal_url"] and "/local/portal/" in me["portal_url"]  # local-only stand-in
+    assert me["portal_url"] and "/v1/billing/portal?token=" in me["portal_url"]  # our link
     assert me["spent_this_month_cents"] == summary["lifetime_cents"]
 
 
@@ -522,6 +522,61 @@ def test_a_portal_session_is_made_on_demand(api, stack_env) -> None:
     assert body["object"] == "portal_session" and "/local/portal/" in body["url"]  # stand-in
     other = api.new_user()
     assert api.request("POST", "/v1/billing/portal-session", other).status_code == 402
+
+
+def test_the_account_s_portal_url_is_our_link_and_makes_the_session_only_when_followed(
+    api, stack_env, monkeypatch
+) -> None:
+    """GET /v1/me hands out a signed link of ours (no Stripe call per read); following it makes
+    the portal session and answers 303 to it. A link that was altered, expired, of a user with
+    no billing account, or missing answers a JSON error, never a redirect."""
+    from datetime import timedelta
+
+    from shared import accounts, billing, links, payments
+    from shared.config import settings
+
+    user = api.new_user()
+    save_test_card(user.uid)
+    made: list[str] = []
+    monkeypatch.setattr(payments, "portal_url", lambda cfg, customer: made.append(customer))
+    for _ in range(3):
+        link = accounts.get_account(user.uid, None, settings())["portal_url"]
+    assert made == []  # reading the account made no portal session
+    monkeypatch.undo()
+
+    me = api.request("GET", "/v1/me", user).json()
+    followed = requests.get(me["portal_url"], allow_redirects=False, timeout=30)
+    assert followed.status_code == 303, followed.text
+    customer = store.get_or_create_user(user.uid, None).stripe_customer_id
+    assert followed.headers["Location"].endswith(f"/local/portal/{customer}")  # stand-in page
+    assert followed.headers["Cache-Control"] == "no-store"
+    assert link.split("token=")[0] == me["portal_url"].split("token=")[0]
+
+    portal = f"{api.base}/v1/billing/portal"
+    token = me["portal_url"].split("token=")[1]
+    who, expires, signature = requests.utils.unquote(token).split(".")
+    other = api.new_user()
+    forged_for_other = ".".join(
+        (links.sign("x", other.uid, settings()).split(".")[0], expires, signature)
+    )
+    old = links.sign(
+        billing.PORTAL_LINK, user.uid, settings(), now=store.now() - timedelta(hours=2)
+    )
+    no_card = links.sign(billing.PORTAL_LINK, other.uid, settings())
+    cases = {
+        forged_for_other: (400, "invalid_link"),  # another uid under this signature
+        f"{who}.{int(expires) + 3600}.{signature}": (400, "invalid_link"),  # a longer life
+        links.sign("other-purpose", user.uid, settings()): (400, "invalid_link"),
+        "not-a-token": (400, "invalid_link"),
+        "é.1.x": (400, "invalid_link"),
+        old: (410, "link_expired"),
+        no_card: (402, "payment_method_required"),
+    }
+    for bad, (status, code) in cases.items():
+        resp = requests.get(portal, params={"token": bad}, allow_redirects=False, timeout=30)
+        assert (resp.status_code, resp.json()["error"]["code"]) == (status, code), bad
+    missing = requests.get(portal, allow_redirects=False, timeout=30)
+    assert missing.status_code == 400 and missing.json()["error"]["code"] == "missing_field"
 
 
 def test_concurrent_extensions_cannot_pass_the_spend_limit_together(

@@ -1,0 +1,67 @@
+"""Signed links of ours: a URL that does one thing for one user, for a while, followed in a
+browser without an Authorization header (today: the billing-portal link of GET /v1/me).
+
+A link carries `<uid>.<expiry>.<signature>` (the uid base64url-encoded), HMAC-SHA256 over the
+purpose, uid and expiry. The key is derived from the Stripe secret key with a label of its own,
+so it needs no new secret and only the functions that hold the Stripe key (the ones that make
+and follow these links) can sign; rotating the Stripe key voids every link, which live an hour.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from datetime import UTC, datetime, timedelta
+
+from shared.config import Settings
+from shared.errors import ApiError, Code
+
+LIFETIME = timedelta(hours=1)
+_LABEL = b"yachay signed links v1"
+
+
+def _key(cfg: Settings) -> bytes:
+    if not cfg.stripe_secret_key:
+        raise RuntimeError("signed links need YACHAY_STRIPE_SECRET_KEY")
+    return hmac.new(cfg.stripe_secret_key.encode(), _LABEL, hashlib.sha256).digest()
+
+
+def _signature(purpose: str, uid: str, expires: int, cfg: Settings) -> str:
+    mac = hmac.new(_key(cfg), f"{purpose}\n{uid}\n{expires}".encode(), hashlib.sha256)
+    return base64.urlsafe_b64encode(mac.digest()).decode().rstrip("=")
+
+
+def sign(purpose: str, uid: str, cfg: Settings, now: datetime | None = None) -> str:
+    """A token that `verify(purpose, ...)` accepts for LIFETIME from `now`."""
+    expires = int(((now or datetime.now(UTC)) + LIFETIME).timestamp())
+    who = base64.urlsafe_b64encode(uid.encode()).decode().rstrip("=")
+    return f"{who}.{expires}.{_signature(purpose, uid, expires, cfg)}"
+
+
+def verify(purpose: str, token: str, cfg: Settings, now: datetime | None = None) -> str:
+    """The uid the token was signed for.
+
+    Raises:
+        ApiError: invalid_link (400) for anything we did not sign for this purpose;
+            link_expired (410) for one of ours past its hour.
+    """
+    forged = ApiError(
+        Code.INVALID_LINK, "This link is not one of ours or was altered.", param="token"
+    )
+    try:
+        who, expires_text, signature = token.split(".")
+        uid = base64.urlsafe_b64decode(who + "=" * (-len(who) % 4)).decode()
+        expires = int(expires_text)
+    except (ValueError, UnicodeDecodeError):
+        raise forged from None
+    if not hmac.compare_digest(signature, _signature(purpose, uid, expires, cfg)):
+        raise forged
+    if (now or datetime.now(UTC)).timestamp() >= expires:
+        raise ApiError(
+            Code.LINK_EXPIRED,
+            "This link lived an hour and has expired: open the billing page again (GET /v1/me "
+            "gives a new link).",
+            param="token",
+        )
+    return uid
