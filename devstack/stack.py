@@ -153,6 +153,8 @@ class Stack:
             "YACHAY_COUNTS_QUEUE": COUNTS_QUEUE,
             "YACHAY_BATCH_TOPIC": BATCH_TOPIC,
             "YACHAY_SIGNING_KEY_FILE": str(self.run_dir / "signing-key.json"),
+            # The local stand-in for Cloud KMS wrapping sealed secrets (shared.secretbox).
+            "YACHAY_SECRETS_KEY": f"local:{self.run_dir / 'secrets-kek.bin'}",
             # Webhook receivers of the local stack and its tests listen on 127.0.0.1; nothing
             # else may send to a loopback address (shared/webhooks.py).
             "YACHAY_WEBHOOKS_ALLOW_LOOPBACK": "true",
@@ -195,6 +197,7 @@ class Stack:
                 )
         try:
             _write_signing_key(self.run_dir / "signing-key.json")
+            _write_secrets_key(self.run_dir / "secrets-kek.bin")
             for name, argv, cwd, extra_env in self._commands():
                 self._spawn(name, argv, cwd, extra_env)
             self._wait_ready(timeout_s)
@@ -471,6 +474,16 @@ class Stack:
                 proc = next(p for p in self._procs if p.name == name)
                 raise StackError(name, f"did not answer within {timeout_s:.0f} s", proc.log)
             time.sleep(0.1)
+
+
+def _write_secrets_key(path: Path) -> None:
+    """32 random bytes: the key-encryption key of the local stand-in for Cloud KMS. Made once
+    per run folder, readable by its owner only; a new run folder starts with no sealed data."""
+    if path.exists():
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(os.urandom(32))
 
 
 def _write_signing_key(path: Path) -> None:

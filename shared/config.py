@@ -77,6 +77,9 @@ class Settings:
     currency: str
     retention_days: int
     webhook_target_url: str  # where Cloud Tasks delivers webhook attempts (the launcher function)
+    # Who wraps the data keys of sealed secrets (shared.secretbox): "kms:<crypto key name>" in
+    # production, "local:<key file>" on the local stack.
+    secrets_key: str
     counts_queue: str  # background token counts of large datasets (shared.token_counts)
     count_target_url: str  # where Cloud Tasks delivers them (the count_tokens function)
     # A dataset above this many bytes is counted in the background, not within the request
@@ -204,6 +207,7 @@ def load(environ: Mapping[str, str]) -> Settings:
             environ.get("YACHAY_API_BASE_URL", "http://127.0.0.1:8700") + DELIVER_PATH,
         ),
         webhooks_allow_loopback=allow_loopback,
+        secrets_key=environ.get("YACHAY_SECRETS_KEY", ""),
         counts_queue=environ.get(
             "YACHAY_COUNTS_QUEUE",
             f"projects/{project}/locations/{environ.get('YACHAY_REGION', 'us-central1')}"

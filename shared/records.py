@@ -768,10 +768,12 @@ PING = "ping"
 
 
 class WebhookSecret(NamedTuple):
-    """One signing secret (`whsec_` + base64 of 32 random bytes). During a rotation the old one
-    keeps signing until `expires_at`, beside the new one (None: no end)."""
+    """One signing secret (`whsec_` + base64 of 32 random bytes), kept only sealed (envelope
+    encryption bound to the endpoint id: shared.secretbox), so a database read does not yield
+    it. During a rotation the old one keeps signing until `expires_at`, beside the new one
+    (None: no end)."""
 
-    secret: str
+    sealed: str
     created_at: datetime
     expires_at: datetime | None = None
 
@@ -780,7 +782,7 @@ class WebhookSecret(NamedTuple):
 
     @staticmethod
     def from_doc(doc: Mapping[str, Any]) -> "WebhookSecret":
-        return WebhookSecret(doc["secret"], doc["created_at"], doc.get("expires_at"))
+        return WebhookSecret(doc["sealed"], doc["created_at"], doc.get("expires_at"))
 
 
 class WebhookEndpoint(NamedTuple):
@@ -796,7 +798,8 @@ class WebhookEndpoint(NamedTuple):
     failing_since: datetime | None = None  # first failure of the current run of failures
 
     def signing_secrets(self, now: datetime) -> tuple[str, ...]:
-        return tuple(s.secret for s in self.secrets if s.expires_at is None or s.expires_at > now)
+        """The sealed secrets that still sign at `now`."""
+        return tuple(s.sealed for s in self.secrets if s.expires_at is None or s.expires_at > now)
 
     def to_doc(self) -> dict[str, Any]:
         return {

@@ -29,7 +29,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-from shared import store
+from shared import secretbox, store
 from shared.config import Settings
 from shared.errors import ApiError, Code
 from shared.records import (
@@ -146,13 +146,14 @@ def create(
     store.get_or_create_user(uid, email)  # the address we write to if it gets disabled
     t = store.now()
     secret = new_secret()
+    endpoint_id = store.new_id("we-")
     endpoint = WebhookEndpoint(
-        id=store.new_id("we-"),
+        id=endpoint_id,
         uid=uid,
         url=body["url"],
         events=tuple(dict.fromkeys(body["events"])),
         description=body.get("description", ""),
-        secrets=(WebhookSecret(secret, t),),
+        secrets=(WebhookSecret(secretbox.seal(secret, endpoint_id, cfg), t),),
         created_at=t,
     )
     try:
@@ -180,7 +181,9 @@ def delete(uid: str, endpoint_id: str) -> None:
     store.delete_webhook_endpoint(owned(uid, endpoint_id))
 
 
-def rotate(uid: str, endpoint_id: str, now: datetime | None = None) -> dict[str, Any]:
+def rotate(
+    uid: str, endpoint_id: str, cfg: Settings, now: datetime | None = None
+) -> dict[str, Any]:
     """POST .../rotate-secret: a new secret signs from now on; the current one keeps signing
     beside it for 24 hours, so receivers can switch without losing a delivery."""
     endpoint = owned(uid, endpoint_id)
@@ -191,7 +194,8 @@ def rotate(uid: str, endpoint_id: str, now: datetime | None = None) -> dict[str,
         for s in endpoint.secrets
         if s.expires_at is None or s.expires_at > t
     )
-    endpoint = endpoint._replace(secrets=(WebhookSecret(secret, t), *kept))
+    sealed = WebhookSecret(secretbox.seal(secret, endpoint.id, cfg), t)
+    endpoint = endpoint._replace(secrets=(sealed, *kept))
     store.save_webhook_endpoint(endpoint)
     return view(endpoint, secret)
 
@@ -282,12 +286,16 @@ def envelope(event: WebhookEvent) -> dict[str, Any]:
     }
 
 
-def sign(endpoint: WebhookEndpoint, msg_id: str, payload: str, now: datetime) -> dict[str, str]:
-    """The Standard Webhooks headers; every secret still valid signs (a rotation's overlap)."""
+def sign(
+    endpoint: WebhookEndpoint, msg_id: str, payload: str, now: datetime, cfg: Settings
+) -> dict[str, str]:
+    """The Standard Webhooks headers; every secret still valid signs (a rotation's overlap),
+    each opened from its sealed form only here, for the send."""
     from standardwebhooks.webhooks import Webhook
 
     signatures = [
-        Webhook(secret).sign(msg_id, now, payload) for secret in endpoint.signing_secrets(now)
+        Webhook(secretbox.open_sealed(sealed, endpoint.id, cfg)).sign(msg_id, now, payload)
+        for sealed in endpoint.signing_secrets(now)
     ]
     return {
         "webhook-id": msg_id,
@@ -332,7 +340,7 @@ def deliver(
         return "disabled"
     payload = json.dumps(envelope(event), separators=(",", ":"), default=str)
     started = time.monotonic()
-    answer = post(endpoint.url, payload, sign(endpoint, event.id, payload, t), cfg)
+    answer = post(endpoint.url, payload, sign(endpoint, event.id, payload, t, cfg), cfg)
     latency_ms = round((time.monotonic() - started) * 1000)
     ok = answer.status_code is not None and 200 <= answer.status_code < 300
     record = DeliveryAttempt(attempt, t, answer.status_code, latency_ms, answer.error)

@@ -41,6 +41,7 @@ locals {
     YACHAY_TASK_TARGET_URL       = local.launch_url
     YACHAY_WEBHOOK_TARGET_URL    = "${local.launcher_url}${local.wiring.paths.deliver_webhook}"
     YACHAY_COUNTS_QUEUE          = google_cloud_tasks_queue.counts.id
+    YACHAY_SECRETS_KEY           = "kms:${google_kms_crypto_key.webhook_secrets.id}"
     YACHAY_COUNT_TARGET_URL      = local.count_url
     YACHAY_COUNT_INLINE_BYTES    = tostring(8 * 1024 * 1024) # above: counted in the background
     YACHAY_TASKS_SERVICE_ACCOUNT = google_service_account.role["tasks"].email

@@ -125,6 +125,33 @@ resource "google_secret_manager_secret_iam_member" "stripe_key" {
   member    = "serviceAccount:${google_service_account.role[each.value].email}"
 }
 
+# Webhook signing secrets are stored sealed (shared/secretbox.py): their data keys are wrapped by
+# this key, which never leaves KMS. Only the accounts that make secrets (api: create, rotate,
+# the test ping) and send deliveries (launcher) may use it; the trainer and a plain database
+# read get ciphertext.
+resource "google_kms_key_ring" "secrets" {
+  name       = "yachay-secrets"
+  location   = var.region
+  depends_on = [google_project_service.enabled]
+}
+
+resource "google_kms_crypto_key" "webhook_secrets" {
+  name            = "webhook-secrets"
+  key_ring        = google_kms_key_ring.secrets.id
+  purpose         = "ENCRYPT_DECRYPT"
+  rotation_period = "7776000s" # 90 days; old versions still unwrap what they wrapped
+  lifecycle {
+    prevent_destroy = true # destroying it makes every stored secret unreadable
+  }
+}
+
+resource "google_kms_crypto_key_iam_member" "webhook_secrets" {
+  for_each      = toset(["api", "launcher"])
+  crypto_key_id = google_kms_crypto_key.webhook_secrets.id
+  role          = "roles/cloudkms.cryptoKeyEncrypterDecrypter"
+  member        = "serviceAccount:${google_service_account.role[each.value].email}"
+}
+
 resource "google_secret_manager_secret_iam_member" "stripe_webhook_secrets" {
   secret_id = google_secret_manager_secret.stripe["stripe-webhook-secrets"].id
   role      = "roles/secretmanager.secretAccessor"

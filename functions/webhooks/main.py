@@ -20,7 +20,7 @@ def delete_endpoint(req: ApiRequest) -> Reply:
 
 
 def rotate_secret(req: ApiRequest) -> Reply:
-    return Reply(core.rotate(req.uid, req.params["endpoint_id"]))
+    return Reply(core.rotate(req.uid, req.params["endpoint_id"], req.settings))
 
 
 def test_endpoint(req: ApiRequest) -> Reply:

@@ -538,11 +538,11 @@ def test_the_account_s_portal_url_is_our_link_and_makes_the_session_only_when_fo
     user = api.new_user()
     save_test_card(user.uid)
     made: list[str] = []
-    monkeypatch.setattr(payments, "portal_url", lambda cfg, customer: made.append(customer))
-    for _ in range(3):
-        link = accounts.get_account(user.uid, None, settings())["portal_url"]
+    with monkeypatch.context() as patched:
+        patched.setattr(payments, "portal_url", lambda cfg, customer: made.append(customer))
+        for _ in range(3):
+            link = accounts.get_account(user.uid, None, settings())["portal_url"]
     assert made == []  # reading the account made no portal session
-    monkeypatch.undo()
 
     me = api.request("GET", "/v1/me", user).json()
     followed = requests.get(me["portal_url"], allow_redirects=False, timeout=30)

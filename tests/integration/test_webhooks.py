@@ -162,6 +162,12 @@ def test_ping_rotation_and_both_secrets(api) -> None:
         assert verified(hook, rotated["secret"])["id"] == ping.json()["id"]
         listed = api.request("GET", "/v1/webhook-endpoints", user).json()["data"]
         assert "secret" not in listed[0] and endpoint["secret"] not in str(listed)
+        # what the database holds is sealed: a read of the document yields neither secret
+        doc = store.client().collection("webhook_endpoints").document(endpoint["id"]).get()
+        raw = str(doc.to_dict())
+        for secret in (endpoint["secret"], rotated["secret"]):
+            assert secret not in raw and secret.removeprefix("whsec_")[:16] not in raw
+        assert [s["sealed"][:9] for s in doc.to_dict()["secrets"]] == ["v1.local."] * 2
 
 
 def test_unsafe_addresses_are_refused_at_send_time(api) -> None:

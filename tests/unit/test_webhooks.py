@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from shared import webhooks
+from shared import secretbox, webhooks
 from shared.config import load
 from shared.errors import ApiError
 from shared.records import WebhookEndpoint, WebhookSecret
@@ -166,29 +167,41 @@ def test_urls_must_be_https_in_production() -> None:
     webhooks.check_url("http://127.0.0.1:9/hook", LOCAL)
 
 
-def test_both_secrets_sign_during_a_rotation_and_only_then() -> None:
+@pytest.fixture
+def sealing(tmp_path) -> object:
+    """Settings whose secrets are sealed by the local key keeper (a key file in tmp_path)."""
+    key = tmp_path / "kek.bin"
+    key.write_bytes(os.urandom(32))
+    return load({"YACHAY_SECRETS_KEY": f"local:{key}"})
+
+
+def test_both_secrets_sign_during_a_rotation_and_only_then(sealing) -> None:
     t = datetime.now(UTC) - timedelta(days=3)  # its overlap ended two days ago
     old, new = webhooks.new_secret(), webhooks.new_secret()
+    sealed_old, sealed_new = (secretbox.seal(s, "we-1", sealing) for s in (old, new))
     endpoint = WebhookEndpoint(
         id="we-1",
         uid="u",
         url="https://example.com",
         events=("job.completed",),
         description="",
-        secrets=(WebhookSecret(new, t), WebhookSecret(old, t, expires_at=t + timedelta(hours=24))),
+        secrets=(
+            WebhookSecret(sealed_new, t),
+            WebhookSecret(sealed_old, t, expires_at=t + timedelta(hours=24)),
+        ),
         created_at=t,
     )
     payload = '{"id":"evt-1"}'
     now = datetime.now(UTC)
-    headers = webhooks.sign(endpoint._replace(secrets=endpoint.secrets), "evt-1", payload, now)
+    headers = webhooks.sign(endpoint, "evt-1", payload, now, sealing)
     assert len(headers["webhook-signature"].split(" ")) == 1  # only the new secret signs
     live = endpoint._replace(
         secrets=(
-            WebhookSecret(new, now),
-            WebhookSecret(old, now, expires_at=now + timedelta(hours=24)),
+            WebhookSecret(sealed_new, now),
+            WebhookSecret(sealed_old, now, expires_at=now + timedelta(hours=24)),
         )
     )
-    headers = webhooks.sign(live, "evt-1", payload, now)
+    headers = webhooks.sign(live, "evt-1", payload, now, sealing)
     assert len(headers["webhook-signature"].split(" ")) == 2
     for secret in (old, new):
         assert Webhook(secret).verify(payload, headers) == {"id": "evt-1"}
