@@ -149,7 +149,7 @@ def open_sealed(sealed: str, context: str, cfg: Settings) -> str:
     if version != VERSION or name != keep.name:
         raise ValueError(f"sealed by {name!r} ({version}); this service unwraps with {keep.name!r}")
     try:
-        data_key = _unwrapped(keep, _unb64(wrapped), context)
+        data_key = _unwrapped(cfg.secrets_key, _unb64(wrapped), context)
         plain = AESGCM(data_key).decrypt(_unb64(nonce), _unb64(ciphertext), context.encode())
         return plain.decode()
     except (InvalidTag, ValueError) as exc:
@@ -157,7 +157,7 @@ def open_sealed(sealed: str, context: str, cfg: Settings) -> str:
 
 
 @lru_cache(maxsize=4096)
-def _unwrapped(keep: Keeper, wrapped: bytes, context: str) -> bytes:
+def _unwrapped(spec: str, wrapped: bytes, context: str) -> bytes:
     """Unwrapped data keys, kept in memory: a delivery's retries and a busy endpoint cost one
     KMS call per process, not one per attempt."""
-    return keep.unwrap(wrapped, context)
+    return keeper(spec).unwrap(wrapped, context)
