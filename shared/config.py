@@ -18,6 +18,7 @@ VERSION = "0.1.0"
 LAUNCH_PATH = path_of("launchJob")
 DELIVER_PATH = path_of("deliverWebhook")
 COUNT_PATH = path_of("countTokens")
+REPORT_PATH = path_of("trainerReport")
 
 # Variables the Google SDKs read themselves; their presence means "use an emulator".
 EMULATOR_VARIABLES = (
@@ -80,6 +81,8 @@ class Settings:
     # Who wraps the data keys of sealed secrets (shared.secretbox): "kms:<crypto key name>" in
     # production, "local:<key file>" on the local stack.
     secrets_key: str
+    trainer_report_url: str  # where trainers report (the launcher's trainer-report route)
+    trainer_report_audience: str  # production: the ID-token audience (the launcher's URL)
     counts_queue: str  # background token counts of large datasets (shared.token_counts)
     count_target_url: str  # where Cloud Tasks delivers them (the count_tokens function)
     # A dataset above this many bytes is counted in the background, not within the request
@@ -208,6 +211,11 @@ def load(environ: Mapping[str, str]) -> Settings:
         ),
         webhooks_allow_loopback=allow_loopback,
         secrets_key=environ.get("YACHAY_SECRETS_KEY", ""),
+        trainer_report_url=environ.get(
+            "YACHAY_TRAINER_REPORT_URL",
+            environ.get("YACHAY_API_BASE_URL", "http://127.0.0.1:8700") + REPORT_PATH,
+        ),
+        trainer_report_audience=environ.get("YACHAY_TRAINER_REPORT_AUDIENCE", ""),
         counts_queue=environ.get(
             "YACHAY_COUNTS_QUEUE",
             f"projects/{project}/locations/{environ.get('YACHAY_REGION', 'us-central1')}"

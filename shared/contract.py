@@ -50,8 +50,9 @@ MAX_KEPT_CHECKPOINTS = 10  # epoch ends kept per job (the catalog allows at most
 OUTPUT_MERGED = "merged"
 EXTRA_OUTPUTS = (OUTPUT_MERGED,)
 
-# Job document fields the trainer writes (the API owns every other field). The trainer writes
-# them into the document TrainerConfig.job_document names, so it knows no collection name.
+# Job document fields the trainer reports (the API owns every other field). The trainer has no
+# database access: it POSTs them to TrainerConfig.report_url with its job's token, and the API
+# writes them into that job's document only (shared.lifecycle.trainer_report).
 PROGRESS_FIELD = "progress"  # Progress
 RESULT_FIELD = "trainer_result"  # TrainerResult
 FAILURE_FIELD = "trainer_failure"  # TrainerFailure
@@ -245,8 +246,13 @@ class TrainerConfig:
     dataset_sha256: str = ""  # the validated file's hash; the trainer refuses another file
     checkpoint_every_steps: int = 50
     progress_interval_s: float = 10.0  # at most one progress write per interval
-    progress_sink: str = "log"  # "log" (stdout only) or "firestore" (the job document too)
-    job_document: str = ""  # the Firestore document path the "firestore" sink writes to
+    progress_sink: str = "log"  # "log" (stdout only) or "api" (also POSTed to report_url)
+    report_url: str = ""  # the API's internal trainer-report route
+    # Signed for this job only (shared.links), so a trainer can report for no other job.
+    report_token: str = ""
+    # Production: the audience of the Google ID token the request also carries (Cloud Run
+    # IAM lets the trainer's account invoke the route); empty locally, where no IAM applies.
+    report_audience: str = ""
     # ISO time: the customTime (retention) the outputs are written with, so that no output is
     # ever without one (a run that ends after a cancel leaves nothing kept for ever); the API
     # moves it later when the job completes.

@@ -188,7 +188,7 @@ def serve(function: str, handlers: Mapping[str, Handler]) -> View:
                     if route.auth:
                         principal = authenticate(request.headers.get(cfg.auth_header), cfg)
                         authorize(route, principal)
-                    elif route.internal:
+                    elif route.internal and not route.trainer:  # a trainer: its job token
                         verify_internal_caller(request.headers.get("Authorization"), cfg)
                     if route.per_minute is not None:
                         _rate_limit(route, principal, request)

@@ -21,7 +21,16 @@ from typing import Any
 from shared import artifacts, batch, continuation, logs, modelstore, store, tasks
 from shared.catalog import catalog
 from shared.config import Settings
-from shared.contract import FailureKind, TrainerConfig, TrainerResult
+from shared.contract import (
+    FAILURE_FIELD,
+    PROGRESS_FIELD,
+    RESULT_FIELD,
+    FailureKind,
+    Progress,
+    TrainerConfig,
+    TrainerFailure,
+    TrainerResult,
+)
 from shared.errors import ApiError, Code
 from shared.jobs import owned, view
 from shared.records import (
@@ -127,6 +136,62 @@ def _mail(job: Job, status: JobStatus, message: str) -> Mail | None:
 # --- launch ----------------------------------------------------------------------------------
 
 
+TRAINER_REPORT = "trainer-report"  # the purpose a job's trainer token is signed for
+# A trainer's token outlives any run (preemptions and resumes included), never the job's outputs.
+TRAINER_TOKEN_LIFETIME = timedelta(days=7)
+
+
+def trainer_report(token: str | None, body: dict[str, Any], cfg: Settings) -> str:
+    """POST /internal/trainer/report: writes a trainer's progress, result or failure into its
+    own job's document. The trainer has no database access; its token (signed at launch for
+    its job id, shared.links) is the only thing that lets it write, and only there.
+
+    Raises:
+        ApiError: invalid_link / link_expired for a token we did not sign or that expired;
+            not_found when the token is another job's or the job is gone; invalid_body for
+            fields other than the three the trainer owns or that do not parse.
+    """
+    from shared import links
+
+    job_id, fields = body.get("job_id"), body.get("fields")
+    if not isinstance(job_id, str) or not isinstance(fields, dict) or not fields:
+        raise ApiError(Code.INVALID_BODY, 'Send {"job_id": ..., "fields": {...}}.')
+    if links.verify(TRAINER_REPORT, token or "", cfg) != job_id:
+        raise ApiError(Code.NOT_FOUND, f"No job '{job_id}' for this token.", param="job_id")
+    parsers: dict[str, Any] = {
+        PROGRESS_FIELD: _progress,
+        RESULT_FIELD: TrainerResult.from_doc,
+        FAILURE_FIELD: TrainerFailure.from_doc,
+    }
+    checked: dict[str, Any] = {}
+    for name, doc in fields.items():
+        if name not in parsers or not isinstance(doc, dict):
+            raise ApiError(Code.INVALID_BODY, f"A trainer reports only {sorted(parsers)}.")
+        try:
+            checked[name] = parsers[name](doc).to_doc()
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            raise ApiError(Code.INVALID_BODY, f"{name} does not parse: {exc}") from None
+    if not store.record_trainer_report(job_id, checked):
+        raise ApiError(Code.NOT_FOUND, f"No job '{job_id}'.", param="job_id")
+    return ", ".join(sorted(checked))
+
+
+def _progress(doc: dict[str, Any]) -> Progress:
+    """A progress report with each field of its type (a report is not trusted to be typed)."""
+    eval_loss = doc.get("eval_loss")
+    return Progress(
+        step=int(doc["step"]),
+        total_steps=int(doc["total_steps"]),
+        epoch=int(doc["epoch"]),
+        trained_tokens=int(doc["trained_tokens"]),
+        total_tokens=int(doc["total_tokens"]),
+        loss=float(doc["loss"]),
+        learning_rate=float(doc["learning_rate"]),
+        eta_s=float(doc["eta_s"]),
+        eval_loss=None if eval_loss is None else float(eval_loss),
+    )
+
+
 def trainer_config(job: Job, cfg: Settings) -> TrainerConfig:
     spec = catalog().get(job.model)
     if spec is None:
@@ -144,8 +209,10 @@ def trainer_config(job: Job, cfg: Settings) -> TrainerConfig:
         dataset_sha256=job.dataset_sha256,
         checkpoint_every_steps=CHECKPOINT_EVERY_STEPS,
         progress_interval_s=2.0 if cfg.is_local else 10.0,
-        progress_sink="firestore",
-        job_document=store.job_document(job.id),
+        progress_sink="api",
+        report_url=cfg.trainer_report_url,
+        report_token=_trainer_token(job.id, cfg),
+        report_audience=cfg.trainer_report_audience,
         outputs_kept_until=(store.now() + timedelta(days=cfg.retention_days)).isoformat(),
         project_id=cfg.project_id,
         validation_uri=(
@@ -159,6 +226,12 @@ def trainer_config(job: Job, cfg: Settings) -> TrainerConfig:
         ),
         outputs=opts.outputs,
     )
+
+
+def _trainer_token(job_id: str, cfg: Settings) -> str:
+    from shared import links
+
+    return links.sign(TRAINER_REPORT, job_id, cfg, lifetime=TRAINER_TOKEN_LIFETIME)
 
 
 def launch(job_id: str, cfg: Settings) -> str:

@@ -1,5 +1,6 @@
 """Signed links of ours: a URL that does one thing for one user, for a while, followed in a
-browser without an Authorization header (today: the billing-portal link of GET /v1/me).
+browser without an Authorization header (the billing-portal link of GET /v1/me); and, the same
+way, a trainer's token, good for reporting on its own job only.
 
 A link carries `<uid>.<expiry>.<signature>` (the uid base64url-encoded), HMAC-SHA256 over the
 purpose, uid and expiry. The key is derived from the Stripe secret key with a label of its own,
@@ -32,9 +33,16 @@ def _signature(purpose: str, uid: str, expires: int, cfg: Settings) -> str:
     return base64.urlsafe_b64encode(mac.digest()).decode().rstrip("=")
 
 
-def sign(purpose: str, uid: str, cfg: Settings, now: datetime | None = None) -> str:
-    """A token that `verify(purpose, ...)` accepts for LIFETIME from `now`."""
-    expires = int(((now or datetime.now(UTC)) + LIFETIME).timestamp())
+def sign(
+    purpose: str,
+    uid: str,
+    cfg: Settings,
+    now: datetime | None = None,
+    lifetime: timedelta = LIFETIME,
+) -> str:
+    """A token that `verify(purpose, ...)` accepts for `lifetime` from `now`. `uid` is whom
+    (or what: a job id) it is for."""
+    expires = int(((now or datetime.now(UTC)) + lifetime).timestamp())
     who = base64.urlsafe_b64encode(uid.encode()).decode().rstrip("=")
     return f"{who}.{expires}.{_signature(purpose, uid, expires, cfg)}"
 
@@ -60,8 +68,7 @@ def verify(purpose: str, token: str, cfg: Settings, now: datetime | None = None)
     if (now or datetime.now(UTC)).timestamp() >= expires:
         raise ApiError(
             Code.LINK_EXPIRED,
-            "This link lived an hour and has expired: open the billing page again (GET /v1/me "
-            "gives a new link).",
+            "This link has expired: open the billing page again (GET /v1/me gives a new link).",
             param="token",
         )
     return uid

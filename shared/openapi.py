@@ -339,6 +339,7 @@ def function_table() -> dict[str, Any]:
             "relaunch_stale": routes.path_of("relaunchStale"),
             "deliver_webhook": routes.path_of("deliverWebhook"),
             "count_tokens": routes.path_of("countTokens"),
+            "trainer_report": routes.path_of("trainerReport"),
         },
         # Firestore TTL policies, from the collections' one declaration (shared.documents)
         "firestore_ttl": documents.ttl_fields(),

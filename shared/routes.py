@@ -65,6 +65,9 @@ class Route:
     # What an API key needs to call it: any one of these scopes (shared.schemas.SCOPES); ()
     # lets any key call it; None refuses every key (a signed-in Firebase session only).
     key_scopes: tuple[str, ...] | None = None
+    # An internal route called by a trainer (not Cloud Tasks): it proves itself with its job's
+    # token, checked by the handler, instead of the tasks account's OIDC token.
+    trainer: bool = False
     # A deprecated route: the date (ISO, "2027-06-30") it goes. The spec marks it deprecated and
     # every answer carries a Sunset header (RFC 8594); it must stay at least six months.
     sunset: str | None = None
@@ -184,6 +187,9 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/internal/tasks/deliver-webhook", "launch_job", "deliverWebhook",
           "Cloud Tasks target: one attempt of one webhook event to one endpoint.", auth=False,
           internal=True),
+    Route("POST", "/internal/trainer/report", "launch_job", "trainerReport",
+          "A trainer's progress, result or failure, for its own job only (its job token).",
+          auth=False, internal=True, trainer=True),
     Route("POST", "/internal/tasks/count-tokens", "count_tokens", "countTokens",
           "Cloud Tasks target: counts a large dataset's tokens for one model, once.",
           auth=False, internal=True),

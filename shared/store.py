@@ -522,8 +522,21 @@ def abandoned_uploads(before: datetime) -> Found[Dataset]:
 # --- jobs ------------------------------------------------------------------------------------
 
 
+def record_trainer_report(job_id: str, fields: dict[str, Any]) -> bool:
+    """Writes the trainer-owned fields (shared.contract: progress, result, failure) of one job;
+    False when there is no such job."""
+    from google.api_core.exceptions import NotFound
+
+    try:
+        _ref(JOBS, job_id).update(fields)
+    except NotFound:
+        return False
+    return True
+
+
 def job_document(job_id: str) -> str:
-    """The path of the job's document: where the trainer writes its progress and result."""
+    """The path of the job's document (whose trainer-owned fields record_trainer_report
+    writes)."""
     return f"{JOBS}/{job_id}"
 
 

@@ -17,43 +17,45 @@ locals {
 
   # Every variable shared/config.py reads in production (the test checks none is missing).
   common_env = {
-    YACHAY_ENV                   = "production"
-    GOOGLE_CLOUD_PROJECT         = var.project_id
-    YACHAY_REGION                = var.region
-    YACHAY_VERSION               = var.trainer_image_tag
-    YACHAY_CORS_ORIGINS          = join(",", var.dashboard_origins)
-    YACHAY_API_BASE_URL          = var.api_base_url
-    YACHAY_AUTH_HEADER           = "X-Forwarded-Authorization"
-    YACHAY_MODELS_BUCKET         = google_storage_bucket.this["models"].name
-    YACHAY_MODELS_PREFIX         = "models"
-    YACHAY_DATASETS_BUCKET       = google_storage_bucket.this["datasets"].name
-    YACHAY_ARTIFACTS_BUCKET      = google_storage_bucket.this["adapters"].name
-    YACHAY_CHECKPOINTS_BUCKET    = google_storage_bucket.this["checkpoints"].name
-    YACHAY_DATASET_MAX_BYTES     = tostring(var.dataset_max_bytes)
-    YACHAY_MAX_ACTIVE_JOBS       = tostring(var.max_active_jobs)
-    YACHAY_DATASET_MAX_COUNT     = tostring(var.dataset_max_count)
-    YACHAY_DATASET_QUOTA_BYTES   = tostring(var.dataset_quota_bytes)
-    YACHAY_STARTUP_OVERHEAD_S    = "180"
-    YACHAY_RETENTION_DAYS        = tostring(var.retention_days)
-    YACHAY_TASKS_QUEUE           = google_cloud_tasks_queue.launch.id
-    YACHAY_WEBHOOKS_QUEUE        = google_cloud_tasks_queue.webhooks.id
-    YACHAY_KEY_OWNER_CHECK_S     = "60"
-    YACHAY_TASK_TARGET_URL       = local.launch_url
-    YACHAY_WEBHOOK_TARGET_URL    = "${local.launcher_url}${local.wiring.paths.deliver_webhook}"
-    YACHAY_COUNTS_QUEUE          = google_cloud_tasks_queue.counts.id
-    YACHAY_SECRETS_KEY           = "kms:${google_kms_crypto_key.webhook_secrets.id}"
-    YACHAY_COUNT_TARGET_URL      = local.count_url
-    YACHAY_COUNT_INLINE_BYTES    = tostring(8 * 1024 * 1024) # above: counted in the background
-    YACHAY_TASKS_SERVICE_ACCOUNT = google_service_account.role["tasks"].email
-    YACHAY_OIDC_CERTS_URL        = "https://www.googleapis.com/oauth2/v1/certs"
-    YACHAY_BATCH_BACKEND         = "cloud"
-    YACHAY_BATCH_TOPIC           = google_pubsub_topic.batch_states.name
-    YACHAY_BATCH_SERVICE_ACCOUNT = google_service_account.role["trainer"].email
-    YACHAY_TRAINER_IMAGE         = "${var.region}-docker.pkg.dev/${var.project_id}/${google_artifact_registry_repository.trainer.repository_id}/trainer:${var.trainer_image_tag}"
-    YACHAY_CHECKOUT_BACKEND      = "stripe"
-    YACHAY_CHECKOUT_SUCCESS_URL  = var.checkout_success_url
-    YACHAY_CHECKOUT_CANCEL_URL   = var.checkout_cancel_url
-    YACHAY_CURRENCY              = "usd"
+    YACHAY_ENV                     = "production"
+    GOOGLE_CLOUD_PROJECT           = var.project_id
+    YACHAY_REGION                  = var.region
+    YACHAY_VERSION                 = var.trainer_image_tag
+    YACHAY_CORS_ORIGINS            = join(",", var.dashboard_origins)
+    YACHAY_API_BASE_URL            = var.api_base_url
+    YACHAY_AUTH_HEADER             = "X-Forwarded-Authorization"
+    YACHAY_MODELS_BUCKET           = google_storage_bucket.this["models"].name
+    YACHAY_MODELS_PREFIX           = "models"
+    YACHAY_DATASETS_BUCKET         = google_storage_bucket.this["datasets"].name
+    YACHAY_ARTIFACTS_BUCKET        = google_storage_bucket.this["adapters"].name
+    YACHAY_CHECKPOINTS_BUCKET      = google_storage_bucket.this["checkpoints"].name
+    YACHAY_DATASET_MAX_BYTES       = tostring(var.dataset_max_bytes)
+    YACHAY_MAX_ACTIVE_JOBS         = tostring(var.max_active_jobs)
+    YACHAY_DATASET_MAX_COUNT       = tostring(var.dataset_max_count)
+    YACHAY_DATASET_QUOTA_BYTES     = tostring(var.dataset_quota_bytes)
+    YACHAY_STARTUP_OVERHEAD_S      = "180"
+    YACHAY_RETENTION_DAYS          = tostring(var.retention_days)
+    YACHAY_TASKS_QUEUE             = google_cloud_tasks_queue.launch.id
+    YACHAY_WEBHOOKS_QUEUE          = google_cloud_tasks_queue.webhooks.id
+    YACHAY_KEY_OWNER_CHECK_S       = "60"
+    YACHAY_TASK_TARGET_URL         = local.launch_url
+    YACHAY_WEBHOOK_TARGET_URL      = "${local.launcher_url}${local.wiring.paths.deliver_webhook}"
+    YACHAY_COUNTS_QUEUE            = google_cloud_tasks_queue.counts.id
+    YACHAY_TRAINER_REPORT_URL      = "${local.launcher_url}${local.wiring.paths.trainer_report}"
+    YACHAY_TRAINER_REPORT_AUDIENCE = local.launcher_url
+    YACHAY_SECRETS_KEY             = "kms:${google_kms_crypto_key.webhook_secrets.id}"
+    YACHAY_COUNT_TARGET_URL        = local.count_url
+    YACHAY_COUNT_INLINE_BYTES      = tostring(8 * 1024 * 1024) # above: counted in the background
+    YACHAY_TASKS_SERVICE_ACCOUNT   = google_service_account.role["tasks"].email
+    YACHAY_OIDC_CERTS_URL          = "https://www.googleapis.com/oauth2/v1/certs"
+    YACHAY_BATCH_BACKEND           = "cloud"
+    YACHAY_BATCH_TOPIC             = google_pubsub_topic.batch_states.name
+    YACHAY_BATCH_SERVICE_ACCOUNT   = google_service_account.role["trainer"].email
+    YACHAY_TRAINER_IMAGE           = "${var.region}-docker.pkg.dev/${var.project_id}/${google_artifact_registry_repository.trainer.repository_id}/trainer:${var.trainer_image_tag}"
+    YACHAY_CHECKOUT_BACKEND        = "stripe"
+    YACHAY_CHECKOUT_SUCCESS_URL    = var.checkout_success_url
+    YACHAY_CHECKOUT_CANCEL_URL     = var.checkout_cancel_url
+    YACHAY_CURRENCY                = "usd"
   }
 }
 
@@ -176,6 +178,15 @@ locals {
     { for name, f in local.functions : name => "tasks" if f.kind == "tasks" },
     { for name, f in local.functions : name => f.sa if contains(["firestore", "pubsub", "storage"], f.kind) },
   )
+}
+
+# Trainers report progress to the launcher (its trainer-report route; the job token in the body's
+# header decides which job they may write): the trainer account may invoke that service too.
+resource "google_cloud_run_service_iam_member" "trainer_reports" {
+  location = var.region
+  service  = google_cloudfunctions2_function.fn["launch_job"].service_config[0].service
+  role     = "roles/run.invoker"
+  member   = "serviceAccount:${google_service_account.role["trainer"].email}"
 }
 
 resource "google_cloud_run_service_iam_member" "invoker" {

@@ -20,7 +20,9 @@ locals {
   project_roles = {
     api      = ["roles/datastore.user", "roles/cloudtasks.enqueuer", local.batch_job_stopper, "roles/firebaseauth.viewer", "roles/eventarc.eventReceiver"]
     launcher = ["roles/datastore.user", "roles/batch.jobsEditor", "roles/cloudtasks.enqueuer"]
-    trainer  = ["roles/datastore.user", "roles/batch.agentReporter", "roles/logging.logWriter"]
+    # No database role: a trainer reports through the launcher's trainer-report route with its
+    # job's token (shared/lifecycle.py trainer_report), so it can write its own job only.
+    trainer  = ["roles/batch.agentReporter", "roles/logging.logWriter"]
     charger  = ["roles/datastore.user", "roles/eventarc.eventReceiver"]
     webhook  = ["roles/datastore.user"]
     notifier = ["roles/datastore.user", "roles/eventarc.eventReceiver"]

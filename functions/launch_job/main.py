@@ -43,7 +43,18 @@ def deliver_webhook(req: ApiRequest) -> Reply:
     return Reply({"event_id": event_id, "endpoint_id": endpoint_id, "outcome": outcome})
 
 
+def trainer_report(req: ApiRequest) -> Reply:
+    """A trainer's progress, result or failure for its own job (its job token, not OIDC)."""
+    token = req.header("X-Yachay-Job-Token")
+    return Reply({"recorded": core.trainer_report(token, req.json_object(), req.settings)})
+
+
 launch_job = serve(
     "launch_job",
-    {"launchJob": launch, "relaunchStale": relaunch_stale, "deliverWebhook": deliver_webhook},
+    {
+        "launchJob": launch,
+        "relaunchStale": relaunch_stale,
+        "deliverWebhook": deliver_webhook,
+        "trainerReport": trainer_report,
+    },
 )

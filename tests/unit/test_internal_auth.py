@@ -150,6 +150,7 @@ def test_internal_routes_check_it_before_the_handler_runs(cfg, monkeypatch) -> N
             "launchJob": lambda req: ran.append(1) or Reply({}),
             "relaunchStale": lambda req: Reply({}),
             "deliverWebhook": lambda req: Reply({}),
+            "trainerReport": lambda req: Reply({}),
         },
     )
     app = flask.Flask("t")

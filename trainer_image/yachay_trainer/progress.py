@@ -1,11 +1,14 @@
-"""Progress reports: a JSON line on stdout each time, and at a bounded rate the job document."""
+"""Progress reports: a JSON line on stdout each time, and at a bounded rate a POST to the API's
+internal trainer-report route, which writes them into this job's document. The trainer has no
+database access; its job token (TrainerConfig.report_token) is good for its own job only."""
 
 from __future__ import annotations
 
 import json
 import sys
 import time
-from functools import lru_cache
+import urllib.error
+import urllib.request
 from typing import Any
 
 from shared.contract import (
@@ -20,11 +23,8 @@ from shared.contract import (
 )
 
 
-@lru_cache(maxsize=1)
-def _firestore(project: str) -> Any:
-    from google.cloud import firestore
-
-    return firestore.Client(project=project)
+class ReportRefused(Exception):
+    """The API refused a report (4xx): retrying would not help."""
 
 
 class Reporter:
@@ -32,22 +32,44 @@ class Reporter:
         self.cfg = cfg
         self._last_write = -float("inf")
 
-    def _update(self, fields: dict[str, Any], attempts: int = 1) -> None:
-        """Writes fields of the job document, retrying contention (Aborted) and unavailability
-        with backoff up to `attempts` times; the last error propagates."""
-        if self.cfg.progress_sink != "firestore":
-            return
-        from google.api_core import exceptions as gexc
+    def _headers(self) -> dict[str, str]:
+        headers = {
+            "Content-Type": "application/json",
+            "X-Yachay-Job-Token": self.cfg.report_token,
+        }
+        if self.cfg.report_audience:  # production: Cloud Run IAM wants a Google ID token
+            import google.auth.transport.requests
+            from google.oauth2 import id_token
 
-        doc = _firestore(self.cfg.project_id).document(self.cfg.job_document)
+            token = id_token.fetch_id_token(  # type: ignore[no-untyped-call]
+                google.auth.transport.requests.Request(), self.cfg.report_audience
+            )
+            headers["Authorization"] = f"Bearer {token}"
+        return headers
+
+    def _update(self, fields: dict[str, Any], attempts: int = 1) -> None:
+        """Reports fields of this job's document, retrying our API's unavailability (5xx, no
+        answer) with backoff up to `attempts` times; the last error propagates."""
+        if self.cfg.progress_sink != "api":
+            return
+        body = json.dumps({"job_id": self.cfg.job_id, "fields": fields}, default=str).encode()
         for attempt in range(attempts):
+            request = urllib.request.Request(
+                self.cfg.report_url, data=body, method="POST", headers=self._headers()
+            )
             try:
-                doc.update(fields)
+                with urllib.request.urlopen(request, timeout=30) as resp:
+                    resp.read()
                 return
-            except (gexc.Aborted, gexc.ServiceUnavailable, gexc.DeadlineExceeded):
+            except urllib.error.HTTPError as exc:
+                if exc.code < 500:
+                    raise ReportRefused(f"{exc.code}: {exc.read()[:300]!r}") from None
                 if attempt == attempts - 1:
                     raise
-                time.sleep(min(8.0, 0.5 * 2**attempt))
+            except (urllib.error.URLError, TimeoutError, ConnectionError):
+                if attempt == attempts - 1:
+                    raise
+            time.sleep(min(8.0, 0.5 * 2**attempt))
 
     @staticmethod
     def log(event: str, **fields: Any) -> None:
