@@ -42,9 +42,7 @@ def test_a_trainer_reports_its_own_job_and_nothing_else(stack_env) -> None:
     assert ok.status_code == 200, ok.text
     assert store.get_job(mine).progress.step == 3
 
-    expired = links.sign(
-        lifecycle.TRAINER_REPORT, mine, cfg, now=store.now() - timedelta(days=8)
-    )
+    expired = links.sign(lifecycle.TRAINER_REPORT, mine, cfg, now=store.now() - timedelta(days=8))
     portal = links.sign("billing-portal", mine, cfg)  # ours, but for another purpose
     refusals = [
         (token, {"job_id": other, "fields": {PROGRESS_FIELD: PROGRESS}}, 404),  # another job
