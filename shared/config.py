@@ -123,6 +123,11 @@ def load(environ: Mapping[str, str]) -> Settings:
                 "YACHAY_TASKS_SERVICE_ACCOUNT must be set in production: internal routes verify "
                 "their caller's OIDC token against it"
             )
+        if not environ.get("YACHAY_SECRETS_KEY", "").startswith("kms:"):
+            raise ConfigError(
+                "YACHAY_SECRETS_KEY must be kms:<crypto key name> in production: webhook signing "
+                "secrets are sealed under it (a local key file is for the local stack only)"
+            )
     project = environ.get("GOOGLE_CLOUD_PROJECT", "demo-yachay")
     batch_backend = environ.get("YACHAY_BATCH_BACKEND", "local" if env == "local" else "cloud")
     if batch_backend not in ("local", "cloud"):

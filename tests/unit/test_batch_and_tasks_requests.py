@@ -16,6 +16,7 @@ PROD = load(
         "YACHAY_TRAINER_IMAGE": "us-docker.pkg.dev/yachay-prod/trainer/trainer:abc123",
         "YACHAY_BATCH_SERVICE_ACCOUNT": "trainer@yachay-prod.iam.gserviceaccount.com",
         "YACHAY_TASKS_SERVICE_ACCOUNT": "tasks@yachay-prod.iam.gserviceaccount.com",
+        "YACHAY_SECRETS_KEY": "kms:projects/p/locations/l/keyRings/r/cryptoKeys/k",
         "YACHAY_TASK_TARGET_URL": "https://launch-job-xyz.run.app/internal/tasks/launch-job",
     }
 )

@@ -45,6 +45,7 @@ def test_production_with_a_project_loads() -> None:
             "GOOGLE_CLOUD_PROJECT": "yachay-prod",
             "YACHAY_AUTH_HEADER": "X-Forwarded-Authorization",
             "YACHAY_TASKS_SERVICE_ACCOUNT": "tasks@yachay-prod.iam.gserviceaccount.com",
+            "YACHAY_SECRETS_KEY": "kms:projects/p/locations/l/keyRings/r/cryptoKeys/k",
         }
     )
     assert not cfg.is_local
@@ -55,3 +56,15 @@ def test_production_with_a_project_loads() -> None:
 def test_unknown_env_is_refused() -> None:
     with pytest.raises(ConfigError, match="YACHAY_ENV"):
         load({"YACHAY_ENV": "staging"})
+
+
+def test_production_seals_secrets_with_kms_only() -> None:
+    base = {
+        "YACHAY_ENV": "production",
+        "GOOGLE_CLOUD_PROJECT": "yachay-prod",
+        "YACHAY_TASKS_SERVICE_ACCOUNT": "tasks@yachay-prod.iam.gserviceaccount.com",
+    }
+    for key in (None, "", "local:/tmp/kek.bin"):
+        env = base if key is None else {**base, "YACHAY_SECRETS_KEY": key}
+        with pytest.raises(ConfigError, match="YACHAY_SECRETS_KEY must be kms:"):
+            load(env)

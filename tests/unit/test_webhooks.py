@@ -158,6 +158,7 @@ def test_urls_must_be_https_in_production() -> None:
             "YACHAY_ENV": "production",
             "GOOGLE_CLOUD_PROJECT": "p",
             "YACHAY_TASKS_SERVICE_ACCOUNT": "t@p.iam.gserviceaccount.com",
+            "YACHAY_SECRETS_KEY": "kms:projects/p/locations/l/keyRings/r/cryptoKeys/k",
         }
     )
     webhooks.check_url("https://example.com/hook", prod)
