@@ -19,6 +19,7 @@ LAUNCH_PATH = path_of("launchJob")
 DELIVER_PATH = path_of("deliverWebhook")
 COUNT_PATH = path_of("countTokens")
 REPORT_PATH = path_of("trainerReport")
+STORAGE_TOKEN_PATH = path_of("trainerStorageToken")
 
 # Variables the Google SDKs read themselves; their presence means "use an emulator".
 EMULATOR_VARIABLES = (
@@ -96,6 +97,12 @@ class Settings:
     @property
     def is_local(self) -> bool:
         return self.env == "local"
+
+    @property
+    def trainer_storage_token_url(self) -> str:
+        """Where trainers get storage tokens: the trainer-report route's sibling on the same
+        service (so the same ID-token audience serves both)."""
+        return self.trainer_report_url.removesuffix(REPORT_PATH) + STORAGE_TOKEN_PATH
 
 
 def _split(value: str) -> tuple[str, ...]:

@@ -253,6 +253,9 @@ class TrainerConfig:
     # Production: the audience of the Google ID token the request also carries (Cloud Run
     # IAM lets the trainer's account invoke the route); empty locally, where no IAM applies.
     report_audience: str = ""
+    # The launcher's trainer-storage-token route: short-lived storage credentials for this job's
+    # objects only (shared.storage_grants). Empty: the default credentials (tests, benches).
+    storage_token_url: str = ""
     # ISO time: the customTime (retention) the outputs are written with, so that no output is
     # ever without one (a run that ends after a cancel leaves nothing kept for ever); the API
     # moves it later when the job completes.

@@ -176,6 +176,32 @@ def trainer_report(token: str | None, body: dict[str, Any], cfg: Settings) -> st
     return ", ".join(sorted(checked))
 
 
+def trainer_storage_token(token: str | None, body: dict[str, Any], cfg: Settings) -> dict[str, Any]:
+    """POST /internal/trainer/storage-token: a short-lived Cloud Storage token limited to what
+    this job's trainer reads and writes (shared.storage_grants); the trainer account itself
+    holds no bucket role. An ended job gets none, so a cancelled run loses storage within the
+    hour even if its VM were still up.
+
+    Raises:
+        ApiError: not_found for another job's token or a job that is gone; job_already_ended
+            once the job has ended; invalid_link / link_expired as for trainer_report.
+    """
+    from shared import links, storage_grants
+
+    job_id = body.get("job_id")
+    if not isinstance(job_id, str):
+        raise ApiError(Code.INVALID_BODY, 'Send {"job_id": ...}.', param="job_id")
+    if links.verify(TRAINER_REPORT, token or "", cfg) != job_id:
+        raise ApiError(Code.NOT_FOUND, f"No job '{job_id}' for this token.", param="job_id")
+    job = store.get_job(job_id)
+    if job is None:
+        raise ApiError(Code.NOT_FOUND, f"No job '{job_id}'.", param="job_id")
+    if job.status.ended:
+        raise ApiError(Code.JOB_ALREADY_ENDED, f"Job {job_id} is {job.status.value}.")
+    granted = storage_grants.grants(trainer_config(job, cfg))
+    return storage_grants.expiry_doc(storage_grants.tokens_for(cfg.is_local).mint(granted))
+
+
 def _progress(doc: dict[str, Any]) -> Progress:
     """A progress report with each field of its type (a report is not trusted to be typed)."""
     eval_loss = doc.get("eval_loss")
@@ -213,6 +239,7 @@ def trainer_config(job: Job, cfg: Settings) -> TrainerConfig:
         report_url=cfg.trainer_report_url,
         report_token=_trainer_token(job.id, cfg),
         report_audience=cfg.trainer_report_audience,
+        storage_token_url=cfg.trainer_storage_token_url,
         outputs_kept_until=(store.now() + timedelta(days=cfg.retention_days)).isoformat(),
         project_id=cfg.project_id,
         validation_uri=(

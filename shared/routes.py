@@ -190,6 +190,9 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/internal/trainer/report", "launch_job", "trainerReport",
           "A trainer's progress, result or failure, for its own job only (its job token).",
           auth=False, internal=True, trainer=True),
+    Route("POST", "/internal/trainer/storage-token", "launch_job", "trainerStorageToken",
+          "A short-lived Cloud Storage token limited to its own job's inputs and outputs "
+          "(its job token).", auth=False, internal=True, trainer=True),
     Route("POST", "/internal/tasks/count-tokens", "count_tokens", "countTokens",
           "Cloud Tasks target: counts a large dataset's tokens for one model, once.",
           auth=False, internal=True),

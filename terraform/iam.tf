@@ -32,9 +32,14 @@ locals {
   }
 
   bucket_roles = {
-    api      = { models = "roles/storage.objectViewer", datasets = "roles/storage.objectAdmin", adapters = "roles/storage.objectAdmin" }
-    launcher = { datasets = "roles/storage.objectViewer" } # the sweep: did an abandoned upload arrive?
-    trainer  = { models = "roles/storage.objectViewer", datasets = "roles/storage.objectViewer", adapters = "roles/storage.objectAdmin", checkpoints = "roles/storage.objectAdmin" }
+    api = { models = "roles/storage.objectViewer", datasets = "roles/storage.objectAdmin", adapters = "roles/storage.objectAdmin" }
+    # The launcher's roles are the union of what trainers need: it mints each trainer a token
+    # limited to that job's objects (a Credential Access Boundary, shared/storage_grants.py),
+    # which cannot exceed its own. The sweep also reads datasets (did an upload arrive?).
+    launcher = { models = "roles/storage.objectViewer", datasets = "roles/storage.objectViewer", adapters = "roles/storage.objectAdmin", checkpoints = "roles/storage.objectAdmin" }
+    # No bucket role: a trainer runs untrusted data, and reads and writes only through its
+    # job's downscoped token from the launcher's trainer-storage-token route.
+    trainer  = {}
     charger  = {}
     webhook  = {}
     notifier = { adapters = "roles/storage.objectAdmin" }

@@ -49,6 +49,12 @@ def trainer_report(req: ApiRequest) -> Reply:
     return Reply({"recorded": core.trainer_report(token, req.json_object(), req.settings)})
 
 
+def trainer_storage_token(req: ApiRequest) -> Reply:
+    """A storage token limited to the trainer's own job (its job token, not OIDC)."""
+    token = req.header("X-Yachay-Job-Token")
+    return Reply(core.trainer_storage_token(token, req.json_object(), req.settings))
+
+
 launch_job = serve(
     "launch_job",
     {
@@ -56,5 +62,6 @@ launch_job = serve(
         "relaunchStale": relaunch_stale,
         "deliverWebhook": deliver_webhook,
         "trainerReport": trainer_report,
+        "trainerStorageToken": trainer_storage_token,
     },
 )

@@ -63,3 +63,35 @@ def test_a_trainer_reports_its_own_job_and_nothing_else(stack_env) -> None:
     job = store.get_job(mine)
     assert job.status == JobStatus.RUNNING and job.progress.step == 3  # nothing else changed
     assert job.quote.price_cents > 0 and store.get_job(other).progress is None
+
+
+def storage_token(stack, token: str | None, job_id: str) -> requests.Response:
+    headers = {} if token is None else {"X-Yachay-Job-Token": token}
+    return requests.post(
+        f"{stack.api_base_url}/internal/trainer/storage-token",
+        json={"job_id": job_id},
+        headers=headers,
+        timeout=30,
+    )
+
+
+def test_storage_tokens_go_to_a_running_job_own_trainer_only(stack_env) -> None:
+    """Locally the answer carries no token (the Storage emulator checks none, so the trainer
+    keeps its default client), but the refusals are the production ones: another job's token,
+    a forged one, and any job that has ended get nothing."""
+    cfg = settings()
+    mine, other = stored_job("u-storage"), stored_job("u-storage-2", JobStatus.RUNNING)
+    token = lifecycle.trainer_config(store.get_job(mine), cfg).report_token
+    ok = storage_token(stack_env, token, mine)
+    assert ok.status_code == 200, ok.text
+    assert ok.json() == {"token": None, "expires_at": None}
+
+    assert storage_token(stack_env, token, other).status_code == 404
+    assert storage_token(stack_env, "forged", mine).status_code == 400
+    assert storage_token(stack_env, None, mine).status_code == 400
+    assert storage_token(stack_env, token, "ft-gone").status_code == 404
+
+    ended = stored_job("u-storage", JobStatus.CANCELLED)
+    ended_token = lifecycle.trainer_config(store.get_job(ended), cfg).report_token
+    refused = storage_token(stack_env, ended_token, ended)
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "job_already_ended"

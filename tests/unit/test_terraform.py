@@ -170,14 +170,15 @@ EXPECTED_ROLES = {
 }
 EXPECTED_BUCKETS = {
     "api": {"models": "viewer", "datasets": "admin", "adapters": "admin"},
-    "trainer": {
+    # none: a trainer reads and writes through its job's downscoped token (shared.storage_grants)
+    "notifier": {"adapters": "admin"},
+    # what trainers need, since a downscoped token cannot exceed its source; the sweep reads too
+    "launcher": {
         "models": "viewer",
         "datasets": "viewer",
         "adapters": "admin",
         "checkpoints": "admin",
     },
-    "notifier": {"adapters": "admin"},
-    "launcher": {"datasets": "viewer"},  # the sweep checks whether an abandoned upload arrived
     "eraser": {"datasets": "admin", "adapters": "admin", "checkpoints": "admin"},
 }
 

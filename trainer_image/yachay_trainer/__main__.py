@@ -22,7 +22,7 @@ from shared.contract import (
 )
 from yachay_trainer import storage
 from yachay_trainer.data import DataError
-from yachay_trainer.progress import Reporter
+from yachay_trainer.progress import Reporter, ReportRefused
 
 
 def _transient(exc: BaseException) -> bool:
@@ -74,6 +74,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="yachay-trainer-") as tmp:
         workdir = Path(tmp)
         try:
+            if cfg.storage_token_url:  # production: this job's objects only, no bucket role
+                storage.use_job_tokens(reporter.storage_token, cfg.project_id)
             precision = os.environ.get("YACHAY_TRAINER_PRECISION", "auto")
             run = Run(cfg, workdir, reporter, stop, precision).setup()
             result = run.train()
@@ -83,6 +85,9 @@ def main() -> int:
             files = tuple(ArtifactFile.from_doc(f) for f in manifest["files"])
             reporter.result(result._replace(artifacts=files))
             return EXIT_OK
+        except ReportRefused as exc:  # the API refuses this job's token: it has ended
+            Reporter.log("refused_by_api", error=str(exc))
+            return EXIT_USER_ERROR
         except DataError as exc:
             reporter.failure(FailureKind.USER_ERROR, str(exc))
             return EXIT_USER_ERROR

@@ -9,6 +9,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from datetime import UTC, datetime
 from typing import Any
 
 from shared.contract import (
@@ -47,20 +48,16 @@ class Reporter:
             headers["Authorization"] = f"Bearer {token}"
         return headers
 
-    def _update(self, fields: dict[str, Any], attempts: int = 1) -> None:
-        """Reports fields of this job's document, retrying our API's unavailability (5xx, no
-        answer) with backoff up to `attempts` times; the last error propagates."""
-        if self.cfg.progress_sink != "api":
-            return
-        body = json.dumps({"job_id": self.cfg.job_id, "fields": fields}, default=str).encode()
+    def _post(self, url: str, payload: dict[str, Any], attempts: int) -> Any:
+        """POSTs to one of our internal trainer routes and answers its JSON, retrying our API's
+        unavailability (5xx, no answer) with backoff up to `attempts` times; a 4xx raises
+        ReportRefused at once, the last other error propagates."""
+        body = json.dumps(payload, default=str).encode()
         for attempt in range(attempts):
-            request = urllib.request.Request(
-                self.cfg.report_url, data=body, method="POST", headers=self._headers()
-            )
+            request = urllib.request.Request(url, data=body, method="POST", headers=self._headers())
             try:
                 with urllib.request.urlopen(request, timeout=30) as resp:
-                    resp.read()
-                return
+                    return json.loads(resp.read() or b"null")
             except urllib.error.HTTPError as exc:
                 if exc.code < 500:
                     raise ReportRefused(f"{exc.code}: {exc.read()[:300]!r}") from None
@@ -70,6 +67,21 @@ class Reporter:
                 if attempt == attempts - 1:
                     raise
             time.sleep(min(8.0, 0.5 * 2**attempt))
+        raise AssertionError("unreachable")
+
+    def _update(self, fields: dict[str, Any], attempts: int = 1) -> None:
+        """Reports fields of this job's document (see _post for the retries)."""
+        if self.cfg.progress_sink == "api":
+            self._post(self.cfg.report_url, {"job_id": self.cfg.job_id, "fields": fields}, attempts)
+
+    def storage_token(self) -> tuple[str, datetime] | None:
+        """A fresh storage token limited to this job's objects and its expiry (naive UTC, as
+        google-auth keeps it), or None where the API mints none (the local stack)."""
+        answer = self._post(self.cfg.storage_token_url, {"job_id": self.cfg.job_id}, attempts=6)
+        if not isinstance(answer, dict) or answer.get("token") is None:
+            return None
+        expires = datetime.fromisoformat(answer["expires_at"]).astimezone(UTC)
+        return str(answer["token"]), expires.replace(tzinfo=None)
 
     @staticmethod
     def log(event: str, **fields: Any) -> None:

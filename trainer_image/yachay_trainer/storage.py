@@ -4,6 +4,7 @@ Storage emulator via STORAGE_EMULATOR_HOST), or a plain local folder path."""
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
@@ -15,10 +16,45 @@ def _split(uri: str) -> tuple[str, str]:
     return bucket, path
 
 
+TokenSource = Callable[[], "tuple[str, datetime] | None"]
+_job_credentials: Any = None  # set by use_job_tokens; None: the default credentials
+_project = ""
+
+
+def use_job_tokens(source: TokenSource, project: str) -> bool:
+    """Makes every later Storage call use tokens from `source` (the API's trainer-storage-token
+    route: limited to this job's objects, an hour at most), refreshed through it before each
+    expires. Answers False, leaving the default credentials, where the API mints none (the
+    local stack, whose Storage emulator checks no credentials)."""
+    global _job_credentials, _project
+    first = source()
+    if first is None:
+        return False
+    from google.auth.exceptions import RefreshError
+    from google.oauth2.credentials import Credentials
+
+    def refresh(request: Any, scopes: Any) -> tuple[str, datetime]:
+        fresh = source()
+        if fresh is None:
+            raise RefreshError(  # type: ignore[no-untyped-call]
+                "the API stopped minting storage tokens for this job"
+            )
+        return fresh
+
+    _job_credentials = Credentials(  # type: ignore[no-untyped-call]
+        token=first[0], expiry=first[1], refresh_handler=refresh
+    )
+    _project = project
+    _client.cache_clear()
+    return True
+
+
 @lru_cache(maxsize=1)
 def _client() -> Any:
     from google.cloud import storage  # type: ignore[attr-defined]  # ships no types
 
+    if _job_credentials is not None:
+        return storage.Client(project=_project, credentials=_job_credentials)
     return storage.Client()
 
 
