@@ -72,12 +72,12 @@ def parse_update(body: dict[str, Any]) -> AccountUpdate:
 
 
 def _portal(user: UserRecord, cfg: Settings) -> str | None:
-    """Our signed link to the billing portal (shared.billing.portal_link): no Stripe call."""
+    """Our signed link to the billing portal (shared.links.portal_link): no Stripe call."""
     if not user.stripe_customer_id:
         return None
-    from shared import billing
+    from shared import links
 
-    return billing.portal_link(user.uid, cfg)
+    return links.portal_link(user.uid, cfg)
 
 
 def get_account(

@@ -18,7 +18,7 @@ import contextlib
 from datetime import datetime, timedelta
 from typing import Any
 
-from shared import batch, logs, payments, store
+from shared import batch, logs, payments, store, transitions
 from shared.config import Settings
 from shared.errors import ApiError, Code
 from shared.records import (
@@ -111,11 +111,9 @@ def declined_message(exc: payments.Declined) -> str:
 
 
 def _fail_declined(job_id: str, exc: payments.Declined) -> None:
-    from shared import lifecycle
-
     failure = JobFailure(FailureCode.PAYMENT_DECLINED, declined_message(exc))
-    with contextlib.suppress(lifecycle.InvalidTransition):  # it ended meanwhile (a cancel)
-        lifecycle.transition(
+    with contextlib.suppress(transitions.InvalidTransition):  # it ended meanwhile (a cancel)
+        transitions.transition(
             job_id,
             JobStatus.FAILED,
             "the card refused to hold the quoted price",
@@ -241,13 +239,11 @@ def _note_renewal_failure(job_id: str, intent: str, why: str) -> None:
 
 def _cancel_uncovered(job: Job, exc: payments.Declined, cfg: Settings) -> None:
     """Stops a job whose hold lapsed and cannot be renewed: compute first, then the record."""
-    from shared import lifecycle
-
     batch.backend(cfg).delete(batch.job_name(cfg, batch.job_id_for(job.id)))
     if job.authorization is not None:
         mark(job.id, job.authorization.payment_intent, AuthorizationStatus.LAPSED)
-    with contextlib.suppress(lifecycle.InvalidTransition):
-        lifecycle.transition(
+    with contextlib.suppress(transitions.InvalidTransition):
+        transitions.transition(
             job.id,
             JobStatus.CANCELLED,
             f"cancelled: the card no longer covers it (renewing its hold failed: {exc.message})",

@@ -45,22 +45,6 @@ def setup_card(uid: str, email: str | None, cfg: Settings) -> dict[str, Any]:
     return {"object": "setup_session", "url": url, "expires_at": expires.isoformat()}
 
 
-PORTAL_LINK = "billing-portal"  # the purpose the portal link is signed for (shared.links)
-
-
-def portal_link(uid: str, cfg: Settings) -> str:
-    """GET /v1/me's portal_url: a link of ours, signed for this user for an hour. Following it
-    (`open_portal`) makes the Stripe billing-portal session then, so reading the account makes
-    none."""
-    from urllib.parse import quote
-
-    from shared import links
-    from shared.routes import path_of
-
-    token = links.sign(PORTAL_LINK, uid, cfg)
-    return f"{cfg.api_base_url}{path_of('openBillingPortal')}?token={quote(token)}"
-
-
 def open_portal(token: str | None, cfg: Settings) -> str:
     """GET /v1/billing/portal?token=...: the Stripe billing-portal page the link stands for,
     made now (the function answers a 303 to it).
@@ -73,7 +57,7 @@ def open_portal(token: str | None, cfg: Settings) -> str:
 
     if not token:
         raise ApiError(Code.MISSING_FIELD, "Follow the link GET /v1/me gives.", param="token")
-    uid = links.verify(PORTAL_LINK, token, cfg)
+    uid = links.verify(links.PORTAL_LINK, token, cfg)
     user = store.get_user(uid)
     if user is None or not user.stripe_customer_id:
         raise ApiError(

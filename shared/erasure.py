@@ -20,6 +20,7 @@ import contextlib
 from shared import artifacts, batch, billing, datasets, logs, payments, storage, store
 from shared.config import Settings
 from shared.records import Job, JobStatus
+from shared.transitions import InvalidTransition, transition
 
 
 def erase_account(uid: str, cfg: Settings) -> dict[str, int]:
@@ -68,8 +69,6 @@ def _settle(job_id: str, cfg: Settings) -> None:
 def _stop(job: Job, cfg: Settings) -> None:
     """Stops an active job's compute, then records it cancelled (settled by the caller, as the
     charge trigger settles any cancel)."""
-    from shared.lifecycle import InvalidTransition, transition
-
     batch.backend(cfg).delete(batch.job_name(cfg, batch.job_id_for(job.id)))
     with contextlib.suppress(InvalidTransition):  # it ended meanwhile
         transition(job.id, JobStatus.CANCELLED, "cancelled: the account was deleted")

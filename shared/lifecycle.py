@@ -1,10 +1,5 @@
-"""A job's life after submission: launch, the state machine, Batch notifications, cancel
-(typed core).
-
-One state machine: queued -> running -> completed | failed | cancelled (and queued -> cancelled
-or failed). Every transition is one atomic Firestore write conditioned on the state it read
-(store.update_job: an optimistic transaction), which appends a timestamped event and, when the
-job ends, queues the user's email in the same commit.
+"""A job's life after submission: launch, Batch notifications, trainer reports, cancel (typed
+core). The state machine it drives is shared.transitions.
 
 Everything here may be delivered more than once (Cloud Tasks, Pub/Sub), so each entry point is
 idempotent: a redelivered launch finds the Batch job it already made (its name is derived from
@@ -14,7 +9,6 @@ the job id), a repeated state notification finds the transition already done.
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -36,101 +30,14 @@ from shared.jobs import owned, view
 from shared.records import (
     FailureCode,
     Job,
-    JobEvent,
     JobFailure,
     JobStatus,
     Mail,
-    Payment,
-    PaymentStatus,
 )
+from shared.transitions import InvalidTransition, transition
 
-TRANSITIONS = {
-    JobStatus.QUEUED: (JobStatus.RUNNING, JobStatus.CANCELLED, JobStatus.FAILED),
-    JobStatus.RUNNING: (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED),
-}
 CHECKPOINT_EVERY_STEPS = 50
 STALE_AFTER = timedelta(minutes=10)
-
-
-class InvalidTransition(Exception):
-    def __init__(self, current: JobStatus, wanted: JobStatus) -> None:
-        super().__init__(f"{current} -> {wanted}")
-        self.current = current
-        self.wanted = wanted
-
-
-def can_transition(current: JobStatus, wanted: JobStatus) -> bool:
-    return wanted in TRANSITIONS.get(current, ())
-
-
-def transition(
-    job_id: str,
-    wanted: JobStatus,
-    message: str,
-    change: Callable[[Job], Job] | None = None,
-    when: Callable[[Job], bool] | None = None,
-) -> Job:
-    """Moves a job to `wanted` in one conditional write, with `change` applied to it too.
-
-    Args:
-        when: a condition on the job as read; when false, nothing is written.
-
-    Raises:
-        InvalidTransition: the job's current state does not lead to `wanted` (including when
-            it is already there: callers that may repeat treat that as done).
-        LookupError: there is no such job.
-        Contended: concurrent writers won every attempt.
-    """
-    t = store.now()
-
-    def decide(job: Job) -> tuple[Job, Mail | None] | None:
-        if when is not None and not when(job):
-            return None
-        if not can_transition(job.status, wanted):
-            raise InvalidTransition(job.status, wanted)
-        new = (change(job) if change else job)._replace(
-            status=wanted,
-            events=(*job.events, JobEvent(t, wanted, message)),
-        )
-        if wanted == JobStatus.RUNNING:
-            new = new._replace(started_at=t)
-        mail = None
-        if wanted.ended:
-            new = new._replace(ended_at=t)
-            mail = _mail(job, wanted, message)
-            if _free(new):  # its payment is known now: nothing (ends its reservation)
-                new = new._replace(
-                    payment=Payment(PaymentStatus.NOT_CHARGED, 0, job.quote.currency)
-                )
-        return new, mail
-
-    return store.update_job(job_id, decide)
-
-
-def _free(job: Job) -> bool:
-    """Ended where the charge policy makes it free whatever it trained: failed, or cancelled
-    before it ran (the charge trigger settles the rest)."""
-    return job.status == JobStatus.FAILED or (
-        job.status == JobStatus.CANCELLED and job.started_at is None
-    )
-
-
-def _mail(job: Job, status: JobStatus, message: str) -> Mail | None:
-    """The email for an ended job, when the user wants it, to their verified address (only
-    verified addresses are ever stored: shared.http.ApiRequest.email)."""
-    user = store.get_or_create_user(job.uid, job.email)
-    to = user.email or job.email
-    if not user.notifications.get(f"job_{status.value}", True) or not to:
-        return None
-    subject = {
-        JobStatus.COMPLETED: "Your fine-tune is ready",
-        JobStatus.FAILED: "Your fine-tune failed",
-        JobStatus.CANCELLED: "Your fine-tune was cancelled",
-    }[status]
-    text = f"Job {job.id} on {job.model}: {status.value}. {message}"
-    return Mail(
-        to=to, uid=job.uid, job_id=job.id, subject=subject, text=text, created_at=store.now()
-    )
 
 
 # --- launch ----------------------------------------------------------------------------------

@@ -72,3 +72,18 @@ def verify(purpose: str, token: str, cfg: Settings, now: datetime | None = None)
             param="token",
         )
     return uid
+
+
+PORTAL_LINK = "billing-portal"  # the purpose the billing-portal link is signed for
+
+
+def portal_link(uid: str, cfg: Settings) -> str:
+    """GET /v1/me's portal_url: a link of ours, signed for this user for an hour. Following it
+    (shared.billing.open_portal) makes the Stripe billing-portal session then, so reading the
+    account makes none."""
+    from urllib.parse import quote
+
+    from shared.routes import path_of
+
+    token = quote(sign(PORTAL_LINK, uid, cfg))
+    return f"{cfg.api_base_url}{path_of('openBillingPortal')}?token={token}"

@@ -532,7 +532,7 @@ def test_the_account_s_portal_url_is_our_link_and_makes_the_session_only_when_fo
     no billing account, or missing answers a JSON error, never a redirect."""
     from datetime import timedelta
 
-    from shared import accounts, billing, links, payments
+    from shared import accounts, links, payments
     from shared.config import settings
 
     user = api.new_user()
@@ -559,10 +559,8 @@ def test_the_account_s_portal_url_is_our_link_and_makes_the_session_only_when_fo
     forged_for_other = ".".join(
         (links.sign("x", other.uid, settings()).split(".")[0], expires, signature)
     )
-    old = links.sign(
-        billing.PORTAL_LINK, user.uid, settings(), now=store.now() - timedelta(hours=2)
-    )
-    no_card = links.sign(billing.PORTAL_LINK, other.uid, settings())
+    old = links.sign(links.PORTAL_LINK, user.uid, settings(), now=store.now() - timedelta(hours=2))
+    no_card = links.sign(links.PORTAL_LINK, other.uid, settings())
     cases = {
         forged_for_other: (400, "invalid_link"),  # another uid under this signature
         f"{who}.{int(expires) + 3600}.{signature}": (400, "invalid_link"),  # a longer life

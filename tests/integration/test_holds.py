@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from datetime import timedelta
 
-from shared import authorization, billing, lifecycle, store
+from shared import authorization, billing, lifecycle, store, transitions
 from shared.config import settings
 from shared.records import (
     AuthorizationStatus,
@@ -129,7 +129,7 @@ def test_a_hold_placed_after_its_job_ended_is_released(api, stack_env) -> None:
     save_test_card(user.uid)
     job_id = stored_job(user.uid, JobStatus.QUEUED)
     before = store.get_job(job_id)
-    lifecycle.transition(job_id, JobStatus.CANCELLED, "cancelled by you")
+    transitions.transition(job_id, JobStatus.CANCELLED, "cancelled by you")
     after = authorization.hold(before, settings())
     assert after.authorization is None
     [orphan] = payment_intents(stack_env, job_id)
