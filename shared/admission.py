@@ -458,9 +458,9 @@ def submit(
         ) from None
     if not created:  # a concurrent request with the same key made it
         return _replayed(job, cfg), False
-    from shared import authorization
+    from shared import holds
 
-    job = authorization.hold_at_submit(job, cfg)  # before any GPU work (402 when refused)
+    job = holds.hold_at_submit(job, cfg)  # before any GPU work (402 when refused)
     enqueue_launch(job.id, cfg)
     return view(job), created
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from shared import artifacts, authorization, idempotency, logs, payments, pricing, store
+from shared import artifacts, holds, idempotency, logs, payments, pricing, store
 from shared.config import Settings
 from shared.errors import ApiError, Code
 from shared.jobs import owned, view
@@ -139,15 +139,13 @@ def charge_job(job_id: str, cfg: Settings) -> str:
     if job is None or not job.status.ended:
         return "not chargeable"
     if job.payment is not None and job.payment.settled:
-        released = job.payment.status == PaymentStatus.NOT_CHARGED and authorization.release(
-            job, cfg
-        )
+        released = job.payment.status == PaymentStatus.NOT_CHARGED and holds.release(job, cfg)
         return f"already {job.payment.status.value}" + ("; hold released" * released)
     due = pricing.amount_due(job) if job.status != JobStatus.FAILED else None
     if due is None or due.cents == 0:
         if job.payment is None:
             store.set_job_payment(job, Payment(PaymentStatus.NOT_CHARGED, 0, cfg.currency))
-        authorization.release(job, cfg)
+        holds.release(job, cfg)
         return "nothing to charge"
     held = job.authorization
     state, charge = store.claim_charge(
@@ -201,7 +199,7 @@ def _attempt(charge: Charge, user: UserRecord, cfg: Settings) -> str:
             )
         except payments.NotCapturable:
             logs.warning("hold gone; charging the card anew", charge_id=charge.id)
-            authorization.mark(charge.job_id, charge.authorization, AuthorizationStatus.LAPSED)
+            holds.mark(charge.job_id, charge.authorization, AuthorizationStatus.LAPSED)
         except Exception:
             store.release_charge(charge.id)
             raise

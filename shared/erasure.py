@@ -25,7 +25,7 @@ from shared.transitions import InvalidTransition, transition
 
 def erase_account(uid: str, cfg: Settings) -> dict[str, int]:
     """Erases the user's account as the module docstring says; returns what it did."""
-    user = store.find_user(uid)
+    user = store.get_user(uid)
     jobs = store.jobs_of(uid)
     stopped = 0
     for job in jobs:

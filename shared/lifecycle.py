@@ -183,10 +183,10 @@ def launch(job_id: str, cfg: Settings) -> str:
     if spec is None:
         return f"model {job.model} left the catalog"
     if job.authorization is None:  # its submit could not place the hold: no GPU without one
-        from shared import authorization, payments
+        from shared import holds, payments
 
         try:
-            job = authorization.hold(job, cfg)
+            job = holds.hold(job, cfg)
         except payments.Declined as exc:
             return f"hold declined ({exc.code}); job failed"
     held = job.authorization

@@ -42,9 +42,7 @@ CHARGE_POLICY = (
 )
 
 INT_FIELDS = ("epochs", "batch_size", "seed", "max_seq_length")
-FLOAT_FIELDS = ("learning_rate", "warmup_ratio")
 LORA_FIELDS = {"lora_rank": "rank", "lora_alpha": "alpha", "lora_dropout": "dropout"}
-KNOWN = (*INT_FIELDS, *FLOAT_FIELDS, *LORA_FIELDS, "lora_target_modules")
 
 
 def resolve_hyperparameters(spec: ModelSpec, raw: Mapping[str, Any]) -> Hyperparameters:

@@ -290,12 +290,6 @@ def pause_user(uid: str, code: str, pause: Pause) -> None:
     _ref(USERS, uid).update({f"pauses.{code}": pause.to_doc(), "updated_at": now()})
 
 
-def clear_pause(uid: str, code: str) -> None:
-    from google.cloud import firestore
-
-    _ref(USERS, uid).update({f"pauses.{code}": firestore.DELETE_FIELD, "updated_at": now()})
-
-
 def user_by_customer(customer_id: str) -> str | None:
     from google.cloud.firestore_v1.base_query import FieldFilter
 
@@ -821,12 +815,6 @@ def jobs_held_since(before: datetime) -> Found[Job]:
 # --- erasing an account ----------------------------------------------------------------------
 
 
-def find_user(uid: str) -> UserRecord | None:
-    """The user's record, or None when there is none (never created, or erased)."""
-    snap = _ref(USERS, uid).get()
-    return UserRecord.from_doc(snap.to_dict()) if snap.exists else None
-
-
 def jobs_of(uid: str) -> list[Job]:
     """Every job of the user (for erasure; the API pages through list_jobs)."""
     from google.cloud.firestore_v1.base_query import FieldFilter
@@ -903,7 +891,7 @@ def _docs_of(collection: str, ids: Iterable[str]) -> list[dict[str, Any]]:
 
 def live_api_keys(uid: str) -> list[ApiKeyRecord]:
     """The user's live keys, newest first."""
-    user = find_user(uid)
+    user = get_user(uid)
     docs = _docs_of(API_KEYS, user.api_keys.values()) if user else []
     found = [k for k in map(ApiKeyRecord.from_doc, docs) if k.revoked_at is None]
     return sorted(found, key=lambda k: k.created_at, reverse=True)
@@ -914,7 +902,7 @@ def revoke_api_key(uid: str, key_id: str) -> bool:
     no live key `key_id` (never had, someone else's, or revoked already)."""
     from google.cloud import firestore
 
-    user = find_user(uid)
+    user = get_user(uid)
     secret_sha256 = None if user is None else user.api_keys.get(key_id)
     if secret_sha256 is None:
         return False
@@ -965,8 +953,9 @@ def new_webhook_endpoint(endpoint: WebhookEndpoint, max_count: int, attempts: in
     )
 
 
-def get_webhook_endpoint(endpoint_id: str, uid: str | None = None) -> WebhookEndpoint | None:
-    """The endpoint; with `uid`, only if it is that user's."""
+def get_webhook_endpoint(uid: str | None, endpoint_id: str) -> WebhookEndpoint | None:
+    """The endpoint, only if it is `uid`'s (owner first, as every getter here); None as the
+    uid for the delivery task, which acts for whoever owns it."""
     if not valid_id(endpoint_id):
         return None
     snap = _ref(WEBHOOK_ENDPOINTS, endpoint_id).get()
@@ -978,7 +967,7 @@ def get_webhook_endpoint(endpoint_id: str, uid: str | None = None) -> WebhookEnd
 
 def webhook_endpoints_of(uid: str) -> list[WebhookEndpoint]:
     """The user's endpoints, newest first."""
-    user = find_user(uid)
+    user = get_user(uid)
     docs = _docs_of(WEBHOOK_ENDPOINTS, user.webhook_endpoints) if user else []
     return sorted(map(WebhookEndpoint.from_doc, docs), key=lambda e: e.created_at, reverse=True)
 

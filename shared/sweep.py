@@ -15,7 +15,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from shared import authorization, datasets, lifecycle, logs, store
+from shared import datasets, holds, lifecycle, logs, store
 from shared.config import Settings
 
 Step = Callable[[Settings, datetime], store.Found[str]]
@@ -23,8 +23,8 @@ Step = Callable[[Settings, datetime], store.Found[str]]
 STEPS: dict[str, Step] = {
     "relaunched": lambda cfg, now: lifecycle.relaunch_stale(cfg, now),
     "reconciled": lambda cfg, now: lifecycle.reconcile(cfg, now),
-    "holds": lambda cfg, now: authorization.renew_holds(cfg, now),
-    "orphan_holds": lambda cfg, now: authorization.release_orphan_holds(cfg, now),
+    "holds": lambda cfg, now: holds.renew_holds(cfg, now),
+    "orphan_holds": lambda cfg, now: holds.release_orphan_holds(cfg, now),
     "abandoned_uploads": lambda cfg, now: datasets.sweep_abandoned(cfg, now),
 }
 

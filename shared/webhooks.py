@@ -167,7 +167,7 @@ def create(
 
 
 def owned(uid: str, endpoint_id: str) -> WebhookEndpoint:
-    endpoint = store.get_webhook_endpoint(endpoint_id, uid)
+    endpoint = store.get_webhook_endpoint(uid, endpoint_id)
     if endpoint is None:
         raise ApiError(Code.NOT_FOUND, f"No webhook endpoint '{endpoint_id}'.", param="endpoint_id")
     return endpoint
@@ -319,7 +319,7 @@ def deliver(
 
     t = now or store.now()
     event = store.get_webhook_event(event_id)
-    endpoint = store.get_webhook_endpoint(endpoint_id)
+    endpoint = store.get_webhook_endpoint(None, endpoint_id)
     if event is None or endpoint is None or endpoint.uid != event.uid:
         return "gone"
     delivery = WebhookDelivery(
@@ -375,7 +375,7 @@ def _disable(
     store.save_webhook_endpoint(
         endpoint._replace(disabled_at=t, disabled_reason=reason, failing_since=failing_since)
     )
-    user = store.find_user(endpoint.uid)
+    user = store.get_user(endpoint.uid)
     if user is not None and user.email:
         store.queue_mail(
             f"webhook-{endpoint.id}-disabled",

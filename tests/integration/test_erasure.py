@@ -110,7 +110,7 @@ def test_a_deleted_user_leaves_only_their_accounting_records(api, stack_env) -> 
     after = owned_documents(user.uid)
     assert set(after) == {"charges", "ledger"}, after  # only what the law keeps
 
-    assert store.find_user(user.uid) is None
+    assert store.get_user(user.uid) is None
     assert store.get_api_key(apikeys.digest(key)) is None  # its keys are gone with it
     assert api.request("GET", "/v1/jobs", token=key).status_code == 401
     assert store.jobs_of(user.uid) == []
@@ -131,7 +131,7 @@ def test_a_deleted_user_leaves_only_their_accounting_records(api, stack_env) -> 
     assert sorted(e.amount_cents for e in store.ledger_entries(user.uid)) == [50, 200]
     assert localstripe(stack_env, "GET", f"/v1/payment_methods/{card}")["customer"] is None
     # Another user's account is untouched.
-    assert store.find_user(other.uid) is not None
+    assert store.get_user(other.uid) is not None
     assert len(store.list_datasets(other.uid, 10, None)[0]) == 1
     kept = store.get_job(others_job.id)
     assert kept.status == JobStatus.RUNNING and kept.authorization.status == (
@@ -139,7 +139,7 @@ def test_a_deleted_user_leaves_only_their_accounting_records(api, stack_env) -> 
     )
 
     auth_events(deleted(user.uid))  # delivered again: nothing left, nothing fails
-    assert store.find_user(user.uid) is None
+    assert store.get_user(user.uid) is None
 
 
 def test_an_event_without_a_user_erases_nothing(api, stack_env) -> None:
@@ -151,4 +151,4 @@ def test_an_event_without_a_user_erases_nothing(api, stack_env) -> None:
         auth_events(
             CloudEvent({"type": "google.firebase.auth.user.v1.deleted", "source": "t"}, data)
         )
-    assert store.find_user(user.uid) is not None
+    assert store.get_user(user.uid) is not None

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from datetime import timedelta
 
-from shared import authorization, billing, lifecycle, store, transitions
+from shared import billing, holds, lifecycle, store, transitions
 from shared.config import settings
 from shared.records import (
     AuthorizationStatus,
@@ -130,7 +130,7 @@ def test_a_hold_placed_after_its_job_ended_is_released(api, stack_env) -> None:
     job_id = stored_job(user.uid, JobStatus.QUEUED)
     before = store.get_job(job_id)
     transitions.transition(job_id, JobStatus.CANCELLED, "cancelled by you")
-    after = authorization.hold(before, settings())
+    after = holds.hold(before, settings())
     assert after.authorization is None
     [orphan] = payment_intents(stack_env, job_id)
     assert orphan["status"] == "canceled"
@@ -179,7 +179,7 @@ def test_an_ageing_hold_is_renewed_before_stripe_cancels_it(api, stack_env) -> N
     old = held_job(user.uid)
     young = held_job(user.uid)
     _date_hold_back(old.id, timedelta(days=6, hours=1))
-    outcomes = authorization.renew_holds(settings()).items
+    outcomes = holds.renew_holds(settings()).items
     assert outcomes == [f"{old.id}: renewed (1)"]  # the young hold is left alone
     renewed = store.get_job(old.id).authorization
     assert renewed.renewals == 1 and renewed.holding
@@ -198,13 +198,13 @@ def test_a_hold_that_cannot_be_renewed_stops_the_job_once_it_lapses(api, stack_e
     job = held_job(user.uid)
     save_test_card(user.uid, card="declining")  # the card on file refuses from now on
     _date_hold_back(job.id, timedelta(days=6, hours=1))
-    [outcome] = authorization.renew_holds(settings()).items
+    [outcome] = holds.renew_holds(settings()).items
     assert "renewal declined (card_declined); retried" in outcome
     still = store.get_job(job.id)
     assert still.status == JobStatus.RUNNING
     assert "card_declined" in still.authorization.renewal_failure
     _date_hold_back(job.id, timedelta(days=7, minutes=1))
-    [outcome] = authorization.renew_holds(settings()).items
+    [outcome] = holds.renew_holds(settings()).items
     assert outcome.endswith("the hold lapsed: job cancelled")
     stopped = store.get_job(job.id)
     assert stopped.status == JobStatus.CANCELLED

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
-from shared import authorization, payments, store
+from shared import holds, payments, store
 from shared.config import settings
 from tests.support.api import held_job, save_test_card, stored_job
 from tests.support.catalog import TINY_ID
@@ -75,10 +75,10 @@ def test_a_hold_no_job_owns_is_released_by_the_sweep(api, stack_env) -> None:
     owned = held_job(user.uid)
     # A second hold for the same job, as a lost answer followed by the launch's own would
     # leave: placed at Stripe, recorded nowhere.
-    stray = authorization._place(owned, 0, settings())
-    later = store.now() + authorization.ORPHAN_AFTER + timedelta(minutes=1)
-    assert authorization.release_orphan_holds(settings(), store.now()).items == []  # too young
-    done = authorization.release_orphan_holds(settings(), later).items
+    stray = holds._place(owned, 0, settings())
+    later = store.now() + holds.ORPHAN_AFTER + timedelta(minutes=1)
+    assert holds.release_orphan_holds(settings(), store.now()).items == []  # too young
+    done = holds.release_orphan_holds(settings(), later).items
     assert done == [f"{stray.payment_intent}: released (no job holds it; job {owned.id})"]
     pi = localstripe(stack_env, "GET", f"/v1/payment_intents/{stray.payment_intent}")
     assert pi["status"] == "canceled"
@@ -86,7 +86,7 @@ def test_a_hold_no_job_owns_is_released_by_the_sweep(api, stack_env) -> None:
     assert localstripe(stack_env, "GET", f"/v1/payment_intents/{mine}")["status"] == (
         "requires_capture"
     )
-    assert authorization.release_orphan_holds(settings(), later).items == []  # once
+    assert holds.release_orphan_holds(settings(), later).items == []  # once
 
 
 def test_a_hold_of_an_ended_or_vanished_job_is_released(api, stack_env) -> None:
@@ -94,10 +94,10 @@ def test_a_hold_of_an_ended_or_vanished_job_is_released(api, stack_env) -> None:
     save_test_card(user.uid)
     job = store.get_job(stored_job(user.uid))
     assert job is not None
-    stray = authorization._place(job, 0, settings())  # its job never recorded it
+    stray = holds._place(job, 0, settings())  # its job never recorded it
     store.client().document(store.job_document(job.id)).delete()  # and the job is gone
-    later = store.now() + authorization.ORPHAN_AFTER + timedelta(minutes=1)
-    done = authorization.release_orphan_holds(settings(), later).items
+    later = store.now() + holds.ORPHAN_AFTER + timedelta(minutes=1)
+    done = holds.release_orphan_holds(settings(), later).items
     assert done == [f"{stray.payment_intent}: released (no job holds it; job {job.id})"]
 
 
@@ -119,9 +119,9 @@ def test_the_hold_is_created_with_an_idempotency_key_stripe_honours(
         return real(params, options)
 
     monkeypatch.setattr(service, "create", record)
-    authorization._place(job, 0, settings())
-    authorization._place(job, 0, settings())
-    authorization._place(job, 1, settings())
+    holds._place(job, 0, settings())
+    holds._place(job, 0, settings())
+    holds._place(job, 1, settings())
     keys = [s["options"].get("idempotency_key") for s in sent]
     assert keys == [f"hold-{job.id}-0", f"hold-{job.id}-0", f"hold-{job.id}-1"]
     assert all(s["params"]["metadata"]["kind"] == "hold" for s in sent)

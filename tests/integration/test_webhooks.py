@@ -128,7 +128,7 @@ def test_an_endpoint_failing_for_five_days_is_disabled_and_its_owner_told(api) -
     user = api.new_user()
     with receiver(500, 500) as hook:
         endpoint = add_endpoint(api, user, hook.url, ["job.cancelled"])
-        stored = store.get_webhook_endpoint(endpoint["id"])
+        stored = store.get_webhook_endpoint(None, endpoint["id"])
         assert stored is not None
         store.save_webhook_endpoint(
             stored._replace(failing_since=store.now() - webhooks.DISABLE_AFTER - timedelta(1))
@@ -140,7 +140,7 @@ def test_an_endpoint_failing_for_five_days_is_disabled_and_its_owner_told(api) -
         while time.monotonic() < deadline and not mail.get().exists:  # written after the disable
             time.sleep(0.2)
         assert user.email in str(mail.get().to_dict())
-        stored = store.get_webhook_endpoint(endpoint["id"])
+        stored = store.get_webhook_endpoint(None, endpoint["id"])
         assert stored is not None and stored.disabled_at is not None
         [log] = deliveries(api, user, endpoint["id"])
         assert log["status"] == DeliveryStatus.FAILED.value  # no retry once disabled

@@ -250,12 +250,12 @@ def result_of(trained_tokens: int) -> TrainerResult:
 def held_job(uid: str, status: JobStatus = JobStatus.RUNNING, **changes: Any) -> Job:
     """A stored job with a real hold of its quoted price on localstripe (the user needs a
     card: save_test_card)."""
-    from shared import authorization
+    from shared import holds
 
     job_id = stored_job(uid, status, **changes)
     stored = store.get_job(job_id)
     assert stored is not None
-    return authorization.hold(stored, settings())
+    return holds.hold(stored, settings())
 
 
 def complete(job_id: str, trained_tokens: int) -> None:

@@ -24,6 +24,7 @@ from shared import auth, http
 from shared.config import load
 from shared.errors import ApiError, Code
 from shared.http import Reply, serve
+from shared.routes import routes_of
 
 TASKS_SA = "yachay-tasks@proj.iam.gserviceaccount.com"
 LAUNCH_URL = "https://launcher.example/internal/tasks/launch-job"
@@ -144,15 +145,11 @@ def test_anything_else_is_refused(cfg, header, code) -> None:
 def test_internal_routes_check_it_before_the_handler_runs(cfg, monkeypatch) -> None:
     ran = []
     monkeypatch.setattr(http, "settings", lambda: cfg)
-    view = serve(
-        "launch_job",
-        {
-            "launchJob": lambda req: ran.append(1) or Reply({}),
-            "relaunchStale": lambda req: Reply({}),
-            "deliverWebhook": lambda req: Reply({}),
-            "trainerReport": lambda req: Reply({}),
-        },
-    )
+    # Every other operation of the function gets a handler that must not run either: taken from
+    # the route table, so a new internal route cannot make this test stale.
+    handlers = {r.operation_id: (lambda req: Reply({})) for r in routes_of("launch_job")}
+    handlers["launchJob"] = lambda req: ran.append(1) or Reply({})
+    view = serve("launch_job", handlers)
     app = flask.Flask("t")
     with app.test_request_context("/internal/tasks/launch-job", method="POST", json={}):
         refused = view(flask.request)
