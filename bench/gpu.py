@@ -101,7 +101,7 @@ def run_model(
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     config = AutoConfig.for_model(**architecture)
     with torch.device(device):
-        base = AutoModelForCausalLM.from_config(
+        base = AutoModelForCausalLM.from_config(  # type: ignore[no-untyped-call]
             config, dtype=dtype, attn_implementation=attention.register()
         )
     base.config.use_cache = False

@@ -179,7 +179,7 @@ def worker_hf(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_worker(
     kind: str, model: Path, data: Path, held_out: Path, hp: dict[str, Any], threads: int
-) -> dict:
+) -> dict[str, Any]:
     trainer, _, precision = kind.partition("-")
     env = {
         **os.environ,
@@ -213,7 +213,8 @@ def run_worker(
         text=True,
         check=True,
     ).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return result
 
 
 def compare(
@@ -229,7 +230,7 @@ def compare(
     of the machine's speed favours neither), and prints min / median / max. Returns the median
     of the per-round ratios."""
     kinds = ("hf", "ours", "ours-bf16")
-    results: dict[str, list[dict]] = {k: [] for k in kinds}
+    results: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
     for i in range(rounds):
         for kind in kinds if i % 2 == 0 else reversed(kinds):
             results[kind].append(run_worker(kind, model, data, held_out, hp, threads))
@@ -240,7 +241,7 @@ def compare(
         )
 
     def med(kind: str, key: str) -> float:
-        return statistics.median(r[key] for r in results[kind])
+        return float(statistics.median(r[key] for r in results[kind]))
 
     wall = {k: [r["tokens"] / r["seconds"] for r in results[k]] for k in kinds}
     cpu = {k: [r["tokens"] / r["cpu_seconds"] for r in results[k]] for k in kinds}

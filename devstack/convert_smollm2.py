@@ -53,12 +53,13 @@ def ask_llama_cpp(questions: list[str], lora: Path | None = None) -> list[str]:
         ]
     finally:
         llm.close()
-    return [str(r["choices"][0]["message"]["content"]).strip() for r in replies]
+    # Without stream=True each reply is a whole completion, never an iterator of chunks.
+    return [str(r["choices"][0]["message"]["content"]).strip() for r in replies]  # type: ignore[index]
 
 
 def convert(out: Path) -> Path:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     gguf_dir = gguf_path().parent
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=GGUF_NAME)
@@ -66,6 +67,7 @@ def convert(out: Path) -> Path:
         gguf_dir, gguf_file=GGUF_NAME, dtype=torch.float32
     )
     config = loaded.config
+    assert isinstance(config, LlamaConfig), type(config)  # SmolLM2 is a Llama
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # the saved weights are plain fp32
     plain = LlamaForCausalLM(config)

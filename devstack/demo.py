@@ -19,12 +19,16 @@ import os
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import requests
 
 from devstack.emulators import sign_in, sign_up, verify_email
 from devstack.seed_models import seed
+
+T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "smollm2-135m-instruct"
@@ -42,12 +46,14 @@ def step(title: str) -> None:
     print(f"\n== {title}", flush=True)
 
 
-def call(method: str, path: str, token: str | None = None, expect: int = 200, **kw) -> dict:
+def call(
+    method: str, path: str, token: str | None = None, expect: int = 200, **kw: Any
+) -> dict[str, Any]:
     base = os.environ["YACHAY_API_BASE_URL"]
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     headers.update(kw.pop("headers", {}))
     resp = requests.request(method, base + path, headers=headers, timeout=120, **kw)
-    body = resp.json() if resp.content else {}
+    body: dict[str, Any] = resp.json() if resp.content else {}
     print(f"{method} {path} -> {resp.status_code}", flush=True)
     if resp.status_code != expect:
         print(json.dumps(body, indent=2))
@@ -55,7 +61,7 @@ def call(method: str, path: str, token: str | None = None, expect: int = 200, **
     return body
 
 
-def wait(what: str, fn, timeout: float = 900.0, every: float = 2.0):
+def wait(what: str, fn: Callable[[], T | None], timeout: float = 900.0, every: float = 2.0) -> T:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = fn()
@@ -145,7 +151,7 @@ def main(model_folders: list[str]) -> int:
         f"{held.get('status', 'not yet held')} on the card"
     )
 
-    def progress():
+    def progress() -> dict[str, Any] | None:
         j = call("GET", f"/v1/jobs/{job['id']}", key)
         p = j.get("progress") or {}
         if p:
@@ -217,7 +223,7 @@ def main(model_folders: list[str]) -> int:
     return 0
 
 
-def upload(token: str, name: str) -> dict:
+def upload(token: str, name: str) -> dict[str, Any]:
     """Creates a dataset, uploads the sample file `name` to its signed URL, validates it."""
     data = (ROOT / "devstack" / name).read_bytes()
     ds = call(
@@ -270,9 +276,10 @@ def ask(base_folder: str, adapter: Path, question: str) -> None:
         return_tensors="pt",
         return_dict=True,
     )
+    prompt_length = int(inputs["input_ids"].shape[1])  # type: ignore[index, call-overload, union-attr]
     with torch.no_grad():
-        ids = model.generate(**inputs, max_new_tokens=24, do_sample=False)
-    answer = tokenizer.decode(ids[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        ids = model.generate(**inputs, max_new_tokens=24, do_sample=False)  # type: ignore[arg-type, no-untyped-call]
+    answer = str(tokenizer.decode(ids[0, prompt_length:], skip_special_tokens=True))
     print(f"  Q: {question}\n  A: {answer.strip()}")
 
 

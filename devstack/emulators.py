@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
+import urllib.parse
+from typing import Any
 
 import requests
 
 PROJECT_ID = "demo-yachay"
 
 
-def sign_up(email: str, password: str = "password-123", auth_host: str | None = None) -> dict:
+def sign_up(
+    email: str, password: str = "password-123", auth_host: str | None = None
+) -> dict[str, Any]:
     """Creates a user in the Auth emulator; returns its signUp answer (idToken, localId, ...)."""
     host = auth_host or os.environ["FIREBASE_AUTH_EMULATOR_HOST"]
     resp = requests.post(
@@ -18,7 +22,8 @@ def sign_up(email: str, password: str = "password-123", auth_host: str | None = 
         timeout=10,
     )
     resp.raise_for_status()
-    return resp.json()
+    answer: dict[str, Any] = resp.json()
+    return answer
 
 
 def verify_email(uid: str, auth_host: str | None = None) -> None:
@@ -33,7 +38,9 @@ def verify_email(uid: str, auth_host: str | None = None) -> None:
     ).raise_for_status()
 
 
-def sign_in(email: str, password: str = "password-123", auth_host: str | None = None) -> dict:
+def sign_in(
+    email: str, password: str = "password-123", auth_host: str | None = None
+) -> dict[str, Any]:
     """Signs a user in with the Auth emulator; returns its answer (a fresh idToken, ...)."""
     host = auth_host or os.environ["FIREBASE_AUTH_EMULATOR_HOST"]
     resp = requests.post(
@@ -43,7 +50,8 @@ def sign_in(email: str, password: str = "password-123", auth_host: str | None = 
         timeout=10,
     )
     resp.raise_for_status()
-    return resp.json()
+    answer: dict[str, Any] = resp.json()
+    return answer
 
 
 def reset_all(hosts: dict[str, str]) -> None:
@@ -61,11 +69,11 @@ def reset_all(hosts: dict[str, str]) -> None:
     for bucket in requests.get(storage, timeout=timeout).json().get("items", []):
         objects = requests.get(f"{storage}/{bucket['name']}/o", timeout=timeout).json()
         for obj in objects.get("items", []):
-            name = requests.utils.quote(obj["name"], safe="")
+            name = urllib.parse.quote(obj["name"], safe="")
             requests.delete(f"{storage}/{bucket['name']}/o/{name}", timeout=timeout)
 
 
-def _admin(auth_host: str, action: str, body: dict) -> dict:
+def _admin(auth_host: str, action: str, body: dict[str, Any]) -> dict[str, Any]:
     """Calls the Auth emulator's admin REST API (the emulator accepts the 'owner' token)."""
     resp = requests.post(
         f"http://{auth_host}/identitytoolkit.googleapis.com/v1/projects/{PROJECT_ID}/accounts:{action}",
@@ -74,7 +82,8 @@ def _admin(auth_host: str, action: str, body: dict) -> dict:
         timeout=10,
     )
     resp.raise_for_status()
-    return resp.json()
+    answer: dict[str, Any] = resp.json()
+    return answer
 
 
 def revoke_tokens(auth_host: str, uid: str, valid_since: int) -> None:

@@ -15,6 +15,7 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -31,17 +32,19 @@ from shared.http import View, not_found_response
 FUNCTIONS_DIR = Path(__file__).resolve().parent.parent / "functions"
 
 
-def load_function(name: str) -> View:
-    """Imports functions/<name>/main.py under a unique module name and returns its entry point."""
+def load_function(name: str) -> Callable[..., Any]:
+    """Imports functions/<name>/main.py under a unique module name and returns its entry point:
+    a View for an HTTP function, a CloudEvent handler for an event function."""
     path = FUNCTIONS_DIR / name / "main.py"
     spec = importlib.util.spec_from_file_location(f"yachay_functions.{name}.main", path)
     assert spec is not None and spec.loader is not None, path
     module: ModuleType = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return getattr(module, name)
+    entry: Callable[..., Any] = getattr(module, name)
+    return entry
 
 
-def pubsub_event(envelope: dict) -> CloudEvent:
+def pubsub_event(envelope: dict[str, Any]) -> CloudEvent:
     """A Pub/Sub push body as the CloudEvent Eventarc delivers for a Pub/Sub trigger."""
     subscription = envelope.get("subscription", "")
     project = subscription.split("/")[1] if subscription.count("/") >= 3 else "local"
@@ -54,7 +57,7 @@ def pubsub_event(envelope: dict) -> CloudEvent:
     )
 
 
-def storage_event(envelope: dict) -> CloudEvent:
+def storage_event(envelope: dict[str, Any]) -> CloudEvent:
     """A Storage notification (from the Storage emulator through Pub/Sub) as the CloudEvent
     Eventarc delivers for a Storage trigger: the object's metadata as the data."""
     message = envelope.get("message", {})
@@ -81,7 +84,7 @@ PUSH_ENDPOINTS = {
 
 
 def create_app() -> flask.Flask:
-    views = {name: load_function(name) for name in routes.functions()}
+    views: dict[str, View] = {name: load_function(name) for name in routes.functions()}
     events = {
         path: (load_function(name), convert) for path, (name, convert) in PUSH_ENDPOINTS.items()
     }

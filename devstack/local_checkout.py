@@ -17,9 +17,11 @@ import json
 import os
 import time
 import uuid
+from typing import Any
 
 import flask
 import requests
+from werkzeug.wrappers import Response as WerkzeugResponse
 
 TEST_CARDS = {
     "visa": ("4242424242424242", "Visa 4242: charges succeed"),
@@ -27,17 +29,18 @@ TEST_CARDS = {
 }
 
 
-def _stripe(method: str, path: str, **data: str) -> dict:
+def _stripe(method: str, path: str, **data: str) -> dict[str, Any]:
     base = os.environ["YACHAY_STRIPE_API_BASE"]
     key = os.environ["YACHAY_STRIPE_SECRET_KEY"]
     resp = requests.request(
         method, f"{base}{path}", data=data, timeout=10, headers={"Authorization": f"Bearer {key}"}
     )
     resp.raise_for_status()
-    return resp.json()
+    answer: dict[str, Any] = resp.json()
+    return answer
 
 
-def _send_event(kind: str, obj: dict) -> None:
+def _send_event(kind: str, obj: dict[str, Any]) -> None:
     """Delivers a Stripe-signed event to our webhook receiver, as Stripe does."""
     payload = json.dumps(
         {
@@ -76,7 +79,7 @@ def register(app: flask.Flask) -> None:
         )
 
     @app.post("/local/checkout/<intent_id>")
-    def checkout_confirm(intent_id: str) -> tuple[str, int] | flask.Response:
+    def checkout_confirm(intent_id: str) -> tuple[str, int] | WerkzeugResponse:
         card = flask.request.form.get("card", "visa")
         if card not in TEST_CARDS:
             return "unknown test card", 400

@@ -34,7 +34,7 @@ def main() -> None:
     import grpc
     from gcloud_tasks_emulator import server as tasks_server
 
-    class LoopbackAPIThread(tasks_server.APIThread):
+    class LoopbackAPIThread(tasks_server.APIThread):  # type: ignore[misc]  # an untyped base
         def run(self) -> None:
             self._httpd = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
             tasks_server.add_CloudTasksServicer_to_server(

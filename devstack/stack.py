@@ -60,26 +60,30 @@ BUCKETS = (
 
 def push_subscriptions() -> list[tuple[str, str]]:
     """(topic, push path) for each trigger the local gateway receives through Pub/Sub."""
-    topics = {"pubsub": lambda t: getattr(_DEFAULTS, t.source), "storage": lambda t: UPLOADS_TOPIC}
-    return [
-        (topics[t.kind](t), t.local_push_path)
-        for t in routes.TRIGGERS
-        if t.local_push_path is not None
-    ]
+
+    def topic(t: routes.Trigger) -> str:
+        if t.kind == "storage":
+            return UPLOADS_TOPIC
+        assert t.kind == "pubsub", t  # no other kind is pushed through Pub/Sub locally
+        return str(getattr(_DEFAULTS, t.source))
+
+    return [(topic(t), t.local_push_path) for t in routes.TRIGGERS if t.local_push_path is not None]
 
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def _http_ok(url: str, headers: dict[str, str] | None = None) -> bool:
     try:
         req = urllib.request.Request(url, headers=headers or {})
         with urllib.request.urlopen(req, timeout=2) as resp:
-            return 200 <= resp.status < 300
+            status: int = resp.status
+            return 200 <= status < 300
     except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
         return False
 

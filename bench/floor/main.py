@@ -8,5 +8,5 @@ for _module in filter(None, os.environ.get("YACHAY_BENCH_IMPORTS", "").split(","
     importlib.import_module(_module)
 
 
-def hello(request):
+def hello(request: object) -> str:
     return "ok"

@@ -8,7 +8,7 @@ trigger retries.
 
 import functions_framework
 from cloudevents.http import CloudEvent
-from google.events.cloud.firestore import DocumentEventData
+from google.events.cloud.firestore import Document, DocumentEventData
 
 from shared import billing, logs
 from shared.config import settings
@@ -17,10 +17,10 @@ from shared.records import JobStatus
 ENDED = {s.value for s in JobStatus if s.ended}
 
 
-def _status(document) -> str | None:
+def _status(document: Document | None) -> str | None:
     if document is None or "status" not in document.fields:
         return None
-    return document.fields["status"].string_value
+    return str(document.fields["status"].string_value)
 
 
 @functions_framework.cloud_event

@@ -10,7 +10,7 @@ from shared.http import ApiRequest, Reply, serve
 def count(req: ApiRequest) -> Reply:
     body = req.json_object()
     uid, dataset_id, model = body.get("uid"), body.get("dataset_id"), body.get("model")
-    if not all(isinstance(v, str) for v in (uid, dataset_id, model)):
+    if not (isinstance(uid, str) and isinstance(dataset_id, str) and isinstance(model, str)):
         raise ApiError(Code.INVALID_BODY, 'Send {"uid", "dataset_id", "model"}.')
     outcome = token_counts.count_in_background(uid, dataset_id, model, req.settings)
     return Reply({"dataset_id": dataset_id, "model": model, "outcome": outcome})

@@ -63,7 +63,9 @@ def sentence(rng: random.Random, n_words: int) -> str:
     return text[:1].upper() + text[1:] + "."
 
 
-def chat_records(n: int, seed: int, mean_words: float = 60.0, sigma: float = 0.8) -> list[dict]:
+def chat_records(
+    n: int, seed: int, mean_words: float = 60.0, sigma: float = 0.8
+) -> list[dict[str, Any]]:
     """Chat records whose lengths follow a log-normal law (like real instruction data: many
     short, a long tail). The assistant echoes a deterministic transform of the user's words, so
     there is something learnable."""
@@ -84,7 +86,7 @@ def chat_records(n: int, seed: int, mean_words: float = 60.0, sigma: float = 0.8
     return out
 
 
-def write_jsonl(records: list[dict], path: Path) -> Path:
+def write_jsonl(records: list[dict[str, Any]], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     return path
@@ -195,7 +197,8 @@ def build_tiny_model(
         "tie_word_embeddings": family == "gemma2",  # as the real ones
     }
     cfg = family_config(family, hidden, layers, heads, **{**common, **config})
-    AutoModelForCausalLM.from_config(cfg).save_pretrained(str(folder), safe_serialization=True)
+    model = AutoModelForCausalLM.from_config(cfg)  # type: ignore[no-untyped-call]
+    model.save_pretrained(str(folder), safe_serialization=True)
     write_manifest(folder, model_id=f"tiny-{family}", source="random init from a config")
     return folder
 
