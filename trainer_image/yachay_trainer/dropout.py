@@ -41,6 +41,34 @@ def keep_mask(like: torch.Tensor, p: float) -> tuple[torch.Tensor, float]:
     return draws >= cut - LEVELS // 2, LEVELS / (LEVELS - cut)
 
 
+class _Drop(torch.autograd.Function):
+    """x where kept, else 0, times the scale; the backward is the same of the gradient.
+
+    Written out because `x * keep` with a boolean mask converts the mask to x's dtype, once in
+    the forward and again in the backward (MLP-wide tensors on a CPU: a pass over memory each
+    time), and keeps that converted copy; here the one-byte mask is all that is kept.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(keep)
+        ctx.scale = scale
+        # The scale multiplies the kept values, never a mask of x's dtype: in bf16 the scale
+        # itself would round (1/0.95 to 1.0547) and bias every update.
+        return torch.where(keep, x, 0).mul_(scale)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
+        (keep,) = ctx.saved_tensors
+        return torch.where(keep, grad, 0).mul_(ctx.scale), None, None
+
+
+def drop(x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
+    """`x * keep * scale`, differentiable in x."""
+    out: torch.Tensor = _Drop.apply(x, keep, scale)  # type: ignore[no-untyped-call]
+    return out
+
+
 class SharedMaskDropout(torch.nn.Module):
     def __init__(self, p: float, cache: _Cache) -> None:
         super().__init__()
@@ -53,9 +81,7 @@ class SharedMaskDropout(torch.nn.Module):
         if self.cache.x is not x:
             keep, scale = keep_mask(x, self.p)
             self.cache.x = x
-            # The scale multiplies the kept values, never a mask of x's dtype: in bf16 the scale
-            # itself would round (1/0.95 to 1.0547) and bias every update.
-            self.cache.dropped = torch.mul(x, keep).mul_(scale)
+            self.cache.dropped = drop(x, keep, scale)
         assert self.cache.dropped is not None
         return self.cache.dropped
 

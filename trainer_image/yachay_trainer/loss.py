@@ -45,17 +45,17 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
             z = (h @ weight.t()).float()  # [rows, vocab]
             if softcap:
                 z.div_(softcap).tanh_().mul_(softcap)
-            lse = torch.logsumexp(z, dim=-1)
-            total += lse.sum() - z.gather(1, t[:, None]).sum()
+            # One fused pass for the log-probabilities (logsumexp, then a subtraction, then an
+            # exponential were three passes over the chunk, the costliest part of the loss).
+            logp = torch.log_softmax(z, dim=-1)
+            total -= logp.gather(1, t[:, None]).sum()
             if grad_h is None and grad_w is None:
                 continue
+            g = logp.exp_()  # the softmax (of the capped logits, with a softcap)
+            g[torch.arange(len(t), device=t.device), t] -= 1.0
             if softcap:
-                g = (z - lse[:, None]).exp_()  # the softmax of the capped logits
-                g[torch.arange(len(t), device=t.device), t] -= 1.0
                 g.mul_(z.div_(softcap).square_().neg_().add_(1.0))  # through the tanh
-            else:
-                g = z.sub_(lse[:, None]).exp_()
-                g[torch.arange(len(t), device=t.device), t] -= 1.0
+            del z
             g16 = g.to(hidden.dtype)
             if grad_h is not None:
                 torch.matmul(g16, weight, out=grad_h[start : start + rows])
