@@ -65,6 +65,11 @@ class ModelSpec:
     def throughput_tokens_per_s(self) -> int:
         return self.throughput.tokens_per_s
 
+    def bound(self, catalog_key: str) -> Bound:
+        """The bounds of a hyperparameter by its Knob.catalog key ("lora.rank")."""
+        group, _, key = catalog_key.partition(".")
+        return (self.lora if group == "lora" else self.hyperparameters)[key]
+
 
 @dataclass(frozen=True)
 class Catalog:
@@ -76,8 +81,35 @@ class Catalog:
         return next((m for m in self.models if m.id == model_id), None)
 
 
-def _bounds(raw: dict[str, Any]) -> dict[str, Bound]:
-    return {k: Bound(v["default"], v["min"], v["max"]) for k, v in raw.items() if "min" in v}
+def _bounds(model_id: str, group: str, raw: dict[str, Any]) -> dict[str, Bound]:
+    """The bounds of the declared hyperparameters shown under `group` ("hyperparameters" or
+    "lora"): the declaration's (shared.contract.Hyperparameters), each overridden where the
+    model's entry sets its own. A key the declarations do not know is refused."""
+    from shared.contract import declared
+
+    numeric = {
+        d.knob.catalog.partition(".")[2]: d
+        for d in declared()
+        if d.knob.catalog.startswith(group + ".") and d.kind != "modules"
+    }
+    unknown = set(raw) - set(numeric) - {"target_modules"}
+    if unknown:
+        raise CatalogError(
+            f"catalog model {model_id!r} sets {group} {sorted(unknown)} that no hyperparameter "
+            "declares (shared.contract.Hyperparameters)"
+        )
+    out = {}
+    for key, d in numeric.items():
+        given = raw.get(key, {})
+        b = Bound(
+            given.get("default", d.default),
+            given.get("min", d.knob.minimum),
+            given.get("max", d.knob.maximum),
+        )
+        if not b.min <= b.default <= b.max:
+            raise CatalogError(f"catalog model {model_id!r}: {group}.{key} {b} is not in bounds")
+        out[key] = b
+    return out
 
 
 class CatalogError(ValueError):
@@ -122,8 +154,8 @@ def parse(raw: dict[str, Any]) -> Catalog:
                 machine_type=m["machine_type"],
                 max_dataset_tokens=int(m["max_dataset_tokens"]),
                 throughput=_throughput(m["id"], m["throughput"]),
-                hyperparameters=_bounds(m["hyperparameters"]),
-                lora=_bounds(m["lora"]),
+                hyperparameters=_bounds(m["id"], "hyperparameters", m["hyperparameters"]),
+                lora=_bounds(m["id"], "lora", m["lora"]),
                 lora_target_modules_default=targets["default"],
                 lora_target_modules_allowed=tuple(targets["allowed"]),
                 source=m["source"],

@@ -204,17 +204,105 @@ class TrainerFailure(NamedTuple):
 
 
 @dataclass(frozen=True)
+class Knob:
+    """What the rest of the project needs to know of one hyperparameter, beside its name, type
+    and default (the `Hyperparameters` field it is attached to).
+
+    `catalog` is where a model's entry in shared/data/models.json may set other bounds or another
+    default ("hyperparameters.epochs", "lora.rank"): the group it is shown under in
+    `GET /v1/models`. `minimum`/`maximum` are the bounds where the model sets none. `trainer`
+    names where the trainer reads it (`module.name` in yachay_trainer, comma-separated; a test
+    checks that each exists). The request and response schemas, the bounds check, the
+    catalog's check, the spec and the CLI's options all derive from these declarations
+    (`declared()`), so adding a hyperparameter is adding one field below.
+    """
+
+    help: str
+    catalog: str
+    trainer: str
+    minimum: float | None = None  # None: not a number (lora_target_modules)
+    maximum: float | None = None
+
+
+def _knob(default: Any, help: str, catalog: str, trainer: str, *bounds: float) -> Any:
+    return field(
+        default=default,
+        metadata={"knob": Knob(help, catalog, trainer, *bounds)},
+    )
+
+
+@dataclass(frozen=True)
 class Hyperparameters:
-    epochs: int = 3
-    learning_rate: float = 2e-4
-    batch_size: int = 8  # examples per optimizer step
-    lora_rank: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lora_target_modules: tuple[str, ...] | str = "all-linear"
-    max_seq_length: int = 2048
-    warmup_ratio: float = 0.03
-    seed: int = 42
+    """A job's hyperparameters, declared once (see `Knob`)."""
+
+    epochs: int = _knob(
+        3, "Passes over the training set.", "hyperparameters.epochs", "data.StepPlan", 1, 10
+    )
+    learning_rate: float = _knob(
+        2e-4,
+        "The AdamW learning rate at the end of warm-up (cosine decay after).",
+        "hyperparameters.learning_rate",
+        "train.Run.setup",
+        1e-6,
+        1e-2,
+    )
+    batch_size: int = _knob(
+        8,
+        "Examples per optimizer step (packed, so no padding is trained or billed).",
+        "hyperparameters.batch_size",
+        "data.StepPlan",
+        1,
+        64,
+    )
+    lora_rank: int = _knob(
+        16, "The rank r of each LoRA update.", "lora.rank", "train.lora_model", 1, 128
+    )
+    lora_alpha: int = _knob(
+        32,
+        "LoRA's alpha: each update is scaled by alpha / rank.",
+        "lora.alpha",
+        "train.lora_model",
+        1,
+        512,
+    )
+    lora_dropout: float = _knob(
+        0.05,
+        "Dropout on the LoRA branches' inputs.",
+        "lora.dropout",
+        "train.lora_model",
+        0.0,
+        0.5,
+    )
+    lora_target_modules: tuple[str, ...] | str = _knob(
+        "all-linear",
+        '"all-linear", or the projections to adapt (the model lists those allowed).',
+        "lora.target_modules",
+        "train.lora_model",
+    )
+    max_seq_length: int = _knob(
+        2048,
+        "Tokens per example; longer ones are truncated (and counted as such in the quote).",
+        "hyperparameters.max_seq_length",
+        "data.read_examples, data.pack_step",
+        128,
+        8192,
+    )
+    warmup_ratio: float = _knob(
+        0.03,
+        "The share of steps over which the learning rate warms up from 0.",
+        "hyperparameters.warmup_ratio",
+        "train.Run.setup, train.cosine_with_warmup",
+        0.0,
+        0.5,
+    )
+    seed: int = _knob(
+        42,
+        "Seeds the LoRA initialisation, the order of examples, dropout and the validation split.",
+        "hyperparameters.seed",
+        "train.Run.setup, data.StepPlan",
+        0,
+        2**31 - 1,
+    )
 
     @staticmethod
     def from_dict(raw: Mapping[str, Any]) -> Hyperparameters:
@@ -229,6 +317,25 @@ class Hyperparameters:
         if isinstance(d["lora_target_modules"], tuple):
             d["lora_target_modules"] = list(d["lora_target_modules"])
         return d
+
+
+class Declared(NamedTuple):
+    """One hyperparameter: its field's name, type ("integer", "number" or "modules") and
+    default, and its Knob."""
+
+    name: str
+    kind: str
+    default: Any
+    knob: Knob
+
+
+def declared() -> tuple[Declared, ...]:
+    """Every hyperparameter, in declaration order."""
+    out = []
+    for f in fields(Hyperparameters):
+        kind = {int: "integer", float: "number"}.get(type(f.default), "modules")
+        out.append(Declared(f.name, kind, f.default, f.metadata["knob"]))
+    return tuple(out)
 
 
 @dataclass(frozen=True)

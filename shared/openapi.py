@@ -29,6 +29,7 @@ TERRAFORM = ROOT / "terraform"
 GATEWAY_TEMPLATE = TERRAFORM / "openapi.json.tftpl"
 FUNCTION_TABLE = TERRAFORM / "functions.json"
 PUBLIC_SPEC = ROOT / "docs" / "openapi.json"
+CLI_HYPERPARAMETERS = ROOT / "cli" / "yachay_cli" / "hyperparameters.json"  # the CLI's options
 RELEASED_SPEC = ROOT / "docs" / "openapi-released.json"
 BACKEND_DEADLINE_S = 60.0
 API_VERSION = "1.1.0"  # of the public contract, not of the code (config.VERSION)
@@ -350,12 +351,24 @@ def render_function_table() -> str:
     return json.dumps(function_table(), indent=2) + "\n"
 
 
+def render_cli_hyperparameters() -> str:
+    """The hyperparameters' declarations as the CLI's options read them (the CLI is a package
+    of its own, with no dependency on this project's code)."""
+    from shared.contract import declared
+
+    rows = [{"name": d.name, "kind": d.kind, "help": d.knob.help} for d in declared()]
+    return json.dumps(rows, indent=2) + "\n"
+
+
 if __name__ == "__main__":
     if sys.argv[1:] == ["--write"]:
         GATEWAY_TEMPLATE.write_text(render_gateway_config())
         FUNCTION_TABLE.write_text(render_function_table())
         PUBLIC_SPEC.parent.mkdir(exist_ok=True)
         PUBLIC_SPEC.write_text(render_public_spec())
-        print(f"wrote {GATEWAY_TEMPLATE}, {FUNCTION_TABLE} and {PUBLIC_SPEC}")
+        CLI_HYPERPARAMETERS.write_text(render_cli_hyperparameters())
+        print(
+            f"wrote {GATEWAY_TEMPLATE}, {FUNCTION_TABLE}, {PUBLIC_SPEC} and {CLI_HYPERPARAMETERS}"
+        )
     else:
         sys.stdout.write(render_gateway_config())

@@ -14,7 +14,7 @@ import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from shared.contract import MERGED_BYTES_PER_PARAMETER, Hyperparameters
+from shared.contract import MERGED_BYTES_PER_PARAMETER, Hyperparameters, declared
 from shared.errors import ApiError, Code
 from shared.records import Job, JobStatus, Quote
 
@@ -41,9 +41,6 @@ CHARGE_POLICY = (
     "Cancelled while queued, or failed (bad data or our side): free."
 )
 
-INT_FIELDS = ("epochs", "batch_size", "seed", "max_seq_length")
-LORA_FIELDS = {"lora_rank": "rank", "lora_alpha": "alpha", "lora_dropout": "dropout"}
-
 
 def resolve_hyperparameters(spec: ModelSpec, raw: Mapping[str, Any]) -> Hyperparameters:
     """The catalog's defaults overlaid with the caller's values (already checked against
@@ -53,32 +50,38 @@ def resolve_hyperparameters(spec: ModelSpec, raw: Mapping[str, Any]) -> Hyperpar
         ApiError: naming the field (param `hyperparameters.<name>`).
     """
     values: dict[str, Any] = {}
-    bounds = {**spec.hyperparameters, **{k: spec.lora[v] for k, v in LORA_FIELDS.items()}}
-    for name, bound in bounds.items():
-        integer = name in INT_FIELDS or name in ("lora_rank", "lora_alpha")
-        value = raw.get(name, bound.default)
-        value = int(value) if integer else float(value)
+    for d in declared():
+        if d.kind == "modules":
+            values[d.name] = _target_modules(spec, raw.get(d.name))
+            continue
+        bound = spec.bound(d.knob.catalog)
+        value = raw.get(d.name, bound.default)
+        value = int(value) if d.kind == "integer" else float(value)
         if not bound.min <= value <= bound.max:
             raise ApiError(
                 Code.INVALID_VALUE,
-                f"'hyperparameters.{name}' must be between "
+                f"'hyperparameters.{d.name}' must be between "
                 f"{bound.min} and {bound.max} for {spec.id}; got {value}.",
-                param=f"hyperparameters.{name}",
+                param=f"hyperparameters.{d.name}",
             )
-        values[name] = value
-    targets = raw.get("lora_target_modules", spec.lora_target_modules_default)
-    if targets != "all-linear":
-        allowed = spec.lora_target_modules_allowed
-        if not isinstance(targets, list) or not all(t in allowed for t in targets):
-            raise ApiError(
-                Code.INVALID_VALUE,
-                "'hyperparameters.lora_target_modules' must be "
-                f'"all-linear" or a list drawn from: {", ".join(allowed)}.',
-                param="hyperparameters.lora_target_modules",
-            )
-        targets = tuple(dict.fromkeys(targets))
-    values["lora_target_modules"] = targets
+        values[d.name] = value
     return Hyperparameters(**values)
+
+
+def _target_modules(spec: ModelSpec, targets: Any) -> str | tuple[str, ...]:
+    if targets is None:
+        targets = spec.lora_target_modules_default
+    if targets == "all-linear":
+        return "all-linear"
+    allowed = spec.lora_target_modules_allowed
+    if not isinstance(targets, list) or not all(t in allowed for t in targets):
+        raise ApiError(
+            Code.INVALID_VALUE,
+            "'hyperparameters.lora_target_modules' must be "
+            f'"all-linear" or a list drawn from: {", ".join(allowed)}.',
+            param="hyperparameters.lora_target_modules",
+        )
+    return tuple(dict.fromkeys(targets))
 
 
 def price_cents(billable_tokens: int, cents_per_million: int, min_charge_cents: int) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from shared.contract import EXTRA_OUTPUTS
+from shared.contract import EXTRA_OUTPUTS, Declared, declared
 from shared.errors import ApiError, Code
 from shared.pricing import MAX_EXTENSION_DAYS
 from shared.records import (
@@ -195,40 +195,27 @@ CreateDataset = Object(
 
 # --- jobs ------------------------------------------------------------------------------------
 
-TargetModules = AnyOf(
-    (Const("all-linear"), Array(String(), min_items=1, max_items=64)),
-    message='must be "all-linear" or a non-empty list of module names',
-)
+
+def _hyperparameter(d: Declared, request: bool) -> Schema:
+    """A declared hyperparameter's schema (shared.contract.Hyperparameters)."""
+    if d.kind != "modules":
+        return (Integer if d.kind == "integer" else Number)(description=d.knob.help)
+    if not request:
+        return AnyOf((String(), Array(String())), description=d.knob.help)
+    return AnyOf(
+        (Const("all-linear"), Array(String(), min_items=1, max_items=64)),
+        message='must be "all-linear" or a non-empty list of module names',
+        description=d.knob.help,
+    )
+
+
 HyperparametersIn = Object(
-    {
-        "epochs": opt(Integer()),
-        "learning_rate": opt(Number()),
-        "batch_size": opt(Integer()),
-        "lora_rank": opt(Integer()),
-        "lora_alpha": opt(Integer()),
-        "lora_dropout": opt(Number()),
-        "lora_target_modules": opt(TargetModules),
-        "max_seq_length": opt(Integer()),
-        "warmup_ratio": opt(Number()),
-        "seed": opt(Integer()),
-    },
+    {d.name: opt(_hyperparameter(d, request=True)) for d in declared()},
     name="HyperparametersRequest",
     description="Each optional (the model's default); bounds per model in GET /v1/models.",
 )
 Hyperparameters = response(
-    {
-        "epochs": Integer(),
-        "learning_rate": Number(),
-        "batch_size": Integer(),
-        "lora_rank": Integer(),
-        "lora_alpha": Integer(),
-        "lora_dropout": Number(),
-        "lora_target_modules": AnyOf((String(), Array(String()))),
-        "max_seq_length": Integer(),
-        "warmup_ratio": Number(),
-        "seed": Integer(),
-    },
-    "Hyperparameters",
+    {d.name: _hyperparameter(d, request=False) for d in declared()}, "Hyperparameters"
 )
 _quote_fields: dict[str, Schema] = {
     "examples": Integer(minimum=0),

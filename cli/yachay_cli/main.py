@@ -189,10 +189,24 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     return OK if ds["status"] == "ready" else FAILED
 
 
+# The server's hyperparameters (name, kind, help), written from their one declaration by
+# `make openapi` (a test fails when this copy is stale): each is an option of estimate and submit.
+HYPERPARAMETERS: list[dict[str, str]] = json.loads(
+    (Path(__file__).parent / "hyperparameters.json").read_text()
+)
+
+
+def _modules(text: str) -> str | list[str]:
+    """--lora-target-modules: "all-linear" or a comma-separated list."""
+    return text if text == "all-linear" else [m.strip() for m in text.split(",") if m.strip()]
+
+
 def hyperparameters(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    if args.epochs is not None:
-        out["epochs"] = args.epochs
+    for hp in HYPERPARAMETERS:
+        value = getattr(args, hp["name"], None)
+        if value is not None:
+            out[hp["name"]] = value
     for item in args.hp or []:
         name, sep, value = item.partition("=")
         if not sep:
@@ -455,7 +469,14 @@ def parser() -> argparse.ArgumentParser:
     ):
         c = command(name, fn, text)
         c.add_argument("--model", required=True)
-        c.add_argument("--epochs", type=int)
+        kinds = {"integer": int, "number": float, "modules": _modules}
+        for hp in HYPERPARAMETERS:
+            c.add_argument(
+                "--" + hp["name"].replace("_", "-"),
+                dest=hp["name"],
+                type=kinds[hp["kind"]],
+                help=f"{hp['help']} (the model's default if left out)",
+            )
         c.add_argument("--hp", action="append", help="a hyperparameter, name=value (repeat)")
         c.add_argument("--validation-split", type=float, help="hold out this share (0-0.2)")
         c.add_argument("--validation-dataset", help="a ready dataset id to evaluate on")
