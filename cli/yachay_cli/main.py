@@ -14,6 +14,7 @@ import os
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -469,7 +470,11 @@ def parser() -> argparse.ArgumentParser:
     ):
         c = command(name, fn, text)
         c.add_argument("--model", required=True)
-        kinds = {"integer": int, "number": float, "modules": _modules}
+        kinds: dict[str, Callable[[str], Any]] = {
+            "integer": int,
+            "number": float,
+            "modules": _modules,
+        }
         for hp in HYPERPARAMETERS:
             c.add_argument(
                 "--" + hp["name"].replace("_", "-"),

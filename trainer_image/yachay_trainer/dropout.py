@@ -50,7 +50,7 @@ class _Drop(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
         ctx.save_for_backward(keep)
         ctx.scale = scale
         # The scale multiplies the kept values, never a mask of x's dtype: in bf16 the scale
@@ -58,7 +58,7 @@ class _Drop(torch.autograd.Function):
         return torch.where(keep, x, 0).mul_(scale)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         (keep,) = ctx.saved_tensors
         return torch.where(keep, grad, 0).mul_(ctx.scale), None, None
 

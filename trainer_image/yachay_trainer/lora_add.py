@@ -14,10 +14,10 @@ matmul time. Two rewrites, each exactly the same sum:
   (their dropout mask is already shared, dropout.py, so their dropped inputs are the same
   tensor).
 
-Only plain LoRA with one adapter over a plain `nn.Linear` is rewritten (no DoRA or other variant, not merged, adapters
-enabled); any other layer keeps peft's own forward. Over a bf16 base, peft keeps the LoRA weights
-in fp32 (the optimizer's master copy); the products here run in the base's dtype, the weights
-cast to it as autocast would, so every GEMM is a bf16 GEMM on the GPU. `clear(groups)` after each
+Only plain LoRA with one adapter over a plain `nn.Linear` is rewritten (no DoRA or other variant,
+not merged, adapters enabled); any other layer keeps peft's own forward. Over a bf16 base, peft
+keeps the LoRA weights in fp32 (the optimizer's master copy); the products here run in the
+base's dtype, the weights cast to it as autocast would, so every GEMM is a bf16 GEMM on the GPU. `clear(groups)` after each
 backward drops the cached products.
 """
 
@@ -68,7 +68,7 @@ class _LoraLinear(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         x: torch.Tensor,
         h: torch.Tensor,
@@ -85,9 +85,7 @@ class _LoraLinear(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(  # type: ignore[override]
-        ctx: Any, grad: torch.Tensor
-    ) -> tuple[torch.Tensor | None, ...]:
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, h, weight, b = ctx.saved_tensors
         s = ctx.scaling
         g = grad.reshape(-1, grad.shape[-1])
@@ -119,10 +117,14 @@ def _forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Ten
     b = self.lora_B["default"].weight
     if args or kwargs or type(base) is not torch.nn.Linear:
         result: torch.Tensor = base(x, *args, **kwargs)
-        return result + (h.to(result.dtype) @ b.to(result.dtype).t()) * self.scaling["default"]
-    return _LoraLinear.apply(  # type: ignore[no-any-return]
+        update: torch.Tensor = (h.to(result.dtype) @ b.to(result.dtype).t()) * self.scaling[
+            "default"
+        ]
+        return result + update
+    out: torch.Tensor = _LoraLinear.apply(  # type: ignore[no-untyped-call]
         x, h.to(x.dtype), base.weight, base.bias, b.to(x.dtype), self.scaling["default"]
     )
+    return out
 
 
 def _plain(module: Any) -> bool:
