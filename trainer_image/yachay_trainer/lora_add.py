@@ -17,8 +17,8 @@ matmul time. Two rewrites, each exactly the same sum:
 Only plain LoRA with one adapter over a plain `nn.Linear` is rewritten (no DoRA or other variant,
 not merged, adapters enabled); any other layer keeps peft's own forward. Over a bf16 base, peft
 keeps the LoRA weights in fp32 (the optimizer's master copy); the products here run in the
-base's dtype, the weights cast to it as autocast would, so every GEMM is a bf16 GEMM on the GPU. `clear(groups)` after each
-backward drops the cached products.
+base's dtype, the weights cast to it as autocast would, so every GEMM is a bf16 GEMM on the GPU.
+`clear(groups)` after each backward drops the cached products.
 """
 
 from __future__ import annotations
