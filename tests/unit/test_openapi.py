@@ -57,6 +57,13 @@ def test_every_public_route_is_an_operation_with_its_statuses(spec: dict[str, An
     assert set(schemas.OPERATIONS) <= seen
 
 
+def test_every_public_route_declares_its_schemas() -> None:
+    """An operation without a declaration would be documented as taking and answering nothing
+    (schemas.operation's default): every public route must name its own."""
+    public = {r.operation_id for r in routes.ROUTES if not r.internal}
+    assert public - set(schemas.OPERATIONS) == set()
+
+
 def test_api_key_scopes_are_in_the_spec(spec: dict[str, Any]) -> None:
     create_job = spec["paths"]["/v1/jobs"]["post"]
     assert {"apiKey": ["jobs:write"]} in create_job["security"]
