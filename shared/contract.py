@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from datetime import datetime
 from enum import StrEnum
+from functools import cache
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -329,8 +330,9 @@ class Declared(NamedTuple):
     knob: Knob
 
 
+@cache
 def declared() -> tuple[Declared, ...]:
-    """Every hyperparameter, in declaration order."""
+    """Every hyperparameter, in declaration order (read once: the class never changes)."""
     out = []
     for f in fields(Hyperparameters):
         kind = {int: "integer", float: "number"}.get(type(f.default), "modules")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import stat
+from typing import Any
 
 import pytest
 
@@ -76,26 +77,21 @@ def test_the_cli_checks_files_by_the_server_s_own_rules(tmp_path) -> None:
     assert problems == [message for _, message in validate(f.read_bytes(), 1 << 30).errors]
 
 
-def test_training_options_become_the_documented_request_fields() -> None:
+def _estimate_body(*options: str) -> dict[str, Any]:
+    """The request body `yachay estimate --model m --dataset ds-1 OPTIONS` sends, checked
+    against the schema the server holds it to."""
     from shared import schemas
 
-    args = main.parser().parse_args(
-        [
-            "estimate",
-            "--model",
-            "m",
-            "--dataset",
-            "ds-1",
-            "--validation-split",
-            "0.1",
-            "--eval-every",
-            "5",
-            "--from-job",
-            "ft-a:4",
-            "--merged",
-        ]
-    )
+    args = main.parser().parse_args(["estimate", "--model", "m", "--dataset", "ds-1", *options])
     body = main.job_body(args, "ds-1")
+    assert schemas.JobRequest.check(body) == body  # what the server accepts
+    return body
+
+
+def test_training_options_become_the_documented_request_fields() -> None:
+    body = _estimate_body(
+        "--validation-split", "0.1", "--eval-every", "5", "--from-job", "ft-a:4", "--merged"
+    )
     assert body == {
         "model": "m",
         "dataset_id": "ds-1",
@@ -104,7 +100,23 @@ def test_training_options_become_the_documented_request_fields() -> None:
         "from_job": "ft-a:4",
         "outputs": ["merged"],
     }
-    assert schemas.JobRequest.check(body) == body  # what the server accepts
+
+
+def test_each_declared_hyperparameter_is_an_option() -> None:
+    from shared.contract import Hyperparameters
+
+    body = _estimate_body(
+        "--lora-rank", "8", "--learning-rate", "1e-4", "--lora-target-modules", "q_proj,v_proj"
+    )
+    assert body["hyperparameters"] == {
+        "lora_rank": 8,
+        "learning_rate": 1e-4,
+        "lora_target_modules": ["q_proj", "v_proj"],
+    }
+    assert Hyperparameters.from_dict(body["hyperparameters"]).lora_target_modules == (
+        "q_proj",
+        "v_proj",
+    )
 
 
 def test_download_refuses_a_file_name_that_leaves_the_folder(monkeypatch, tmp_path) -> None:

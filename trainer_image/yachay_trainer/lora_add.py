@@ -122,7 +122,7 @@ def _forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Ten
         ]
         return result + update
     out: torch.Tensor = _LoraLinear.apply(  # type: ignore[no-untyped-call]
-        x, h.to(x.dtype), base.weight, base.bias, b.to(x.dtype), self.scaling["default"]
+        x, h, base.weight, base.bias, b.to(x.dtype), self.scaling["default"]
     )
     return out
 
