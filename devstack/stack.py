@@ -40,8 +40,8 @@ SERVICES = ("firestore", "pubsub", "auth", "storage", "tasks", "stripe", "api")
 # Extra ports the Firebase emulator suite opens besides the Auth emulator itself.
 AUX_PORTS = ("auth_hub", "auth_logging")
 DEFAULT_PORT_BASE = 8700
-STRIPE_TEST_KEY = "sk_test_local_yachay"
-STRIPE_WEBHOOK_SECRET = "whsec_local_yachay_stack"
+STRIPE_TEST_KEY = routes.secret("stripe-secret-key").local
+STRIPE_WEBHOOK_SECRET = routes.secret("stripe-webhook-secrets").local
 REGION = _DEFAULTS.region
 TASKS_QUEUE = _DEFAULTS.tasks_queue
 WEBHOOKS_QUEUE = _DEFAULTS.webhooks_queue
@@ -149,8 +149,8 @@ class Stack:
             "STORAGE_EMULATOR_HOST": f"http://{self.host('storage')}",
             "YACHAY_TASKS_EMULATOR_HOST": self.host("tasks"),
             "YACHAY_STRIPE_API_BASE": f"http://{self.host('stripe')}",
-            "YACHAY_STRIPE_SECRET_KEY": STRIPE_TEST_KEY,
-            "YACHAY_STRIPE_WEBHOOK_SECRETS": STRIPE_WEBHOOK_SECRET,
+            # One process serves every function here, so it holds every secret's local value.
+            **{s.env: s.local for s in routes.SECRETS},
             "YACHAY_API_BASE_URL": self.api_base_url,
             "YACHAY_TASKS_QUEUE": TASKS_QUEUE,
             "YACHAY_WEBHOOKS_QUEUE": WEBHOOKS_QUEUE,

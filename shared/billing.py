@@ -19,9 +19,9 @@ from shared.records import (
     ChargeKind,
     ChargeStatus,
     Job,
+    JobChange,
     JobStatus,
     LedgerEntry,
-    Mail,
     Pause,
     Payment,
     PaymentMethod,
@@ -441,10 +441,10 @@ def extend_storage(
         )
     new_expiry = charge.extends_from + timedelta(days=days)
 
-    def move(j: Job) -> tuple[Job, Mail | None] | None:  # idempotent: only ever moves later
+    def move(j: Job) -> JobChange | None:  # idempotent: only ever moves later
         if j.expires_at and j.expires_at >= new_expiry:
             return None
-        return j._replace(expires_at=new_expiry), None
+        return JobChange.between(j, j._replace(expires_at=new_expiry))
 
     after = store.update_job(job_id, move)
     if after.expires_at is not None:

@@ -26,9 +26,9 @@ from shared.records import (
     AuthorizationStatus,
     FailureCode,
     Job,
+    JobChange,
     JobFailure,
     JobStatus,
-    Mail,
 )
 
 HOLD_LIFETIME = timedelta(days=7)  # Stripe: an uncaptured card authorization expires after 7 days
@@ -127,11 +127,11 @@ def _record(job_id: str, placed: Authorization, replaces: str | None, cfg: Setti
     (None: no hold yet). A hold nobody wants (the job ended meanwhile, or a concurrent call
     recorded another) is released at once, so no card stays held for nothing."""
 
-    def decide(j: Job) -> tuple[Job, Mail | None] | None:
+    def decide(j: Job) -> JobChange | None:
         current = j.authorization.payment_intent if j.authorization else None
         if j.status.ended or current != replaces:
             return None
-        return j._replace(authorization=placed), None
+        return JobChange.between(j, j._replace(authorization=placed))
 
     after = store.update_job(job_id, decide)
     if after.authorization is None or after.authorization.payment_intent != placed.payment_intent:
@@ -157,11 +157,11 @@ def release(job: Job, cfg: Settings) -> bool:
 def mark(job_id: str, intent: str, status: AuthorizationStatus) -> None:
     """Records how a hold ended, when it is still the job's hold and still holding."""
 
-    def decide(j: Job) -> tuple[Job, Mail | None] | None:
+    def decide(j: Job) -> JobChange | None:
         held = j.authorization
         if held is None or held.payment_intent != intent or not held.holding:
             return None
-        return j._replace(authorization=held._replace(status=status)), None
+        return JobChange.between(j, j._replace(authorization=held._replace(status=status)))
 
     store.update_job(job_id, decide)
 
@@ -228,11 +228,11 @@ def renew(job: Job, cfg: Settings, now: datetime) -> str:
 
 
 def _note_renewal_failure(job_id: str, intent: str, why: str) -> None:
-    def decide(j: Job) -> tuple[Job, Mail | None] | None:
+    def decide(j: Job) -> JobChange | None:
         held = j.authorization
         if held is None or held.payment_intent != intent:
             return None
-        return j._replace(authorization=held._replace(renewal_failure=why)), None
+        return JobChange.between(j, j._replace(authorization=held._replace(renewal_failure=why)))
 
     store.update_job(job_id, decide)
 

@@ -30,9 +30,9 @@ from shared.jobs import owned, view
 from shared.records import (
     FailureCode,
     Job,
+    JobChange,
     JobFailure,
     JobStatus,
-    Mail,
 )
 from shared.transitions import InvalidTransition, transition
 
@@ -197,10 +197,10 @@ def launch(job_id: str, cfg: Settings) -> str:
     # local executor) as already existing, so a redelivered task cannot start a second job.
     name = backend.submit(batch.job_id_for(job_id), trainer_config(job, cfg), spec)
 
-    def record(j: Job) -> tuple[Job, Mail | None] | None:
+    def record(j: Job) -> JobChange | None:
         if j.status != JobStatus.QUEUED or j.batch_job:
             return None
-        return j._replace(batch_job=name), None
+        return JobChange.between(j, j._replace(batch_job=name))
 
     after = store.update_job(job_id, record)
     if after.status == JobStatus.CANCELLED:  # cancelled while we were launching: undo
@@ -270,10 +270,10 @@ def _ask_batch(job: Job, cfg: Settings) -> str | None:
     if job.status == JobStatus.RUNNING:  # Batch lost a running job
         return f"Batch knows no such job: {on_batch_state(name, 'FAILED', cfg)}"
 
-    def forget(j: Job) -> tuple[Job, Mail | None] | None:
+    def forget(j: Job) -> JobChange | None:
         if j.status != JobStatus.QUEUED or j.batch_job != name:
             return None
-        return j._replace(batch_job=None), None
+        return JobChange.between(j, j._replace(batch_job=None))
 
     store.update_job(job.id, forget)
     tasks.enqueue_launch(job.id, cfg)

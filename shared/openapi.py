@@ -324,7 +324,7 @@ def function_table() -> dict[str, Any]:
             "sa": deploy.service_account,
             "memory": deploy.memory,
             "timeout_s": deploy.timeout_s,
-            "stripe": deploy.stripe,
+            "secrets": routes.secrets_of(name),
             "event_type": trigger.event_type if trigger else None,
             "document": trigger.source if trigger and kind == "firestore" else None,
             "topic": getattr(defaults, trigger.source) if trigger and kind == "pubsub" else None,
@@ -341,6 +341,11 @@ def function_table() -> dict[str, Any]:
             "deliver_webhook": routes.path_of("deliverWebhook"),
             "count_tokens": routes.path_of("countTokens"),
             "trainer_report": routes.path_of("trainerReport"),
+        },
+        # Secret Manager secrets and the accounts that read them (routes.SECRETS)
+        "secrets": {
+            s.name: sorted({routes.DEPLOYMENTS[f].service_account for f in s.functions})
+            for s in routes.SECRETS
         },
         # Firestore TTL policies, from the collections' one declaration (shared.documents)
         "firestore_ttl": documents.ttl_fields(),

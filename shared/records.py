@@ -326,6 +326,11 @@ class JobStatus(StrEnum):
     def ended(self) -> bool:
         return not self.active
 
+    @property
+    def event(self) -> str:
+        """The webhook event type of reaching this status."""
+        return f"job.{self.value}"
+
 
 ACTIVE_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)
 
@@ -368,6 +373,11 @@ class PaymentStatus(StrEnum):
     PAID = "paid"
     FAILED = "failed"
     NOT_CHARGED = "not_charged"  # nothing was due under the charge policy
+
+    @property
+    def event(self) -> str | None:
+        """The webhook event type of recording this payment (none where no money moved)."""
+        return {"paid": "payment.succeeded", "failed": "payment.failed"}.get(self.value)
 
 
 class Payment(NamedTuple):
@@ -588,6 +598,47 @@ class Mail(NamedTuple):
         }
 
 
+class Outbox(NamedTuple):
+    """What a job's commit carries besides the job: its webhook events, the user's email, and
+    what it does to the account's bookkeeping. The core decides it; the store writes it as
+    handed, in the same commit as the job."""
+
+    events: tuple[str, ...] = ()
+    mail: Mail | None = None
+    ends_activity: bool = False  # the job leaves the account's active set
+    ends_reservation: bool = False  # its price no longer counts against the spend limit
+
+
+class JobChange(NamedTuple):
+    """A job as it is to be stored, with its outbox: the one value a job's commit takes."""
+
+    job: Job
+    outbox: Outbox = Outbox()
+
+    @staticmethod
+    def created(job: Job) -> "JobChange":
+        return JobChange(job, Outbox(events=(job.status.event,)))
+
+    @staticmethod
+    def between(old: Job, new: Job, mail: Mail | None = None) -> "JobChange":
+        """`old` becoming `new`: a status reached is an event; an ended job is no longer active;
+        a payment recorded (other than a declined one) ends its reservation."""
+        return JobChange(
+            new,
+            Outbox(
+                events=(new.status.event,) if new.status != old.status else (),
+                mail=mail,
+                ends_activity=new.status.ended and not old.status.ended,
+                ends_reservation=settles(new.payment) and not settles(old.payment),
+            ),
+        )
+
+
+def settles(payment: Payment | None) -> bool:
+    """Whether a payment ends the job's reservation: recorded and not declined."""
+    return payment is not None and payment.settled
+
+
 class IdempotencyRecord(NamedTuple):
     """One per (user, Idempotency-Key) of a submission: the job it made and the request's hash."""
 
@@ -756,13 +807,8 @@ class LedgerEntry(NamedTuple):
 
 # What an endpoint may subscribe to; `ping` is sent only by POST .../test.
 WEBHOOK_EVENT_TYPES = (
-    "job.queued",
-    "job.running",
-    "job.completed",
-    "job.failed",
-    "job.cancelled",
-    "payment.succeeded",
-    "payment.failed",
+    *(s.event for s in JobStatus),
+    *(e for p in PaymentStatus if (e := p.event) is not None),
 )
 PING = "ping"
 

@@ -241,7 +241,6 @@ class Deployment:
 
     service_account: str  # a role in terraform/iam.tf
     memory: str
-    stripe: bool = False  # gets the Stripe secret key
     timeout_s: int = 120  # how long one request may run
 
 
@@ -249,25 +248,78 @@ class Deployment:
 DEPLOYMENTS: dict[str, Deployment] = {
     "healthz": Deployment("api", "256M"),
     "models": Deployment("api", "512M"),
-    "me": Deployment("api", "512M", stripe=True),
+    "me": Deployment("api", "512M"),
     "datasets": Deployment("api", "1Gi"),
-    "jobs": Deployment("api", "1Gi", stripe=True),
-    "cards": Deployment("api", "512M", stripe=True),
+    "jobs": Deployment("api", "1Gi"),
+    "cards": Deployment("api", "512M"),
     "billing": Deployment("api", "512M"),
     "api_keys": Deployment("api", "512M"),
     "webhooks": Deployment("api", "512M"),
     "webhook_events": Deployment("api", "512M"),
-    "stripe_webhook": Deployment("webhook", "512M", stripe=True),
-    "launch_job": Deployment("launcher", "512M", stripe=True),
+    "stripe_webhook": Deployment("webhook", "512M"),
+    "launch_job": Deployment("launcher", "512M"),
     # Encodes a whole dataset (up to YACHAY_DATASET_MAX_BYTES) with a model's tokenizer: the
     # api account (it reads models and datasets), room for the file, time for its size.
     "count_tokens": Deployment("api", "2Gi", timeout_s=1800),
-    "charge_job": Deployment("charger", "512M", stripe=True),
+    "charge_job": Deployment("charger", "512M"),
     "batch_events": Deployment("notifier", "512M"),
     "dataset_events": Deployment("api", "1Gi"),
-    "auth_events": Deployment("eraser", "512M", stripe=True),
+    "auth_events": Deployment("eraser", "512M"),
 }
 # fmt: on
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A value kept in Secret Manager (added there by hand, never in Terraform state) and handed
+    to exactly the functions that use it, as the variable shared/config.py reads. `local` is its
+    value on the local stack (test-mode values of the local servers, devstack/stack.py)."""
+
+    name: str  # the Secret Manager secret id
+    env: str
+    functions: tuple[str, ...]
+    local: str
+
+
+# Terraform creates each secret, grants each function's account access, and sets the variable
+# on each function from this table (terraform/functions.json); a test checks that no function
+# reads one it is not given.
+SECRETS = (
+    # Stripe calls; also the root of our signed links (shared.links: the portal link of
+    # GET /v1/me, trainer report tokens), and a minted API key's live/test prefix
+    # (shared.apikeys: api_keys).
+    Secret(
+        "stripe-secret-key",
+        "YACHAY_STRIPE_SECRET_KEY",
+        (
+            "me",
+            "jobs",
+            "cards",
+            "api_keys",
+            "stripe_webhook",
+            "launch_job",
+            "charge_job",
+            "auth_events",
+        ),
+        "sk_test_local_yachay",
+    ),
+    # Comma-separated: during a rotation both the new and the old endpoint secret verify.
+    Secret(
+        "stripe-webhook-secrets",
+        "YACHAY_STRIPE_WEBHOOK_SECRETS",
+        ("stripe_webhook",),
+        "whsec_local_yachay_stack",
+    ),
+)
+
+
+def secret(name: str) -> Secret:
+    return next(s for s in SECRETS if s.name == name)
+
+
+def secrets_of(function: str) -> dict[str, str]:
+    """The secrets one function receives: {variable: Secret Manager id}."""
+    return {s.env: s.name for s in SECRETS if function in s.functions}
 
 
 def functions() -> tuple[str, ...]:

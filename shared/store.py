@@ -51,19 +51,21 @@ from shared.records import (
     DeliveryStatus,
     IdempotencyRecord,
     Job,
+    JobChange,
     JobStatus,
     LedgerEntry,
     Mail,
+    Outbox,
     Pause,
     Payment,
     PaymentMethod,
-    PaymentStatus,
     UserRecord,
     ValidationReport,
     WebhookDelivery,
     WebhookEndpoint,
     WebhookEvent,
     month_of,
+    settles,
 )
 from shared.routes import valid_id
 
@@ -635,7 +637,7 @@ def new_job(
             raise Conflict("spend_limit_reached", committed)
         batch = db.batch()
         batch.create(_ref(JOBS, job.id), job.to_doc())
-        _record_event(batch, job, f"job.{job.status.value}")
+        _write_outbox(batch, job, JobChange.created(job).outbox)
         if idem_ref is not None:
             batch.create(idem_ref, record.to_doc())
         if not snap.exists:
@@ -656,20 +658,19 @@ def new_job(
     raise AssertionError("unreachable")
 
 
-JobDecision = Callable[[Job], "tuple[Job, Mail | None] | None"]
+JobDecision = Callable[[Job], JobChange | None]
 
 
 def update_job(job_id: str, decide: JobDecision, attempts: int = 20) -> Job:
-    """Applies `decide(job) -> (new job, mail) | None` to a job atomically; returns the job as
-    stored.
+    """Applies `decide(job) -> JobChange | None` to a job atomically; returns the job as stored.
 
-    An optimistic transaction: read the job, let `decide` choose, then commit the new job's
-    fields together with the email in one batch whose precondition is that the job has not
-    changed since the read (its update time). If another writer got there first the batch fails
-    as a whole and we read again, so a decision is never made on stale state. Unlike a locking
-    transaction, nothing waits on a lock, so the trainer's progress writes to the same document
-    are never blocked (the Firestore emulator holds locks of contended transactions for
-    seconds).
+    An optimistic transaction: read the job, let `decide` choose, then commit the new job with
+    its outbox (events, email, account bookkeeping) in one batch whose precondition is that the
+    job has not changed since the read (its update time). If another writer got there first the
+    batch fails as a whole and we read again, so a decision is never made on stale state. Unlike
+    a locking transaction, nothing waits on a lock, so the trainer's progress writes to the same
+    document are never blocked (the Firestore emulator holds locks of contended transactions
+    for seconds).
 
     `decide` returns None for "nothing to do" and raises to refuse.
 
@@ -689,17 +690,10 @@ def update_job(job_id: str, decide: JobDecision, attempts: int = 20) -> Job:
         decision = decide(job)
         if decision is None:
             return job
-        new, mail = decision
-        new = new._replace(updated_at=now())
+        new = decision.job._replace(updated_at=now())
         batch = db.batch()
         batch.update(ref, new.to_doc(), option=db.write_option(last_update_time=snap.update_time))
-        if mail is not None:
-            batch.set(_ref(MAIL, f"{job_id}-{new.status.value}"), mail.to_doc())
-        if new.status != job.status:
-            _record_event(batch, new, f"job.{new.status.value}")
-        account = _account_changes(job, new)
-        if account:
-            batch.update(_ref(USERS, job.uid), account)
+        _write_outbox(batch, new, decision.outbox)
         try:
             batch.commit()
         except (FailedPrecondition, NotFound):
@@ -713,36 +707,35 @@ def event_id(job_id: str, event_type: str) -> str:
     return f"evt-{job_id}-{event_type.replace('.', '-')}"
 
 
-def _record_event(batch: Any, job: Job | None, event_type: str, job_id: str = "") -> None:
-    """Adds the webhook event of a transition to the commit that makes the transition."""
-    jid = job.id if job is not None else job_id
-    uid = job.uid if job is not None else ""
-    event = WebhookEvent(
-        id=event_id(jid, event_type),
-        uid=uid,
-        type=event_type,
-        job_id=jid,
-        created_at=now(),
-        job=None if job is None else job.to_doc(),
-    )
-    batch.set(_ref(WEBHOOK_EVENTS, event.id), event.to_doc())
+def _write_outbox(batch: Any, job: Job, outbox: Outbox) -> None:
+    """Adds a job's outbox to the commit that stores the job: each webhook event with the job
+    as it is after this commit, the email, and the account's bookkeeping."""
+    for event_type in outbox.events:
+        event = WebhookEvent(
+            id=event_id(job.id, event_type),
+            uid=job.uid,
+            type=event_type,
+            job_id=job.id,
+            created_at=now(),
+            job=job.to_doc(),
+        )
+        batch.set(_ref(WEBHOOK_EVENTS, event.id), event.to_doc())
+    if outbox.mail is not None:
+        batch.set(_ref(MAIL, f"{job.id}-{job.status.value}"), outbox.mail.to_doc())
+    account = _account_changes(job.id, outbox)
+    if account:
+        batch.update(_ref(USERS, job.uid), {**account, "updated_at": now()})
 
 
-def _account_changes(old: Job, new: Job) -> dict[str, Any]:
-    """What a job's change does to its user's account record (same commit): an ended job is no
-    longer active; a recorded payment (other than a declined one) ends its reservation."""
+def _account_changes(job_id: str, outbox: Outbox) -> dict[str, Any]:
     from google.cloud import firestore
 
     changes: dict[str, Any] = {}
-    if new.status.ended and not old.status.ended:
-        changes[f"active_jobs.{new.id}"] = firestore.DELETE_FIELD
-    if _settles(new.payment) and not _settles(old.payment):
-        changes[f"reserved.{new.id}"] = firestore.DELETE_FIELD
+    if outbox.ends_activity:
+        changes[f"active_jobs.{job_id}"] = firestore.DELETE_FIELD
+    if outbox.ends_reservation:
+        changes[f"reserved.{job_id}"] = firestore.DELETE_FIELD
     return changes
-
-
-def _settles(payment: Payment | None) -> bool:
-    return payment is not None and payment.status != PaymentStatus.FAILED
 
 
 def set_job_payment(job: Job, payment: Payment) -> None:
@@ -751,7 +744,8 @@ def set_job_payment(job: Job, payment: Payment) -> None:
     t = now()
     batch = client().batch()
     batch.update(_ref(JOBS, job.id), {"payment": payment.to_doc(), "updated_at": t})
-    account = _account_changes(job, job._replace(payment=payment))
+    outbox = JobChange.between(job, job._replace(payment=payment)).outbox
+    account = _account_changes(job.id, outbox)
     if account:
         batch.update(_ref(USERS, job.uid), {**account, "updated_at": t})
     batch.commit()
@@ -1261,14 +1255,14 @@ def _settlement(
         if charge.authorization and charge.payment_intent == charge.authorization:
             job["authorization.status"] = AuthorizationStatus.CAPTURED.value  # paid from the hold
         batch.update(_ref(JOBS, charge.job_id), job)
-        if _settles(payment):
+        if settles(payment):
             account[f"reserved.{charge.job_id}"] = firestore.DELETE_FIELD
-        kind = {PaymentStatus.PAID: "payment.succeeded", PaymentStatus.FAILED: "payment.failed"}
-        if payment.status in kind:  # the job as it is after this commit is sent (no snapshot)
+        kind = payment.status.event
+        if kind is not None:  # the job as it is after this commit is sent (no snapshot)
             event = WebhookEvent(
-                id=event_id(charge.job_id, kind[payment.status]),
+                id=event_id(charge.job_id, kind),
                 uid=charge.uid,
-                type=kind[payment.status],
+                type=kind,
                 job_id=charge.job_id,
                 created_at=t,
             )

@@ -1,7 +1,8 @@
 """The job state machine: queued -> running -> completed | failed | cancelled (and queued ->
 cancelled or failed). Every transition is one atomic Firestore write conditioned on the state
-it read (store.update_job: an optimistic transaction), which appends a timestamped event and,
-when the job ends, queues the user's email in the same commit.
+it read (store.update_job: an optimistic transaction), which appends a timestamped event; its
+outbox (records.JobChange: the webhook event, and when the job ends the user's email) goes in
+the same commit.
 
 Below every module that ends jobs (the lifecycle, holds, erasure), so none of them imports
 another to do it.
@@ -12,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from shared import store
-from shared.records import Job, JobEvent, JobStatus, Mail, Payment, PaymentStatus
+from shared.records import Job, JobChange, JobEvent, JobStatus, Mail, Payment, PaymentStatus
 
 TRANSITIONS = {
     JobStatus.QUEUED: (JobStatus.RUNNING, JobStatus.CANCELLED, JobStatus.FAILED),
@@ -51,7 +52,7 @@ def transition(
     """
     t = store.now()
 
-    def decide(job: Job) -> tuple[Job, Mail | None] | None:
+    def decide(job: Job) -> JobChange | None:
         if when is not None and not when(job):
             return None
         if not can_transition(job.status, wanted):
@@ -70,7 +71,7 @@ def transition(
                 new = new._replace(
                     payment=Payment(PaymentStatus.NOT_CHARGED, 0, job.quote.currency)
                 )
-        return new, mail
+        return JobChange.between(job, new, mail)
 
     return store.update_job(job_id, decide)
 

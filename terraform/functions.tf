@@ -99,21 +99,13 @@ resource "google_cloudfunctions2_function" "fn" {
     ingress_settings      = each.value.kind == "public" ? "ALLOW_ALL" : "ALLOW_INTERNAL_ONLY"
     environment_variables = local.common_env
 
+    # Exactly the secrets this function reads (shared/routes.py SECRETS).
     dynamic "secret_environment_variables" {
-      for_each = each.value.stripe ? [0] : []
+      for_each = each.value.secrets
       content {
-        key        = "YACHAY_STRIPE_SECRET_KEY"
+        key        = secret_environment_variables.key
         project_id = var.project_id
-        secret     = google_secret_manager_secret.stripe["stripe-secret-key"].secret_id
-        version    = "latest"
-      }
-    }
-    dynamic "secret_environment_variables" {
-      for_each = each.key == "stripe_webhook" ? [0] : []
-      content {
-        key        = "YACHAY_STRIPE_WEBHOOK_SECRETS"
-        project_id = var.project_id
-        secret     = google_secret_manager_secret.stripe["stripe-webhook-secrets"].secret_id
+        secret     = google_secret_manager_secret.this[secret_environment_variables.value].secret_id
         version    = "latest"
       }
     }
@@ -213,11 +205,11 @@ resource "google_cloudfunctions_function" "auth" {
   environment_variables = local.common_env
 
   dynamic "secret_environment_variables" {
-    for_each = each.value.stripe ? [0] : []
+    for_each = each.value.secrets
     content {
-      key        = "YACHAY_STRIPE_SECRET_KEY"
+      key        = secret_environment_variables.key
       project_id = var.project_id
-      secret     = google_secret_manager_secret.stripe["stripe-secret-key"].secret_id
+      secret     = google_secret_manager_secret.this[secret_environment_variables.value].secret_id
       version    = "latest"
     }
   }

@@ -123,13 +123,45 @@ resource "google_artifact_registry_repository_iam_member" "trainer_pulls" {
   member     = "serviceAccount:${google_service_account.role["trainer"].email}"
 }
 
-# Every service account running a function that talks to Stripe (functions.json, from
-# shared/routes.py DEPLOYMENTS) reads the key; no other.
-resource "google_secret_manager_secret_iam_member" "stripe_key" {
-  for_each  = toset([for f in local.functions : f.sa if f.stripe])
-  secret_id = google_secret_manager_secret.stripe["stripe-secret-key"].id
+# Each secret is read by the accounts of the functions given it (shared/routes.py SECRETS, via
+# functions.json); no other.
+locals {
+  secret_readers = merge([
+    for name, accounts in local.wiring.secrets : { for sa in accounts : "${name}/${sa}" => { secret = name, sa = sa } }
+  ]...)
+}
+
+resource "google_secret_manager_secret_iam_member" "reader" {
+  for_each  = local.secret_readers
+  secret_id = google_secret_manager_secret.this[each.value.secret].id
   role      = "roles/secretmanager.secretAccessor"
-  member    = "serviceAccount:${google_service_account.role[each.value].email}"
+  member    = "serviceAccount:${google_service_account.role[each.value.sa].email}"
+}
+
+# The grants as they were declared per service before the table: kept, not recreated.
+moved {
+  from = google_secret_manager_secret_iam_member.stripe_key["api"]
+  to   = google_secret_manager_secret_iam_member.reader["stripe-secret-key/api"]
+}
+moved {
+  from = google_secret_manager_secret_iam_member.stripe_key["charger"]
+  to   = google_secret_manager_secret_iam_member.reader["stripe-secret-key/charger"]
+}
+moved {
+  from = google_secret_manager_secret_iam_member.stripe_key["eraser"]
+  to   = google_secret_manager_secret_iam_member.reader["stripe-secret-key/eraser"]
+}
+moved {
+  from = google_secret_manager_secret_iam_member.stripe_key["launcher"]
+  to   = google_secret_manager_secret_iam_member.reader["stripe-secret-key/launcher"]
+}
+moved {
+  from = google_secret_manager_secret_iam_member.stripe_key["webhook"]
+  to   = google_secret_manager_secret_iam_member.reader["stripe-secret-key/webhook"]
+}
+moved {
+  from = google_secret_manager_secret_iam_member.stripe_webhook_secrets
+  to   = google_secret_manager_secret_iam_member.reader["stripe-webhook-secrets/webhook"]
 }
 
 # Webhook signing secrets are stored sealed (shared/secretbox.py): their data keys are wrapped by
@@ -157,12 +189,6 @@ resource "google_kms_crypto_key_iam_member" "webhook_secrets" {
   crypto_key_id = google_kms_crypto_key.webhook_secrets.id
   role          = "roles/cloudkms.cryptoKeyEncrypterDecrypter"
   member        = "serviceAccount:${google_service_account.role[each.value].email}"
-}
-
-resource "google_secret_manager_secret_iam_member" "stripe_webhook_secrets" {
-  secret_id = google_secret_manager_secret.stripe["stripe-webhook-secrets"].id
-  role      = "roles/secretmanager.secretAccessor"
-  member    = "serviceAccount:${google_service_account.role["webhook"].email}"
 }
 
 # Storage's service agent publishes the finalize events of the dataset trigger.

@@ -175,13 +175,24 @@ resource "google_artifact_registry_repository" "trainer" {
 }
 
 # Secret values are added outside Terraform (`gcloud secrets versions add`), never in state.
-resource "google_secret_manager_secret" "stripe" {
-  for_each  = toset(["stripe-secret-key", "stripe-webhook-secrets"])
-  secret_id = each.value
+# One per entry of shared/routes.py SECRETS (functions.json).
+resource "google_secret_manager_secret" "this" {
+  for_each  = local.wiring.secrets
+  secret_id = each.key
   replication {
     auto {}
   }
   depends_on = [google_project_service.enabled]
+}
+
+# Declared per service before the secrets table: the same secrets, kept (not recreated).
+moved {
+  from = google_secret_manager_secret.stripe["stripe-secret-key"]
+  to   = google_secret_manager_secret.this["stripe-secret-key"]
+}
+moved {
+  from = google_secret_manager_secret.stripe["stripe-webhook-secrets"]
+  to   = google_secret_manager_secret.this["stripe-webhook-secrets"]
 }
 
 resource "google_pubsub_topic" "batch_states" {

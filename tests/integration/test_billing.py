@@ -22,6 +22,7 @@ from shared.records import (
     Charge,
     ChargeKind,
     ChargeStatus,
+    JobChange,
     JobStatus,
     LedgerEntry,
     Payment,
@@ -369,7 +370,7 @@ def test_a_charge_whose_attempt_died_is_settled_by_the_stripe_event(api, stack_e
 def complete(job_id: str) -> None:
     """Moves a stored running job to completed (what the Batch notification does)."""
 
-    store.update_job(job_id, lambda j: (j._replace(status=JobStatus.COMPLETED), None))
+    store.update_job(job_id, lambda j: JobChange.between(j, j._replace(status=JobStatus.COMPLETED)))
 
 
 def failed_charge(user) -> str:

@@ -17,8 +17,8 @@ from shared.config import settings
 from shared.records import (
     AuthorizationStatus,
     Job,
+    JobChange,
     JobStatus,
-    Mail,
     PaymentStatus,
 )
 from tests.support.api import (
@@ -166,9 +166,11 @@ def test_a_lapsed_hold_is_charged_anew_and_a_decline_pauses_until_a_new_card(
 
 
 def _date_hold_back(job_id: str, age: timedelta) -> None:
-    def decide(j: Job) -> tuple[Job, Mail | None]:
+    def decide(j: Job) -> JobChange:
         held = j.authorization
-        return j._replace(authorization=held._replace(authorized_at=store.now() - age)), None
+        return JobChange.between(
+            j, j._replace(authorization=held._replace(authorized_at=store.now() - age))
+        )
 
     store.update_job(job_id, decide)
 

@@ -22,6 +22,7 @@ from shared.pricing import MIN_CHARGE_CENTS
 from shared.records import (
     AuthorizationStatus,
     FailureCode,
+    JobChange,
     JobStatus,
     Pause,
     PaymentStatus,
@@ -452,7 +453,7 @@ def test_a_transition_that_keeps_losing_its_race_is_contended_not_lost(api, stac
         attempts.append(job.updated_at)
         # the concurrent writer (e.g. the trainer's progress report) gets there first
         trainer_reports(job_id, progress=progress_at(len(attempts)))
-        return job._replace(status=JobStatus.CANCELLED), None
+        return JobChange.between(job, job._replace(status=JobStatus.CANCELLED))
 
     with pytest.raises(errors.Contended):
         store.update_job(job_id, decide, attempts=3)
@@ -479,7 +480,9 @@ def test_cancel_stops_the_trainer_before_its_launch_is_recorded(
     wait_for_step(stack, job["id"], 2)
     assert trainer_pids(job["id"])
     # As if the launch's record (and, for QUEUED, the RUNNING notification) had not landed yet:
-    store.update_job(job["id"], lambda j: (j._replace(batch_job=None, status=status), None))
+    store.update_job(
+        job["id"], lambda j: JobChange.between(j, j._replace(batch_job=None, status=status))
+    )
     resp = api.request("POST", f"/v1/jobs/{job['id']}/cancel", user)
     assert resp.status_code == 200 and resp.json()["status"] == "cancelled"
     assert trainers_stop(job["id"])

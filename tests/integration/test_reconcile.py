@@ -14,7 +14,7 @@ import pytest
 
 from shared import artifacts, batch, lifecycle, store
 from shared.config import settings
-from shared.records import FailureCode, JobStatus, PaymentStatus
+from shared.records import FailureCode, JobChange, JobStatus, PaymentStatus
 from tests.support.api import result_of, save_test_card, stored_job, trainer_reports
 
 LONG_AGO = timedelta(hours=1)
@@ -44,7 +44,7 @@ def test_a_queued_job_whose_batch_job_never_came_to_be_is_launched_again(api, st
 def _with_batch_job(job_id: str) -> str:
     """Records a Batch job on a stored job, as its first launch did."""
     name = batch_name(job_id)
-    store.update_job(job_id, lambda j: (j._replace(batch_job=name), None))
+    store.update_job(job_id, lambda j: JobChange.between(j, j._replace(batch_job=name)))
     _age(job_id)
     return job_id
 

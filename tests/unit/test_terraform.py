@@ -117,7 +117,6 @@ NOT_IN_PRODUCTION_ENV = {
     "YACHAY_STRIPE_WEBHOOK_SECRETS",
     "YACHAY_WEBHOOKS_ALLOW_LOOPBACK",
 }
-SECRETS = {"YACHAY_STRIPE_SECRET_KEY", "YACHAY_STRIPE_WEBHOOK_SECRETS"}
 
 
 def test_every_variable_the_functions_read_is_set_by_terraform() -> None:
@@ -132,9 +131,62 @@ def test_every_variable_the_functions_read_is_set_by_terraform() -> None:
         "STORAGE_EMULATOR_HOST",
         "PUBSUB_EMULATOR_HOST",
     }
+    assert {s.env for s in routes.SECRETS} <= NOT_IN_PRODUCTION_ENV  # never in plain env
+
+
+# Where each secret is read, by the operation whose function reads it: the table must give it
+# to that function (least privilege is the table's other half: no function gets one unlisted).
+SECRET_READERS = {
+    "YACHAY_STRIPE_SECRET_KEY": {
+        "getMe",  # the signed portal link (shared.links)
+        "openBillingPortal",  # verifies it, then calls Stripe
+        "createApiKey",  # the minted key's live/test prefix (shared.apikeys)
+        "createJob",  # the card hold
+        "launchJob",  # signs the trainer's report token
+        "trainerReport",  # verifies it
+        "stripeWebhook",
+    },
+    "YACHAY_STRIPE_WEBHOOK_SECRETS": {"stripeWebhook"},
+}
+
+
+def test_secrets_are_one_table_and_each_reader_is_given_its_secret() -> None:
+    assert len({s.name for s in routes.SECRETS}) == len({s.env for s in routes.SECRETS}) == 2
+    functions = {r.operation_id: r.function for r in routes.ROUTES}
+    for s in routes.SECRETS:
+        assert set(s.functions) <= set(routes.DEPLOYMENTS), s
+        assert {functions[op] for op in SECRET_READERS[s.env]} <= set(s.functions), s.env
+        assert s.local and not s.local.startswith(("sk_live_", "rk_live_"))  # test mode only
+    table = json.loads(openapi.FUNCTION_TABLE.read_text())
+    for name, f in table["functions"].items():
+        assert f["secrets"] == routes.secrets_of(name)
+    assert set(table["secrets"]) == {s.name for s in routes.SECRETS}
     functions_tf = (TF / "functions.tf").read_text()
-    for secret in SECRETS:
-        assert f'key        = "{secret}"' in functions_tf
+    assert functions_tf.count("for_each = each.value.secrets") == 2  # gen2 and gen1
+    assert "google_secret_manager_secret.this[secret_environment_variables.value]" in functions_tf
+    assert "YACHAY_STRIPE" not in functions_tf  # no secret named outside the table
+
+
+def test_the_secrets_kept_their_terraform_state_when_they_became_a_table() -> None:
+    """Renaming a resource address without a `moved` block destroys it and creates a new,
+    empty one: the secrets' versions (the live keys) and their grants would be gone."""
+    moved = {
+        m["from"].strip("${}"): m["to"].strip("${}")
+        for path in TF.glob("*.tf")
+        for m in hcl2.load(path.open()).get("moved", [])
+    }
+    old = "google_secret_manager_secret"
+    for name in ("stripe-secret-key", "stripe-webhook-secrets"):
+        assert moved[f'{old}.stripe["{name}"]'] == f'{old}.this["{name}"]'
+    grants = json.loads(openapi.FUNCTION_TABLE.read_text())["secrets"]
+    for sa in ("api", "charger", "eraser", "launcher", "webhook"):  # stripe_key's, by account
+        assert moved[f'{old}_iam_member.stripe_key["{sa}"]'] == (
+            f'{old}_iam_member.reader["stripe-secret-key/{sa}"]'
+        )
+        assert sa in grants["stripe-secret-key"]
+    assert moved[f"{old}_iam_member.stripe_webhook_secrets"] == (
+        f'{old}_iam_member.reader["stripe-webhook-secrets/webhook"]'
+    )
 
 
 def test_every_listing_query_has_its_composite_index() -> None:
