@@ -1,10 +1,10 @@
 """Admission: the exact estimate of a job and its submission (typed core).
 
 Estimate and submit read the same request, count the same tokens and check the same rules, from
-one list (RULES), each with one error code: the estimate lists every rule that would refuse the
-job (`allowed_to_proceed`, `reasons`); a submission is refused by the first. The active-job limit
-is checked again inside the transaction that creates the job, so concurrent submissions cannot
-pass it together.
+one list (shared.rules.RULES), each with one error code: the estimate lists every rule that
+would refuse the job (`allowed_to_proceed`, `reasons`); a submission is refused by the first.
+The active-job limit is checked again inside the transaction that creates the job, so
+concurrent submissions cannot pass it together.
 
 A submission honours Idempotency-Key (shared.idempotency): a replay of the same request returns
 the first job, even if the account changed since.
@@ -13,11 +13,10 @@ the first job, even if the account changed since.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from shared import accounts, continuation, idempotency, store, token_counts
+from shared import continuation, idempotency, store, token_counts
 from shared.catalog import ModelSpec, catalog
 from shared.config import Settings
 from shared.contract import OUTPUT_MERGED, Hyperparameters
@@ -42,96 +41,11 @@ from shared.records import (
     Quote,
     TrainingOptions,
     UserRecord,
-    month_of,
 )
+from shared.rules import JOB, Applicant, Spend, over_limit, refusals, too_many_active
 from shared.tokenization import TokenCount, default_split, held_out
 
 SUBMIT_TARGET = "POST /v1/jobs"
-
-
-# --- the rules -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Applicant:
-    """What the admission rules look at."""
-
-    user: UserRecord
-    spent_this_month: int  # settled
-    committed_this_month: int  # settled, plus the quotes of jobs not paid yet
-    quote: Quote
-    spec: ModelSpec
-    active_jobs: int | None  # None: checked in the creating transaction instead
-    max_active_jobs: int
-
-
-@dataclass(frozen=True)
-class Rule:
-    code: Code
-    refusals: Callable[[Applicant], list[str]]  # a message per reason to refuse; [] to admit
-
-
-def _card(a: Applicant) -> list[str]:
-    if a.user.payment_method is not None:
-        return []
-    return ["Save a card before submitting a job: POST /v1/jobs/setup-card."]
-
-
-def _paused(a: Applicant) -> list[str]:
-    flags = accounts.pauses(a.user, a.spent_this_month)
-    return [f"Submissions are paused ({code}): {p.reason}" for code, p in sorted(flags.items())]
-
-
-def _spend_limit(a: Applicant) -> list[str]:
-    limit, price = a.user.monthly_spend_limit_cents, a.quote.price_cents
-    if limit is None or a.spent_this_month >= limit:
-        return []  # at or over the limit already: the spend-limit pause says so
-    if a.committed_this_month + price <= limit:
-        return []
-    return [over_limit(a.committed_this_month, price, limit)]
-
-
-def over_limit(committed: int, price: int, limit: int) -> str:
-    return (
-        f"This job ({price} cents) would take this month's spend, with the jobs not paid yet, "
-        f"to {committed + price} cents, over your limit of {limit}; raise it (PATCH /v1/me) or "
-        "wait for next month."
-    )
-
-
-def _dataset_size(a: Applicant) -> list[str]:
-    if a.quote.tokens_per_epoch <= a.spec.max_dataset_tokens:
-        return []
-    return [
-        f"The dataset has {a.quote.tokens_per_epoch} tokens; {a.spec.id} takes at most "
-        f"{a.spec.max_dataset_tokens} per epoch. Split it or choose a larger model."
-    ]
-
-
-def too_many_active(active: int, limit: int) -> str:
-    return (
-        f"You have {active} active jobs; the limit is {limit}. Wait for one to end or cancel one."
-    )
-
-
-def _active_jobs(a: Applicant) -> list[str]:
-    if a.active_jobs is None or a.active_jobs < a.max_active_jobs:
-        return []
-    return [too_many_active(a.active_jobs, a.max_active_jobs)]
-
-
-RULES: tuple[Rule, ...] = (
-    Rule(Code.PAYMENT_METHOD_REQUIRED, _card),
-    Rule(Code.ACCOUNT_PAUSED, _paused),
-    Rule(Code.SPEND_LIMIT_REACHED, _spend_limit),
-    Rule(Code.DATASET_TOO_LARGE, _dataset_size),
-    Rule(Code.TOO_MANY_ACTIVE_JOBS, _active_jobs),
-)
-
-
-def refusals(applicant: Applicant) -> list[tuple[Code, str]]:
-    """Every (code, message) the rules give, in RULES order."""
-    return [(rule.code, m) for rule in RULES for m in rule.refusals(applicant)]
 
 
 # --- the request -----------------------------------------------------------------------------
@@ -148,9 +62,7 @@ class PricedRequest:
 
     def applicant(self, active_jobs: int | None, cfg: Settings) -> Applicant:
         return Applicant(
-            user=self.user,
-            spent_this_month=accounts.spent_this_month(self.user),
-            committed_this_month=self.user.committed_in(month_of(store.now())),
+            spend=Spend.of(self.user, self.quote.price_cents, JOB),
             quote=self.quote,
             spec=self.spec,
             active_jobs=active_jobs,
@@ -450,9 +362,8 @@ def submit(
         if exc.code == "idempotency_conflict":
             idempotency.check_same_request(None, request_hash)
         if exc.code == "spend_limit_reached" and limit is not None:
-            raise ApiError(
-                Code.SPEND_LIMIT_REACHED, over_limit(exc.detail, job.quote.price_cents, limit)
-            ) from None
+            message = over_limit(JOB, job.quote.price_cents, exc.detail, limit)
+            raise ApiError(Code.SPEND_LIMIT_REACHED, message) from None
         raise ApiError(
             Code.TOO_MANY_ACTIVE_JOBS, too_many_active(exc.detail, cfg.max_active_jobs)
         ) from None

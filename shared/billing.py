@@ -1,4 +1,5 @@
-"""Billing: saving a card, Stripe webhooks (typed core).
+"""Billing: charging jobs and storage, Stripe webhooks (typed core); saving a card is
+shared.card_saving's.
 
 Every Stripe event may arrive more than once and out of order; each handler is idempotent and
 the event id is recorded once handled, so a replay is acknowledged without acting twice.
@@ -9,7 +10,17 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from shared import artifacts, holds, idempotency, logs, payments, pricing, store
+from shared import (
+    artifacts,
+    card_saving,
+    holds,
+    idempotency,
+    logs,
+    payments,
+    pricing,
+    rules,
+    store,
+)
 from shared.config import Settings
 from shared.errors import ApiError, Code
 from shared.jobs import owned, view
@@ -24,62 +35,10 @@ from shared.records import (
     LedgerEntry,
     Pause,
     Payment,
-    PaymentMethod,
     PaymentStatus,
     UserRecord,
-    month_of,
 )
 from shared.routes import valid_id
-
-
-def setup_card(uid: str, email: str | None, cfg: Settings) -> dict[str, Any]:
-    """A Checkout page (setup mode) where the user saves a card; the webhook records it."""
-    user = store.get_or_create_user(uid, email)
-    customer = user.stripe_customer_id
-    if not customer:
-        ours = payments.create_customer(cfg, uid, email)
-        customer = store.set_stripe_customer_once(uid, ours)
-        if customer != ours:  # a concurrent call won: ours is an orphan, remove it
-            payments.delete_customer(cfg, ours)
-    url, expires = payments.setup_session(cfg, customer, uid)
-    return {"object": "setup_session", "url": url, "expires_at": expires.isoformat()}
-
-
-def open_portal(token: str | None, cfg: Settings) -> str:
-    """GET /v1/billing/portal?token=...: the Stripe billing-portal page the link stands for,
-    made now (the function answers a 303 to it).
-
-    Raises:
-        ApiError: invalid_link, link_expired; payment_method_required when the user has no
-            billing account (erased since, say).
-    """
-    from shared import links
-
-    if not token:
-        raise ApiError(Code.MISSING_FIELD, "Follow the link GET /v1/me gives.", param="token")
-    uid = links.verify(links.PORTAL_LINK, token, cfg)
-    user = store.get_user(uid)
-    if user is None or not user.stripe_customer_id:
-        raise ApiError(
-            Code.PAYMENT_METHOD_REQUIRED,
-            "There is no billing account for this link any more: sign in and save a card.",
-        )
-    return payments.portal_url(cfg, user.stripe_customer_id)
-
-
-def portal_session(uid: str, email: str | None, cfg: Settings) -> dict[str, Any]:
-    """POST /v1/billing/portal-session: a Stripe billing-portal page for the user's customer.
-
-    Raises:
-        ApiError: payment_method_required (402) when the user never saved a card.
-    """
-    user = store.get_or_create_user(uid, email)
-    if not user.stripe_customer_id:
-        raise ApiError(
-            Code.PAYMENT_METHOD_REQUIRED,
-            "There is no billing account yet: save a card first (POST /v1/jobs/setup-card).",
-        )
-    return {"object": "portal_session", "url": payments.portal_url(cfg, user.stripe_customer_id)}
 
 
 def handle_event(event: dict[str, Any], cfg: Settings) -> str:
@@ -89,9 +48,9 @@ def handle_event(event: dict[str, Any], cfg: Settings) -> str:
         return "duplicate"
     obj = event["data"]["object"]
     if kind == "setup_intent.succeeded":
-        outcome = _save_card(obj.get("id"), cfg)
+        outcome = _card_saved(obj.get("id"), cfg)
     elif kind == "checkout.session.completed" and obj.get("mode") == "setup":
-        outcome = _save_card(obj.get("setup_intent"), cfg)
+        outcome = _card_saved(obj.get("setup_intent"), cfg)
     elif kind in ("payment_intent.succeeded", "payment_intent.payment_failed"):
         outcome = _reconcile(obj, cfg)
     else:
@@ -101,19 +60,12 @@ def handle_event(event: dict[str, Any], cfg: Settings) -> str:
     return outcome
 
 
-def _save_card(setup_intent_id: Any, cfg: Settings) -> str:
-    if not valid_id(setup_intent_id):
-        return "no setup intent named"
-    card = payments.card_of_setup_intent(cfg, setup_intent_id)
-    if card is None:
-        return "no card on the setup intent"
-    uid = store.user_by_customer(card["customer"])
+def _card_saved(setup_intent_id: Any, cfg: Settings) -> str:
+    outcome, uid = card_saving.save_card(setup_intent_id, cfg)
     if uid is None:
-        return "unknown customer"
-    payments.make_default(cfg, card["customer"], card["id"])
-    store.set_payment_method(uid, PaymentMethod(card["id"], card["brand"], card["last4"]))
+        return outcome
     retried = retry_failed_charges(uid, cfg)  # a new card settles what the old one could not
-    return f"saved {card['brand']} {card['last4']} for {uid}; retried: {retried}"
+    return f"{outcome}; retried: {retried}"
 
 
 # --- charging a job --------------------------------------------------------------------------
@@ -411,11 +363,15 @@ def extend_storage(
     if existing is None:
         artifacts.download_links(job, cfg)  # the same gates: completed, paid, not expired
         user = store.get_or_create_user(uid, None)
-        _admit_spend(user, price)
+        refused = rules.spend_refusals(rules.Spend.of(user, price, rules.EXTENSION))
+        if refused:
+            raise ApiError(*refused[0])
+        limit = user.monthly_spend_limit_cents
         try:  # the limit again, in the commit that creates the charge (concurrent extensions)
-            store.reserve_extension(new, user.monthly_spend_limit_cents)
+            store.reserve_extension(new, limit)
         except store.Conflict as exc:
-            raise ApiError(Code.SPEND_LIMIT_REACHED, _over_limit(price, exc.detail, user)) from None
+            message = rules.over_limit(rules.EXTENSION, price, exc.detail, limit or 0)
+            raise ApiError(Code.SPEND_LIMIT_REACHED, message) from None
     else:
         idempotency.check_same_request(existing.request_hash, request_hash)
     state, charge = store.claim_charge(new, CHARGE_LEASE_S)
@@ -457,29 +413,3 @@ def extend_storage(
             "currency": charge.currency,
         },
     }
-
-
-def _admit_spend(user: UserRecord, cents: int) -> None:
-    """A new charge the user asks for obeys the same pause flags and monthly limit as a job.
-
-    Raises:
-        ApiError: account_paused or spend_limit_reached (403).
-    """
-    from shared import accounts
-
-    flags = accounts.pauses(user, accounts.spent_this_month(user))
-    if flags:
-        code, pause = sorted(flags.items())[0]
-        raise ApiError(Code.ACCOUNT_PAUSED, f"Payments are paused ({code}): {pause.reason}")
-    limit = user.monthly_spend_limit_cents
-    committed = user.committed_in(month_of(store.now()))
-    if limit is not None and committed + cents > limit:
-        raise ApiError(Code.SPEND_LIMIT_REACHED, _over_limit(cents, committed, user))
-
-
-def _over_limit(cents: int, committed: int, user: UserRecord) -> str:
-    return (
-        f"This extension ({cents} cents) would take this month's spend to "
-        f"{committed + cents} cents, over your limit of {user.monthly_spend_limit_cents}; "
-        "raise it (PATCH /v1/me)."
-    )

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 
-from shared import artifacts, batch, billing, datasets, logs, payments, storage, store
+from shared import artifacts, batch, billing, checkout, datasets, logs, storage, store
 from shared.config import Settings
 from shared.records import Job, JobStatus
 from shared.transitions import InvalidTransition, transition
@@ -40,7 +40,7 @@ def erase_account(uid: str, cfg: Settings) -> dict[str, int]:
         files += storage.delete_prefix(cfg.artifacts_bucket, artifacts.prefix(job.id))
         files += storage.delete_prefix(cfg.checkpoints_bucket, artifacts.prefix(job.id))
     if user is not None and user.payment_method is not None:
-        payments.detach_card(cfg, user.payment_method.id)
+        checkout.detach_card(cfg, user.payment_method.id)
     documents = store.erase_user_documents(uid)
     logs.info("account erased", uid=uid, jobs_stopped=stopped, files=files, documents=documents)
     return {"jobs_stopped": stopped, "files": files, "documents": documents}

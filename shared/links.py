@@ -79,7 +79,7 @@ PORTAL_LINK = "billing-portal"  # the purpose the billing-portal link is signed 
 
 def portal_link(uid: str, cfg: Settings) -> str:
     """GET /v1/me's portal_url: a link of ours, signed for this user for an hour. Following it
-    (shared.billing.open_portal) makes the Stripe billing-portal session then, so reading the
+    (shared.card_saving.open_portal) makes the Stripe billing-portal session then, so reading the
     account makes none."""
     from urllib.parse import quote
 

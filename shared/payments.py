@@ -1,13 +1,10 @@
-"""Stripe adapter: the only module that imports `stripe`.
+"""Stripe adapter for charging: card holds, captures, off-session charges, what Stripe says of a
+PaymentIntent, and the signatures of Stripe's webhooks; and the one Stripe client, which
+shared.checkout (saving a card) uses too. Only these two modules import `stripe`.
 
-Locally YACHAY_STRIPE_API_BASE points the official SDK at localstripe. localstripe has no
-Checkout, no billing portal and ignores idempotency keys, so:
-- Checkout has two implementations behind `setup_session`: Stripe Checkout in setup mode, and a
-  local stand-in (LOCAL-ONLY, refused by shared.config in production) that makes a SetupIntent
-  and sends the user to a page of the local stack (devstack/local_checkout.py) which confirms it
-  with a test card; Stripe (localstripe) then sends the same `setup_intent.succeeded` webhook.
-- Charging once is guaranteed by our own Firestore guard (shared.billing), not only by the
-  idempotency key we still send.
+Locally YACHAY_STRIPE_API_BASE points the official SDK at localstripe, which ignores
+idempotency keys: charging once is guaranteed by our own Firestore guard (shared.billing), not
+only by the idempotency key we still send.
 """
 
 from __future__ import annotations
@@ -16,7 +13,7 @@ import contextlib
 import threading
 from collections.abc import Iterator
 from contextvars import ContextVar
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from shared.config import Settings
@@ -24,7 +21,6 @@ from shared.config import Settings
 _lock = threading.Lock()
 _client: Any = None
 _request_client: Any = None
-CHECKOUT_LIFETIME = timedelta(hours=24)
 WEBHOOK_TOLERANCE_S = 300
 # On a request path (a user waits, behind a 60 s gateway deadline) a Stripe call gets one try of
 # at most this long; elsewhere (tasks, triggers, the sweep) the SDK's 80 s and two retries.
@@ -74,59 +70,6 @@ def client(cfg: Settings) -> Any:
         return _request_client if short else _client
 
 
-def create_customer(cfg: Settings, uid: str, email: str | None) -> str:
-    params: dict[str, Any] = {"metadata": {"uid": uid}}
-    if email:
-        params["email"] = email
-    customer = client(cfg).v1.customers.create(params, {"idempotency_key": f"customer-{uid}"})
-    return str(customer.id)
-
-
-def delete_customer(cfg: Settings, customer_id: str) -> None:
-    client(cfg).v1.customers.delete(customer_id)
-
-
-def setup_session(cfg: Settings, customer_id: str, uid: str) -> tuple[str, datetime]:
-    """A page where the user saves a card: (url, expires_at)."""
-    if cfg.checkout_backend == "stripe":
-        session = client(cfg).v1.checkout.sessions.create(
-            {
-                "mode": "setup",
-                "customer": customer_id,
-                "currency": cfg.currency,
-                "payment_method_types": ["card"],
-                "success_url": cfg.checkout_success_url,
-                "cancel_url": cfg.checkout_cancel_url,
-                "metadata": {"uid": uid},
-                "setup_intent_data": {"metadata": {"uid": uid}},
-            }
-        )
-        return session.url, datetime.fromtimestamp(session.expires_at, UTC)
-    # LOCAL-ONLY stand-in for Checkout (see the module docstring).
-    intent = client(cfg).v1.setup_intents.create(
-        {
-            "customer": customer_id,
-            "payment_method_types": ["card"],
-            "metadata": {"uid": uid},
-        }
-    )
-    url = f"{cfg.api_base_url}/local/checkout/{intent.id}"
-    return url, datetime.now(UTC) + CHECKOUT_LIFETIME
-
-
-def portal_url(cfg: Settings, customer_id: str) -> str:
-    """A billing-portal session for the customer (locally a local-only stand-in page)."""
-    if cfg.checkout_backend == "stripe":
-        session = client(cfg).v1.billing_portal.sessions.create(
-            {
-                "customer": customer_id,
-                "return_url": cfg.checkout_success_url,
-            }
-        )
-        return str(session.url)
-    return f"{cfg.api_base_url}/local/portal/{customer_id}"
-
-
 def verify_webhook(cfg: Settings, payload: bytes, signature: str | None) -> dict[str, Any]:
     """The event, when `Stripe-Signature` is valid for one of our secrets and its time is within
     WEBHOOK_TOLERANCE_S of ours, in the past (Stripe's check) or in the future (ours: the SDK
@@ -156,25 +99,6 @@ def verify_webhook(cfg: Settings, payload: bytes, signature: str | None) -> dict
     raise ValueError(f"bad signature: {last}")
 
 
-def card_of_setup_intent(cfg: Settings, setup_intent_id: str) -> dict[str, str] | None:
-    """The customer and card a succeeded SetupIntent saved, or None when it has none (yet), or
-    Stripe knows no such SetupIntent."""
-    import stripe
-
-    c = client(cfg)
-    try:
-        intent = c.v1.setup_intents.retrieve(setup_intent_id)
-    except stripe.InvalidRequestError:  # no such SetupIntent: nothing to save, ever
-        return None
-    pm_id = intent.payment_method
-    if not pm_id or intent.status != "succeeded":
-        return None
-    pm_id = pm_id if isinstance(pm_id, str) else pm_id.id
-    pm = c.v1.payment_methods.retrieve(pm_id)
-    customer = intent.customer if isinstance(intent.customer, str) else intent.customer.id
-    return {"customer": customer, "id": pm.id, "brand": pm.card.brand, "last4": pm.card.last4}
-
-
 def payment_intent(cfg: Settings, intent_id: str) -> dict[str, Any] | None:
     """What Stripe itself says of a PaymentIntent (never what an event claims), or None when
     Stripe knows no such PaymentIntent."""
@@ -197,21 +121,6 @@ def payment_intent(cfg: Settings, intent_id: str) -> dict[str, Any] | None:
         "error_code": getattr(error, "code", None) if error else None,
         "error_message": getattr(error, "message", None) if error else None,
     }
-
-
-def detach_card(cfg: Settings, payment_method_id: str) -> None:
-    """Removes a saved card from its customer, so it can never be charged again; one already
-    detached (or unknown to Stripe) is done already."""
-    import stripe
-
-    with contextlib.suppress(stripe.InvalidRequestError):
-        client(cfg).v1.payment_methods.detach(payment_method_id)
-
-
-def make_default(cfg: Settings, customer_id: str, payment_method_id: str) -> None:
-    client(cfg).v1.customers.update(
-        customer_id, {"invoice_settings": {"default_payment_method": payment_method_id}}
-    )
 
 
 def open_holds(cfg: Settings) -> list[dict[str, Any]]:

@@ -2,20 +2,20 @@
 /v1/billing/portal-session (a billing-portal session, made only when asked for), and the
 signed link GET /v1/me hands out (GET /v1/billing/portal: makes the session when followed)."""
 
-from shared import billing
+from shared import card_saving
 from shared.http import ApiRequest, Reply, serve
 
 
 def setup_card(req: ApiRequest) -> Reply:
-    return Reply(billing.setup_card(req.uid, req.email, req.settings), status=201)
+    return Reply(card_saving.setup_card(req.uid, req.email, req.settings), status=201)
 
 
 def create_portal_session(req: ApiRequest) -> Reply:
-    return Reply(billing.portal_session(req.uid, req.email, req.settings), status=201)
+    return Reply(card_saving.portal_session(req.uid, req.email, req.settings), status=201)
 
 
 def open_billing_portal(req: ApiRequest) -> Reply:
-    url = billing.open_portal(req.args.get("token"), req.settings)
+    url = card_saving.open_portal(req.args.get("token"), req.settings)
     return Reply(None, status=303, headers={"Location": url, "Cache-Control": "no-store"})
 
 

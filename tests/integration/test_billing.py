@@ -108,7 +108,7 @@ def test_rotated_secrets_both_verify(api, stack, monkeypatch) -> None:
 
 def test_stripe_checkout_request_is_setup_mode(monkeypatch, stack) -> None:
     """Recorded, not sent: localstripe has no Checkout. Checks the SDK request we would make."""
-    from shared import payments
+    from shared import checkout, payments
     from shared.config import load
 
     cfg = load({**stack.env(), "YACHAY_CHECKOUT_BACKEND": "stripe"})
@@ -127,7 +127,7 @@ def test_stripe_checkout_request_is_setup_mode(monkeypatch, stack) -> None:
         "C", (), {"v1": type("V", (), {"checkout": type("K", (), {"sessions": Sessions()})()})()}
     )()
     monkeypatch.setattr(payments, "client", lambda cfg: fake)
-    url, expires = payments.setup_session(cfg, "cus_123", "uid-1")
+    url, expires = checkout.StripePages(cfg).setup_page("cus_123", "uid-1")
     assert url.startswith("https://checkout.stripe.com/")
     assert calls == [
         {
@@ -451,7 +451,7 @@ def test_a_charge_recorded_without_the_jobs_payment_is_repaired(api, stack_env) 
 
 def test_billing_portal_request(monkeypatch, stack) -> None:
     """Recorded, not sent: localstripe has no billing portal."""
-    from shared import payments
+    from shared import checkout, payments
     from shared.config import load
 
     cfg = load({**stack.env(), "YACHAY_CHECKOUT_BACKEND": "stripe"})
@@ -468,7 +468,7 @@ def test_billing_portal_request(monkeypatch, stack) -> None:
         {"v1": type("V", (), {"billing_portal": type("P", (), {"sessions": Sessions()})()})()},
     )()
     monkeypatch.setattr(payments, "client", lambda cfg: fake)
-    assert payments.portal_url(cfg, "cus_9").startswith("https://billing.stripe.com/")
+    assert checkout.StripePages(cfg).portal_page("cus_9").startswith("https://billing.stripe.com/")
     assert calls == [{"customer": "cus_9", "return_url": cfg.checkout_success_url}]
 
 
@@ -533,14 +533,14 @@ def test_the_account_s_portal_url_is_our_link_and_makes_the_session_only_when_fo
     no billing account, or missing answers a JSON error, never a redirect."""
     from datetime import timedelta
 
-    from shared import accounts, links, payments
+    from shared import accounts, checkout, links
     from shared.config import settings
 
     user = api.new_user()
     save_test_card(user.uid)
     made: list[str] = []
     with monkeypatch.context() as patched:
-        patched.setattr(payments, "portal_url", lambda cfg, customer: made.append(customer))
+        patched.setattr(checkout.LocalPages, "portal_page", lambda self, c: made.append(c))
         for _ in range(3):
             link = accounts.get_account(user.uid, None, settings())["portal_url"]
     assert made == []  # reading the account made no portal session

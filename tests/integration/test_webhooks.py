@@ -9,7 +9,7 @@ from datetime import timedelta
 
 from standardwebhooks.webhooks import Webhook
 
-from shared import store, webhooks
+from shared import outbound, store, webhooks
 from shared.config import settings
 from shared.records import DeliveryStatus, JobStatus, WebhookEvent
 from tests.support.api import (
@@ -184,7 +184,7 @@ def test_unsafe_addresses_are_refused_at_send_time(api) -> None:
         assert webhooks.deliver(event, endpoint["id"], 1, settings()).startswith("failed")
         delivery = store.get_delivery(f"{event}--{endpoint['id']}")
         assert delivery is not None
-        assert delivery.attempts[0].error == webhooks.REFUSED, url  # one message for all
+        assert delivery.attempts[0].error == outbound.REFUSED, url  # one message for all
         api.request("DELETE", f"/v1/webhook-endpoints/{endpoint['id']}", user)
 
 

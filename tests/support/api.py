@@ -18,7 +18,7 @@ import requests
 
 from devstack.emulators import sign_in, sign_up, verify_email
 from devstack.local_checkout import TEST_CARDS
-from shared import payments, store
+from shared import checkout, payments, store
 from shared.config import settings
 from shared.contract import (
     FAILURE_FIELD,
@@ -114,7 +114,7 @@ def save_test_card(uid: str, card: str = "visa") -> None:
     stand-in and its webhook, is tested in test_billing; job tests need only its outcome)."""
     cfg = settings()
     customer = store.get_or_create_user(uid, None).stripe_customer_id or (
-        store.set_stripe_customer_once(uid, payments.create_customer(cfg, uid, None))
+        store.set_stripe_customer_once(uid, checkout.create_customer(cfg, uid, None))
     )
     number = TEST_CARDS[card][0]
     stripe = payments.client(cfg)

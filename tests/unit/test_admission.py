@@ -1,4 +1,5 @@
-"""The admission rules (shared.admission.RULES): estimate and submit refuse by the same list."""
+"""The admission rules (shared.rules.RULES): estimate and submit refuse by the same list, and
+any other new charge (a storage extension) by its money rules."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from shared.admission import Applicant, refusals
 from shared.catalog import catalog
 from shared.errors import Code
 from shared.records import Pause, PaymentMethod, UserRecord
+from shared.rules import EXTENSION, JOB, Applicant, Spend, refusals, spend_refusals
 from tests.support.api import TEST_QUOTE
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
@@ -30,7 +31,15 @@ def applicant(**kw: object) -> Applicant:
         "max_active_jobs": 3,
     }
     values.update(kw)
-    return Applicant(**values)  # type: ignore[arg-type]
+    quote = values.pop("quote")
+    spend = Spend(
+        values.pop("user"),  # type: ignore[arg-type]
+        quote.price_cents,  # type: ignore[attr-defined]
+        JOB,
+        values.pop("spent_this_month"),  # type: ignore[arg-type]
+        values.pop("committed_this_month"),  # type: ignore[arg-type]
+    )
+    return Applicant(spend=spend, quote=quote, **values)  # type: ignore[arg-type]
 
 
 def user(**kw: object) -> UserRecord:
@@ -111,3 +120,29 @@ def test_every_refusal_says_what_to_do() -> None:
         Code.TOO_MANY_ACTIVE_JOBS,
     ]
     assert all(len(message) > 30 for _, message in found)
+
+
+@pytest.mark.parametrize(
+    ("account", "spent", "committed", "codes"),
+    [
+        ({}, 0, 0, []),
+        ({"pauses": {"payment_failed": Pause("declined", T0)}}, 0, 0, [Code.ACCOUNT_PAUSED]),
+        ({"monthly_spend_limit_cents": 1000}, 0, 800, [Code.SPEND_LIMIT_REACHED]),
+        ({"monthly_spend_limit_cents": 1000}, 0, 700, []),  # exactly at the limit afterwards
+        ({"monthly_spend_limit_cents": 1000}, 1000, 1000, [Code.ACCOUNT_PAUSED]),
+    ],
+)
+def test_a_charge_that_is_not_a_job_obeys_the_same_money_rules(
+    account: dict[str, object], spent: int, committed: int, codes: list[Code]
+) -> None:
+    """A storage extension: the pause flags and the monthly limit of RULES, no job rule (it
+    needs no dataset, and its card is the one the job was paid with)."""
+    spend = Spend(user(**account)._replace(payment_method=None), 300, EXTENSION, spent, committed)
+    found = spend_refusals(spend)
+    assert [c for c, _ in found] == codes
+    assert all(m.startswith(EXTENSION) for c, m in found if c == Code.SPEND_LIMIT_REACHED)
+    as_job = applicant(
+        user=spend.user._replace(payment_method=CARD), spent_this_month=spent,
+        committed_this_month=committed,
+    )  # fmt: skip
+    assert [c for c, _ in refusals(as_job)] == codes  # the job rules agree on the money

@@ -46,6 +46,7 @@ def test_only_adapters_import_cloud_sdks_and_stripe() -> None:
         "tasks.py",
         "batch.py",
         "payments.py",
+        "checkout.py",
         "secretbox.py",
     }
     for path in py_files("shared"):
@@ -54,6 +55,18 @@ def test_only_adapters_import_cloud_sdks_and_stripe() -> None:
         }
         if sdk:
             assert path.name in adapters, f"{path} imports {sdk}"
+
+
+def test_only_the_outbound_adapter_sends_to_addresses_users_give() -> None:
+    """shared.outbound is the one place with the SSRF guard; a raw HTTP client elsewhere in the
+    core would bypass it. auth.py fetches Google's token certificates (a fixed URL of ours)."""
+    clients = ("urllib3", "socket", "http.client", "urllib.request", "requests", "httpx")
+    users = {
+        path.name
+        for path in py_files("shared")
+        if {m for m in imports(path) if m.split(".")[0] in clients or m in clients}
+    }
+    assert users == {"outbound.py", "auth.py"}
 
 
 def test_core_never_imports_flask() -> None:
