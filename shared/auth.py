@@ -259,7 +259,7 @@ def _google_certs(url: str) -> dict[str, str]:
 
 def verify_internal_caller(header: str | None, cfg: Settings) -> None:
     """Internal routes answer only our own infrastructure: an OIDC token signed by Google for the
-    tasks service account, with the launcher's URL as audience (Cloud Tasks and Cloud Scheduler
+    tasks service account, with the worker's URL as audience (Cloud Tasks and Cloud Scheduler
     both send one). Checked here in code, besides ingress and IAM, so a mistake in either does
     not open the route. Locally there is no tasks service account (the Tasks emulator sends no
     token) and nothing to check; shared.config requires one in production.

@@ -62,8 +62,8 @@ class Settings:
     tasks_emulator_host: str | None
     tasks_queue: str
     webhooks_queue: str  # webhook deliveries: their own queue, so a slow receiver delays no launch
-    task_target_url: str  # where Cloud Tasks delivers launch tasks (the launcher function)
-    tasks_service_account: str | None  # OIDC identity Cloud Tasks uses to call the launcher
+    task_target_url: str  # where Cloud Tasks delivers launch tasks (the worker function)
+    tasks_service_account: str | None  # OIDC identity Cloud Tasks uses to call the worker
     oidc_certs_url: str  # Google's OIDC signing certificates (internal callers' tokens)
     batch_backend: str  # "local" (a subprocess) or "cloud" (Cloud Batch)
     batch_topic: str  # Pub/Sub topic for Batch job state notifications
@@ -78,12 +78,12 @@ class Settings:
     checkout_cancel_url: str
     currency: str
     retention_days: int
-    webhook_target_url: str  # where Cloud Tasks delivers webhook attempts (the launcher function)
+    webhook_target_url: str  # where Cloud Tasks delivers webhook attempts (the worker function)
     # Who wraps the data keys of sealed secrets (shared.secretbox): "kms:<crypto key name>" in
     # production, "local:<key file>" on the local stack.
     secrets_key: str
-    trainer_report_url: str  # where trainers report (the launcher's trainer-report route)
-    trainer_report_audience: str  # production: the ID-token audience (the launcher's URL)
+    trainer_report_url: str  # where trainers report (the worker's trainer-report route)
+    trainer_report_audience: str  # production: the ID-token audience (the worker's URL)
     counts_queue: str  # background token counts of large datasets (shared.token_counts)
     count_target_url: str  # where Cloud Tasks delivers them (the count_tokens function)
     # A dataset above this many bytes is counted in the background, not within the request

@@ -1,8 +1,8 @@
 """What one trainer may touch in Cloud Storage, and short-lived credentials limited to exactly that.
 
 A trainer runs untrusted user data, so its service account holds no bucket role at all. While
-its job runs it asks the launcher's internal trainer-storage-token route (with its job token)
-for an access token, which the launcher mints from its own credentials through a Credential
+its job runs it asks the worker's internal trainer-storage-token route (with its job token)
+for an access token, which the worker mints from its own credentials through a Credential
 Access Boundary (https://cloud.google.com/iam/docs/downscoping-short-lived-credentials): read
 its dataset file, its validation file, its base model's folder and the adapter it starts from;
 read and write its own output and checkpoint folders; nothing else, for at most an hour. The
@@ -114,7 +114,7 @@ class LocalStorageTokens:
 
 
 class DownscopedStorageTokens:
-    """Production: the launcher's own credentials exchanged for a token limited by the
+    """Production: the worker's own credentials exchanged for a token limited by the
     boundary (google.auth.downscoped; one Security Token Service call per token)."""
 
     def mint(self, granted: list[Grant]) -> StorageToken | None:

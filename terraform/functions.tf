@@ -11,9 +11,9 @@ locals {
   gen1 = { for name, f in local.functions : name => f if f.kind == "auth" }
 
   # Deterministic (no cycle through the function's own attributes); the path is its route.
-  launcher_url = "https://${var.region}-${var.project_id}.cloudfunctions.net/launch-job"
-  launch_url   = "${local.launcher_url}${local.wiring.paths.launch_job}"
-  count_url    = "https://${var.region}-${var.project_id}.cloudfunctions.net/count-tokens${local.wiring.paths.count_tokens}"
+  worker_url = "https://${var.region}-${var.project_id}.cloudfunctions.net/worker"
+  launch_url = "${local.worker_url}${local.wiring.paths.launch_job}"
+  count_url  = "https://${var.region}-${var.project_id}.cloudfunctions.net/count-tokens${local.wiring.paths.count_tokens}"
 
   # Every variable shared/config.py reads in production (the test checks none is missing).
   common_env = {
@@ -39,10 +39,10 @@ locals {
     YACHAY_WEBHOOKS_QUEUE          = google_cloud_tasks_queue.webhooks.id
     YACHAY_KEY_OWNER_CHECK_S       = "60"
     YACHAY_TASK_TARGET_URL         = local.launch_url
-    YACHAY_WEBHOOK_TARGET_URL      = "${local.launcher_url}${local.wiring.paths.deliver_webhook}"
+    YACHAY_WEBHOOK_TARGET_URL      = "${local.worker_url}${local.wiring.paths.deliver_webhook}"
     YACHAY_COUNTS_QUEUE            = google_cloud_tasks_queue.counts.id
-    YACHAY_TRAINER_REPORT_URL      = "${local.launcher_url}${local.wiring.paths.trainer_report}"
-    YACHAY_TRAINER_REPORT_AUDIENCE = local.launcher_url
+    YACHAY_TRAINER_REPORT_URL      = "${local.worker_url}${local.wiring.paths.trainer_report}"
+    YACHAY_TRAINER_REPORT_AUDIENCE = local.worker_url
     YACHAY_SECRETS_KEY             = "kms:${google_kms_crypto_key.webhook_secrets.id}"
     YACHAY_COUNT_TARGET_URL        = local.count_url
     YACHAY_COUNT_INLINE_BYTES      = tostring(8 * 1024 * 1024) # above: counted in the background
@@ -162,7 +162,7 @@ resource "google_cloudfunctions2_function" "fn" {
   ]
 }
 
-# Who may invoke what: the gateway the public functions, Cloud Tasks the launcher, each
+# Who may invoke what: the gateway the public functions, Cloud Tasks the worker, each
 # trigger's own account its handler. Nobody else (no allUsers anywhere).
 locals {
   invokers = merge(
@@ -172,11 +172,11 @@ locals {
   )
 }
 
-# Trainers report progress to the launcher (its trainer-report route; the job token in the body's
+# Trainers report progress to the worker (its trainer-report route; the job token in the body's
 # header decides which job they may write): the trainer account may invoke that service too.
 resource "google_cloud_run_service_iam_member" "trainer_reports" {
   location = var.region
-  service  = google_cloudfunctions2_function.fn["launch_job"].service_config[0].service
+  service  = google_cloudfunctions2_function.fn["worker"].service_config[0].service
   role     = "roles/run.invoker"
   member   = "serviceAccount:${google_service_account.role["trainer"].email}"
 }

@@ -20,7 +20,7 @@ locals {
   project_roles = {
     api      = ["roles/datastore.user", "roles/cloudtasks.enqueuer", local.batch_job_stopper, "roles/firebaseauth.viewer", "roles/eventarc.eventReceiver"]
     launcher = ["roles/datastore.user", "roles/batch.jobsEditor", "roles/cloudtasks.enqueuer"]
-    # No database role: a trainer reports through the launcher's trainer-report route with its
+    # No database role: a trainer reports through the worker's trainer-report route with its
     # job's token (shared/lifecycle.py trainer_report), so it can write its own job only.
     trainer  = ["roles/batch.agentReporter", "roles/logging.logWriter"]
     charger  = ["roles/datastore.user", "roles/eventarc.eventReceiver"]
@@ -38,7 +38,7 @@ locals {
     # which cannot exceed its own. The sweep also reads datasets (did an upload arrive?).
     launcher = { models = "roles/storage.objectViewer", datasets = "roles/storage.objectViewer", adapters = "roles/storage.objectAdmin", checkpoints = "roles/storage.objectAdmin" }
     # No bucket role: a trainer runs untrusted data, and reads and writes only through its
-    # job's downscoped token from the launcher's trainer-storage-token route.
+    # job's downscoped token from the worker's trainer-storage-token route.
     trainer  = {}
     charger  = {}
     webhook  = {}

@@ -134,10 +134,10 @@ resource "google_cloud_scheduler_job" "relaunch_stale" {
 
   http_target {
     http_method = "POST"
-    uri         = "${local.launcher_url}${local.wiring.paths.relaunch_stale}"
+    uri         = "${local.worker_url}${local.wiring.paths.relaunch_stale}"
     oidc_token {
       service_account_email = google_service_account.role["tasks"].email
-      audience              = local.launch_url # the audience the launcher verifies in code
+      audience              = local.launch_url # the audience the worker verifies in code
     }
   }
   depends_on = [google_project_service.enabled]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -326,6 +327,7 @@ def test_a_charge_whose_attempt_died_is_settled_by_the_stripe_event(api, stack_e
     )
     assert state == "claimed"
     account = store.get_or_create_user(user.uid, None)
+    assert account.stripe_customer_id is not None and account.payment_method is not None
     complete(job_id)
 
     def deliver(obj: dict) -> dict:
@@ -555,7 +557,7 @@ def test_the_account_s_portal_url_is_our_link_and_makes_the_session_only_when_fo
 
     portal = f"{api.base}/v1/billing/portal"
     token = me["portal_url"].split("token=")[1]
-    who, expires, signature = requests.utils.unquote(token).split(".")
+    who, expires, signature = urllib.parse.unquote(token).split(".")
     other = api.new_user()
     forged_for_other = ".".join(
         (links.sign("x", other.uid, settings()).split(".")[0], expires, signature)

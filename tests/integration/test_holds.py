@@ -129,6 +129,7 @@ def test_a_hold_placed_after_its_job_ended_is_released(api, stack_env) -> None:
     save_test_card(user.uid)
     job_id = stored_job(user.uid, JobStatus.QUEUED)
     before = store.get_job(job_id)
+    assert before is not None
     transitions.transition(job_id, JobStatus.CANCELLED, "cancelled by you")
     after = holds.hold(before, settings())
     assert after.authorization is None
@@ -204,7 +205,7 @@ def test_a_hold_that_cannot_be_renewed_stops_the_job_once_it_lapses(api, stack_e
     assert "renewal declined (card_declined); retried" in outcome
     still = store.get_job(job.id)
     assert still.status == JobStatus.RUNNING
-    assert "card_declined" in still.authorization.renewal_failure
+    assert "card_declined" in (still.authorization.renewal_failure or "")
     _date_hold_back(job.id, timedelta(days=7, minutes=1))
     [outcome] = holds.renew_holds(settings()).items
     assert outcome.endswith("the hold lapsed: job cancelled")

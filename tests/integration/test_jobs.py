@@ -320,7 +320,7 @@ def test_cancel_racing_completion_ends_once(api, stack_env) -> None:
     for _ in range(5):
         job_id = stored_job(user.uid)
         trainer_reports(job_id, result=result_of(10))
-        outcomes = []
+        outcomes: list[object] = []
 
         def cancel(job_id: str = job_id, outcomes: list = outcomes) -> None:
             try:

@@ -106,7 +106,7 @@ def test_a_failed_retention_write_is_retried_by_the_redelivery(api, stack_env, m
     user = api.new_user()
     job_id = stored_job(user.uid)
     trainer_reports(job_id, result=result_of(30_000))
-    applied = []
+    applied: list[object] = []
     real = artifacts.set_retention
 
     def flaky(job, until, cfg):

@@ -6,13 +6,14 @@ cases are the refusals."""
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import requests
 
 from shared import lifecycle, links, store
 from shared.config import settings
 from shared.contract import PROGRESS_FIELD, RESULT_FIELD
-from shared.records import JobStatus
+from shared.records import Job, JobStatus
 from tests.support.api import stored_job
 
 PROGRESS = {
@@ -27,6 +28,12 @@ PROGRESS = {
 }
 
 
+def stored(job_id: str) -> Job:
+    job = store.get_job(job_id)
+    assert job is not None
+    return job
+
+
 def report(stack, token: str | None, body: dict) -> requests.Response:
     headers = {} if token is None else {"X-Yachay-Job-Token": token}
     return requests.post(
@@ -37,14 +44,14 @@ def report(stack, token: str | None, body: dict) -> requests.Response:
 def test_a_trainer_reports_its_own_job_and_nothing_else(stack_env) -> None:
     cfg = settings()
     mine, other = stored_job("u-trainer"), stored_job("u-other", JobStatus.RUNNING)
-    token = lifecycle.trainer_config(store.get_job(mine), cfg).report_token
+    token = lifecycle.trainer_config(stored(mine), cfg).report_token
     ok = report(stack_env, token, {"job_id": mine, "fields": {PROGRESS_FIELD: PROGRESS}})
     assert ok.status_code == 200, ok.text
     assert store.get_job(mine).progress.step == 3
 
     expired = links.sign(lifecycle.TRAINER_REPORT, mine, cfg, now=store.now() - timedelta(days=8))
     portal = links.sign("billing-portal", mine, cfg)  # ours, but for another purpose
-    refusals = [
+    refusals: list[tuple[str | None, dict[str, Any], int]] = [
         (token, {"job_id": other, "fields": {PROGRESS_FIELD: PROGRESS}}, 404),  # another job
         (None, {"job_id": mine, "fields": {PROGRESS_FIELD: PROGRESS}}, 400),
         ("forged", {"job_id": mine, "fields": {PROGRESS_FIELD: PROGRESS}}, 400),
@@ -81,7 +88,7 @@ def test_storage_tokens_go_to_a_running_job_own_trainer_only(stack_env) -> None:
     a forged one, and any job that has ended get nothing."""
     cfg = settings()
     mine, other = stored_job("u-storage"), stored_job("u-storage-2", JobStatus.RUNNING)
-    token = lifecycle.trainer_config(store.get_job(mine), cfg).report_token
+    token = lifecycle.trainer_config(stored(mine), cfg).report_token
     ok = storage_token(stack_env, token, mine)
     assert ok.status_code == 200, ok.text
     assert ok.json() == {"token": None, "expires_at": None}
@@ -92,6 +99,6 @@ def test_storage_tokens_go_to_a_running_job_own_trainer_only(stack_env) -> None:
     assert storage_token(stack_env, token, "ft-gone").status_code == 404
 
     ended = stored_job("u-storage", JobStatus.CANCELLED)
-    ended_token = lifecycle.trainer_config(store.get_job(ended), cfg).report_token
+    ended_token = lifecycle.trainer_config(stored(ended), cfg).report_token
     refused = storage_token(stack_env, ended_token, ended)
     assert refused.status_code == 409 and refused.json()["error"]["code"] == "job_already_ended"

@@ -197,7 +197,7 @@ def build_tiny_model(
         "tie_word_embeddings": family == "gemma2",  # as the real ones
     }
     cfg = family_config(family, hidden, layers, heads, **{**common, **config})
-    model = AutoModelForCausalLM.from_config(cfg)  # type: ignore[no-untyped-call]
+    model = AutoModelForCausalLM.from_config(cfg)
     model.save_pretrained(str(folder), safe_serialization=True)
     write_manifest(folder, model_id=f"tiny-{family}", source="random init from a config")
     return folder

@@ -15,7 +15,7 @@ from shared.contract import Hyperparameters, TrainerConfig
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def make_config(model: Path, data: Path, out: Path, **hp: object) -> TrainerConfig:
+def make_config(model: Path, data: Path, out: Path, **hp: Any) -> TrainerConfig:
     defaults = {
         "epochs": 2,
         "batch_size": 8,
@@ -38,7 +38,7 @@ def make_config(model: Path, data: Path, out: Path, **hp: object) -> TrainerConf
 
 
 def trainer_process(
-    cfg: TrainerConfig, extra_env: dict[str, str] | None = None, **popen: object
+    cfg: TrainerConfig, extra_env: dict[str, str] | None = None, **popen: Any
 ) -> subprocess.Popen[str]:
     """The trainer as Batch runs it: its own process, configured only by the contract env
     (plus `extra_env`)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from typing import Any
 
 import pytest
 import torch
@@ -41,7 +42,9 @@ def test_chunked_loss_equals_the_plain_one_with_gradients(monkeypatch, cap, dtyp
         (2.5 * value).backward()  # a scaled upstream gradient, as a mean over packs gives
         results.append((value.detach(), h.grad, w.grad))
     (v_a, h_a, w_a), (v_b, h_b, w_b) = results
-    tol = {"atol": 1e-4, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}
+    tol: dict[str, Any] = (
+        {"atol": 1e-4, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}
+    )
     assert v_b.dtype == torch.float32
     torch.testing.assert_close(v_b, v_a, **tol)
     assert h_b.dtype == dtype

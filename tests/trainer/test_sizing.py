@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -22,7 +23,7 @@ def family_model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
     family = request.param
     # Gemma 2 without attention soft-capping here: on the CPU a capped attention is the eager
     # formula, which keeps each example's scores (no GPU kernel does); the rest is its own.
-    extra = {"attn_logit_softcapping": None} if family == "gemma2" else {}
+    extra: dict[str, Any] = {"attn_logit_softcapping": None} if family == "gemma2" else {}
     return build_tiny_model(
         tmp_path_factory.mktemp(f"size-{family}"), family=family, layers=3, **extra
     )

@@ -58,7 +58,7 @@ def test_memorisation_loss_falls_below_threshold(tiny_model, tmp_path) -> None:
     ).setup()
     result = run.train()
     assert run.metrics[0]["loss"] > 8.5
-    assert result.last_epoch_mean_loss < 5.0
+    assert result.last_epoch_mean_loss is not None and result.last_epoch_mean_loss < 5.0
 
 
 def test_trained_tokens_equal_the_estimate_count(tiny_model, tiny_data, tmp_path) -> None:

@@ -137,7 +137,9 @@ def test_a_202_is_asked_again_after_retry_after_until_the_answer(monkeypatch) ->
     import http.server
     import threading
 
-    answers = [(202, {"object": "token_count", "message": "counting"})] * 2
+    answers: list[tuple[int, dict[str, object]]] = [
+        (202, {"object": "token_count", "message": "counting"})
+    ] * 2
     answers.append((200, {"object": "estimate", "price_cents": 50}))
     seen: list[bytes] = []
 
@@ -158,7 +160,7 @@ def test_a_202_is_asked_again_after_retry_after_until_the_answer(monkeypatch) ->
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     sleeps: list[float] = []
-    monkeypatch.setattr(api.time, "sleep", sleeps.append)
+    monkeypatch.setattr("yachay_cli.api.time.sleep", sleeps.append)
     try:
         told: list[dict] = []
         client = api.Client(f"http://127.0.0.1:{server.server_port}", "k", waiting=told.append)

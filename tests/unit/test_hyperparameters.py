@@ -51,10 +51,10 @@ def test_a_model_entry_overrides_the_declared_bounds_and_the_rest_stay_declared(
     entry["epochs"] = {"default": 2, "min": 1, "max": 4}
     spec = catalog.parse(raw).models[0]
     assert spec.bound("hyperparameters.epochs") == catalog.Bound(2, 1, 4)
-    declared_seed = next(d for d in declared() if d.name == "seed")
-    assert spec.bound("hyperparameters.seed") == catalog.Bound(
-        declared_seed.default, declared_seed.knob.minimum, declared_seed.knob.maximum
-    )
+    seed = next(d for d in declared() if d.name == "seed")
+    low, high = seed.knob.minimum, seed.knob.maximum
+    assert low is not None and high is not None
+    assert spec.bound("hyperparameters.seed") == catalog.Bound(seed.default, low, high)
     entry["epochs"] = {"default": 9, "min": 1, "max": 4}
     with pytest.raises(catalog.CatalogError, match="not in bounds"):
         catalog.parse(raw)

@@ -17,7 +17,7 @@ def imports_of(path: Path, modules: set[str]) -> set[str]:
         if isinstance(node, ast.ImportFrom) and node.module == "shared":
             found |= {a.name for a in node.names if a.name in modules}
         elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("shared."):
-            found.add(node.module.split(".")[1])  # type: ignore[union-attr]
+            found.add(node.module.split(".")[1])
         elif isinstance(node, ast.Import):
             found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("shared.")}
     return found - {path.stem}

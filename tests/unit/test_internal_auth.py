@@ -147,9 +147,14 @@ def test_internal_routes_check_it_before_the_handler_runs(cfg, monkeypatch) -> N
     monkeypatch.setattr(http, "settings", lambda: cfg)
     # Every other operation of the function gets a handler that must not run either: taken from
     # the route table, so a new internal route cannot make this test stale.
-    handlers = {r.operation_id: (lambda req: Reply({})) for r in routes_of("launch_job")}
-    handlers["launchJob"] = lambda req: ran.append(1) or Reply({})
-    view = serve("launch_job", handlers)
+    handlers = {r.operation_id: (lambda req: Reply({})) for r in routes_of("worker")}
+
+    def launch(req: object) -> Reply:
+        ran.append(1)
+        return Reply({})
+
+    handlers["launchJob"] = launch
+    view = serve("worker", handlers)
     app = flask.Flask("t")
     with app.test_request_context("/internal/tasks/launch-job", method="POST", json={}):
         refused = view(flask.request)

@@ -72,6 +72,7 @@ def test_the_kms_keeper_wraps_with_the_context_as_authenticated_data() -> None:
     name = "projects/p/locations/us-central1/keyRings/yachay-secrets/cryptoKeys/webhook-secrets"
     cfg = load({"YACHAY_SECRETS_KEY": f"kms:{name}"})
     keeper = secretbox.keeper(cfg.secrets_key)
+    assert isinstance(keeper, secretbox.KmsKeeper)
     keeper._client = FakeKms()
     sealed = secretbox.seal("whsec_x", "we-9", cfg)
     assert sealed.startswith("v1.kms.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -13,8 +14,8 @@ from shared.contract import TrainerConfig
 from shared.storage_grants import Grant
 
 
-def job_config(**changes: str) -> TrainerConfig:
-    base = {
+def job_config(**changes: Any) -> TrainerConfig:
+    base: dict[str, Any] = {
         "job_id": "ft-abc",
         "model_id": "smollm2-135m",
         "model_uri": "gs://m/models/smollm2-135m",

@@ -263,7 +263,7 @@ def test_internal_functions_are_not_reachable_from_the_internet() -> None:
     functions_tf = (TF / "functions.tf").read_text()
     assert 'each.value.kind == "public" ? "ALLOW_ALL" : "ALLOW_INTERNAL_ONLY"' in functions_tf
     kinds = {name: f["kind"] for name, f in deployed().items()}
-    assert kinds["launch_job"] == "tasks" and kinds["charge_job"] == "firestore"
+    assert kinds["worker"] == "tasks" and kinds["charge_job"] == "firestore"
 
 
 def test_every_account_that_enqueues_tasks_may_send_them_as_the_tasks_identity() -> None:

@@ -7,6 +7,7 @@ import json
 import random
 import zlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -144,7 +145,9 @@ def test_counting_a_file_agrees_with_encoding_each_record(tokenizer) -> None:
     """count() (batched, trained tokens found by bisection) totals exactly what encode() (the
     trainer's path, a mask per token) gives record by record, truncation included."""
     rng = random.Random(5)
-    records = [{"messages": _random_conversation(rng, control=False)} for _ in range(700)]
+    records: list[dict[str, Any]] = [
+        {"messages": _random_conversation(rng, control=False)} for _ in range(700)
+    ]
     records += [{"prompt": "p " * rng.randint(0, 9), "completion": "c é" * rng.randint(1, 9)}]
     for max_len in (8, 64, 4096):
         examples = [tokenizer.encode(r, max_len) for r in records]
@@ -161,7 +164,9 @@ def test_counts_of_each_record_derive_every_length_and_split(tokenizer) -> None:
     (a validation split) totals from the stored per-record counts exactly what encoding those
     records again gives, through a round trip of the stored form."""
     rng = random.Random(9)
-    records = [{"messages": _random_conversation(rng, control=False)} for _ in range(300)]
+    records: list[dict[str, Any]] = [
+        {"messages": _random_conversation(rng, control=False)} for _ in range(300)
+    ]
     records += [{"prompt": "p " * rng.randint(0, 9), "completion": "c " * rng.randint(1, 9)}]
     stored = tokenizer.count_records(enumerate(records, start=1)).to_bytes()
     counts = RecordCounts.from_bytes(stored)

@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def imports(path: Path) -> set[str]:
     tree = ast.parse(path.read_text())
-    found = set()
+    found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names)
@@ -120,4 +120,18 @@ def test_every_exit_code_lives_in_the_contract() -> None:
     assert not re.search(r"\breturn \d+\b", main), "return a contract.EXIT_* code"
     batch_src = (ROOT / "shared" / "batch.py").read_text()
     assert not re.search(r"exit_codes=\[?\(?\d", batch_src)
-    assert batch.FAIL_EXIT_CODES is contract.FAIL_EXIT_CODES
+    assert vars(batch)["FAIL_EXIT_CODES"] is contract.FAIL_EXIT_CODES
+
+
+def test_mypy_checks_every_python_file() -> None:
+    """A new folder of Python is type-checked from its first file (pyproject's mypy `files`)."""
+    import subprocess
+    import tomllib
+
+    checked = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mypy"]["files"]
+    tracked = subprocess.run(
+        ["git", "ls-files", "*.py"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert len(tracked) > 100
+    missed = [p for p in tracked if not any(p == c or p.startswith(f"{c}/") for c in checked)]
+    assert missed == []

@@ -1,6 +1,10 @@
-"""Internal: the Cloud Tasks target that launches a queued job's Batch job (idempotent).
+"""Internal: the worker, the one function our own infrastructure calls (never API Gateway):
+- Cloud Tasks: launching a queued job's Batch job, one attempt of a webhook delivery;
+- Cloud Scheduler: the sweep (shared.sweep);
+- the trainers: progress reports and their downscoped storage tokens (with their job's token).
+Each runs as the launcher service account, the only one that creates Batch jobs.
 
-Any error answers 5xx so Cloud Tasks retries; a job that needs nothing answers 200.
+Any error answers 5xx so Cloud Tasks retries; a task that needs nothing answers 200.
 """
 
 from shared import lifecycle as core
@@ -55,8 +59,8 @@ def trainer_storage_token(req: ApiRequest) -> Reply:
     return Reply(core.trainer_storage_token(token, req.json_object(), req.settings))
 
 
-launch_job = serve(
-    "launch_job",
+worker = serve(
+    "worker",
     {
         "launchJob": launch,
         "relaunchStale": relaunch_stale,
